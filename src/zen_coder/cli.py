@@ -1,0 +1,206 @@
+"""The `zen-coder` command: one sub-command per stage, each a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from zen_coder import __version__
+from zen_coder.errors import ZenCoderError
+
+MINE_HELP = """\
+Mine git histories into a dataset of commit records: one record per changed file per commit
+(message, old and new content, diff, language, history position), with bot and generated
+commits, formatting-only changes, lockfiles, vendored and generated files, oversized and
+lopsided commits, forks' shared commits and duplicate changes removed, and secrets and email
+addresses redacted. Output: sharded zstd Parquet plus manifest.json. Rerunning into the same
+--out mines only new commits; an interrupted run resumes where it stopped.
+"""
+
+
+def _mine_progress(console: Console, quiet: bool) -> tuple[Progress | None, Callable | None]:
+    if quiet:
+        return None, None
+    bar = Progress(
+        TextColumn("[bold]mining[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("commits"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+    def start(total: int) -> Callable[[str, int], None]:
+        task = bar.add_task("", total=total)
+
+        def advance(name: str, commits: int) -> None:
+            bar.update(task, advance=commits, description=name)
+
+        return advance
+
+    return bar, start
+
+
+def _count_table(title: str, counts: dict[str, int], unit: str) -> Table:
+    table = Table(title=title, title_justify="left", show_header=True)
+    table.add_column("reason" if unit != "records" else "language")
+    table.add_column(unit, justify="right")
+    for name, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        table.add_row(name, f"{count:,}")
+    return table
+
+
+def print_mine_summary(console: Console, report) -> None:
+    totals = report.manifest["totals"]
+    dropped = totals["commits_seen"] - totals["commits_kept"]
+    rate = report.new_commits / report.elapsed if report.elapsed else 0.0
+    overview = Table(title=f"zen-coder mine → {report.out}", title_justify="left")
+    overview.add_column("")
+    overview.add_column("dataset", justify="right")
+    for label, value in [
+        ("repositories", f"{len(report.manifest['repos']):,}"),
+        ("commits seen", f"{totals['commits_seen']:,}"),
+        ("commits kept", f"{totals['commits_kept']:,}"),
+        ("commits dropped", f"{dropped:,}"),
+        ("files changed", f"{totals['changes_seen']:,}"),
+        ("records", f"{totals['records']:,}"),
+        ("code (new contents)", f"{totals['code_bytes'] / 1e6:,.1f} MB"),
+        ("on disk", f"{totals['data_bytes'] / 1e6:,.1f} MB in {totals['shards']} shards"),
+        ("this run", f"{report.new_commits:,} new commits, {report.new_records:,} new records"),
+        ("time", f"{report.elapsed:,.1f} s ({rate:,.0f} commits/s)"),
+    ]:
+        overview.add_row(label, value)
+    console.print(overview)
+    for title, key, unit in [
+        ("commits dropped by reason", "commit_reasons", "commits"),
+        ("files dropped by reason", "file_reasons", "files"),
+        ("records by language", "languages", "records"),
+        ("redactions", "redactions", "replaced"),
+    ]:
+        if totals[key]:
+            console.print(_count_table(title, totals[key], unit))
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    for error in report.errors:
+        console.print(f"[red]error:[/] {error}", highlight=False)
+    console.print(f"manifest: {report.out / 'manifest.json'}", highlight=False)
+
+
+def run_mine(args: argparse.Namespace, console: Console) -> int:
+    from zen_coder.history.config import load_config
+    from zen_coder.history.pipeline import load_salt, mine
+    from zen_coder.history.sources import RepoSpec, read_manifest
+
+    specs = [RepoSpec(source) for source in args.sources]
+    if args.manifest:
+        specs += read_manifest(args.manifest)
+    if not specs:
+        raise ZenCoderError("nothing to mine: pass repository paths or URLs, or --manifest FILE")
+    config = load_config(args.config, args.set)
+    salt = load_salt(args.salt_file) if args.salt_file else None
+    bar, start = _mine_progress(console, args.quiet)
+    if bar is not None:
+        bar.start()
+    try:
+        report = mine(
+            specs,
+            args.out,
+            config,
+            workers=args.workers,
+            executor=args.executor,
+            cache_dir=args.cache_dir,
+            salt=salt,
+            progress=start,
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
+    print_mine_summary(console, report)
+    return 1 if report.errors else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zen-coder",
+        description="zen-coder: a code model that learns a codebase's conventions from its "
+        "git history.",
+    )
+    parser.add_argument("--version", action="version", version=f"zen-coder {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    mine = commands.add_parser(
+        "mine",
+        help="git histories → filtered, deduplicated, secret-free commit records (Parquet)",
+        description=MINE_HELP,
+    )
+    mine.add_argument(
+        "sources", nargs="*", help="repository paths or clone URLs (https://, ssh, file://)"
+    )
+    mine.add_argument(
+        "--manifest", type=Path, help="TOML file of [[repo]] tables: source, name, branch, range"
+    )
+    mine.add_argument("--out", type=Path, required=True, help="dataset directory to create/extend")
+    mine.add_argument("--config", type=Path, help="TOML file whose [mine] table sets options")
+    mine.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one mine setting, e.g. --set max_files_per_commit=32 (repeatable)",
+    )
+    mine.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: number of cores)"
+    )
+    mine.add_argument(
+        "--executor",
+        choices=["local", "ray"],
+        default="local",
+        help="run repositories locally or as tasks on a Ray cluster (zen-coder[ray])",
+    )
+    mine.add_argument(
+        "--cache-dir", type=Path, help="where clone URLs are mirrored (default ~/.cache/zen-coder)"
+    )
+    mine.add_argument(
+        "--salt-file",
+        type=Path,
+        help="secret salt for author hashes (default: $ZEN_CODER_SALT or ~/.config/zen-coder/salt)",
+    )
+    mine.add_argument("--quiet", action="store_true", help="no progress bar")
+    mine.set_defaults(handler=run_mine)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=False)
+    try:
+        return args.handler(args, console)
+    except ZenCoderError as exc:
+        Console(stderr=True).print(f"zen-coder: error: {exc}", highlight=False, markup=False)
+        return 2
+    except KeyboardInterrupt:
+        # Everything already written is complete (atomic shards and ledgers); exit at once and
+        # let the worker processes die with us, instead of waiting for their batches.
+        sys.stderr.write("\nzen-coder: interrupted; rerun the same command to resume\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(130)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,485 @@
+"""Turn a batch of commits into records: the part of mining that runs in parallel.
+
+A batch is a run of consecutive commits of one repository, already filtered at commit level by the
+walk. For each changed file the extractor decides, cheapest test first, whether to keep it: path
+rules, then blob sizes (one `cat-file --batch-check` round trip for the whole batch, so an oversized
+blob is never read), then contents (read in groups bounded by bytes), then content rules, then
+redaction, normalization and the diff. Decoded, redacted and normalized texts are cached by blob id:
+a file's old content is usually the new content of its previous change, often in the same batch.
+
+The batch's shard, dedup keys and ledger are written to staging; the ledger goes last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pygit2
+
+from zen_coder.history import filters, languages
+from zen_coder.history.config import MineConfig
+from zen_coder.history.formatting import is_formatting_only
+from zen_coder.history.gitio import MODE_GITLINK, MODE_SYMLINK, ZERO_OID, BlobReader, RawChange
+from zen_coder.history.minhash import MinHasher
+from zen_coder.history.secrets import redact
+from zen_coder.history.store import (
+    KEYS_SCHEMA,
+    RECORD_SCHEMA,
+    DatasetDir,
+    write_json_atomic,
+    write_parquet_atomic,
+)
+
+CHANGE_TYPES = {"A": "add", "M": "modify", "T": "modify", "D": "delete", "R": "rename"}
+GROUP_BYTES = 64 << 20
+CACHE_CHARS = 64 << 20
+
+
+@dataclass(slots=True)
+class CommitJob:
+    """A commit as the walk hands it over: metadata, changes with history positions, verdict."""
+
+    sha: str
+    parent: str | None
+    author_time: int
+    committer_time: int
+    author: str
+    message: str
+    changes: list[tuple[RawChange, int]]
+    drop: str | None = None
+
+
+@dataclass
+class BatchJob:
+    repo: str
+    repo_key: str
+    git_dir: str
+    out: str
+    shard: str
+    index: int
+    config: MineConfig
+    commits: list[CommitJob]
+
+
+@dataclass(slots=True)
+class Blob:
+    """A blob's text and what was done to it; `clean` is redacted and normalized."""
+
+    size: int
+    text: str | None = None
+    problem: str | None = None  # binary, undecodable or missing_object
+    clean: str | None = None
+    redactions: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Counts:
+    commits: Counter = field(default_factory=Counter)
+    files: Counter = field(default_factory=Counter)
+    languages: Counter = field(default_factory=Counter)
+    redactions: Counter = field(default_factory=Counter)
+    changes_seen: int = 0
+    records: int = 0
+    code_bytes: int = 0
+
+
+def normalize(text: str) -> str:
+    """LF line endings, no trailing whitespace, exactly one final newline (none if empty)."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if " \n" in text or "\t\n" in text or text.endswith((" ", "\t")):
+        text = "\n".join(line.rstrip(" \t") for line in text.split("\n"))
+    text = text.rstrip("\n")
+    return text + "\n" if text else ""
+
+
+def _change_text(body: str) -> str:
+    """The added and removed lines of a diff: what near-duplicate detection compares."""
+    added, removed = [], []
+    for line in body.split("\n"):
+        if line.startswith("+"):
+            added.append(line[1:])
+        elif line.startswith("-"):
+            removed.append(line[1:])
+    return "\n".join(added) + "\n__removed__\n" + "\n".join(removed)
+
+
+class _Worker:
+    """Per-process state: open blob readers, the text cache, MinHashers."""
+
+    def __init__(self) -> None:
+        self.readers: OrderedDict[str, BlobReader] = OrderedDict()
+        self.cache: OrderedDict[tuple, Blob] = OrderedDict()
+        self.cache_chars = 0
+        self.hashers: dict[tuple, MinHasher] = {}
+
+    def reader(self, git_dir: str) -> BlobReader:
+        if git_dir not in self.readers:
+            if len(self.readers) >= 4:
+                self.readers.popitem(last=False)[1].close()
+            self.readers[git_dir] = BlobReader(git_dir)
+        self.readers.move_to_end(git_dir)
+        return self.readers[git_dir]
+
+    def hasher(self, config: MineConfig) -> MinHasher:
+        key = (config.minhash_permutations, config.shingle_size, config.near_dup_threshold)
+        if key not in self.hashers:
+            self.hashers[key] = MinHasher(*key)
+        return self.hashers[key]
+
+    def cached(self, key: tuple) -> Blob | None:
+        blob = self.cache.get(key)
+        if blob is not None:
+            self.cache.move_to_end(key)
+        return blob
+
+    def remember(self, key: tuple, blob: Blob) -> None:
+        self.cache[key] = blob
+        self.cache_chars += len(blob.text or "") + len(blob.clean or "")
+        while self.cache_chars > CACHE_CHARS and len(self.cache) > 1:
+            _, old = self.cache.popitem(last=False)
+            self.cache_chars -= len(old.text or "") + len(old.clean or "")
+
+
+_WORKER = _Worker()
+
+
+def init_worker_process() -> None:
+    """Run in each pool process: leave Ctrl-C to the parent and die with it, even on `kill -9`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass(slots=True)
+class _Candidate:
+    change: RawChange
+    position: int
+    language: str | None
+    needs_first_line: bool
+
+
+class _Batch:
+    def __init__(self, job: BatchJob) -> None:
+        self.job = job
+        self.config = job.config
+        self.reader = _WORKER.reader(job.git_dir)
+        self.hasher = _WORKER.hasher(job.config)
+        self.counts = Counts()
+        self.columns: dict[str, list] = {name: [] for name in RECORD_SCHEMA.names}
+        self.hashes: list[int] = []
+        self.bands: list[bytes] = []
+        self.blobs: dict[str, Blob] = {}
+        config = job.config
+        self.key_suffix = (config.redact_secrets, config.redact_emails, config.normalize_code)
+
+    # -- path-level rules: decided before any blob is read ------------------------------------
+    def path_reason(self, change: RawChange) -> str | None:
+        config = self.config
+        modes = (change.old_mode, change.new_mode)
+        if MODE_GITLINK in modes:
+            return "submodule"
+        if MODE_SYMLINK in modes:
+            return "symlink"
+        for path in (change.path, change.old_path):
+            if path is not None and not path.isascii():
+                try:
+                    path.encode("utf-8")
+                except UnicodeEncodeError:
+                    return "undecodable"
+        if change.status in ("M", "T") and change.old_oid == change.new_oid:
+            return "no_content_change"
+        path = change.path
+        if config.drop_vendored and filters.is_vendored(path):
+            return "vendored"
+        if config.drop_lockfiles and filters.is_lockfile(path):
+            return "lockfile"
+        if config.drop_generated_files and filters.is_generated_path(path):
+            return "generated"
+        return None
+
+    def plan(self, commit: CommitJob) -> list[_Candidate]:
+        candidates = []
+        for change, position in commit.changes:
+            reason = self.path_reason(change)
+            if reason is None:
+                language = languages.detect_language(change.path)
+                needs_line = language is None and languages.needs_first_line(change.path)
+                if language is None and not needs_line and self.config.drop_unknown_languages:
+                    reason = "unknown_language"
+                else:
+                    candidates.append(_Candidate(change, position, language, needs_line))
+            if reason is not None:
+                self.counts.files[reason] += 1
+        return candidates
+
+    # -- blobs ----------------------------------------------------------------------------------
+    def blob_key(self, oid: str) -> tuple:
+        return (self.job.git_dir, oid, *self.key_suffix)
+
+    def load_sizes(self, oids: set[str]) -> None:
+        unknown = []
+        for oid in oids:
+            blob = _WORKER.cached(self.blob_key(oid))
+            if blob is not None:
+                self.blobs[oid] = blob
+            else:
+                unknown.append(oid)
+        for oid, size in self.reader.sizes(unknown).items():
+            self.blobs[oid] = Blob(size=-1 if size is None else size)
+
+    def load_contents(self, oids: list[str]) -> None:
+        for oid, data in self.reader.contents(oids).items():
+            blob = self.blobs[oid]
+            if data is None:
+                blob.problem = "missing_object"
+            elif self.config.drop_binary and filters.is_binary(data):
+                blob.problem = "binary"
+            else:
+                try:
+                    blob.text = data.decode("utf-8")
+                except UnicodeDecodeError:
+                    blob.problem = "undecodable"
+            _WORKER.remember(self.blob_key(oid), blob)
+
+    def clean(self, blob: Blob) -> str:
+        if blob.clean is None:
+            text = blob.text
+            if self.config.redact_secrets or self.config.redact_emails:
+                text, blob.redactions = redact(
+                    text, secrets=self.config.redact_secrets, emails=self.config.redact_emails
+                )
+            blob.clean = normalize(text) if self.config.normalize_code else text
+        return blob.clean
+
+    # -- content-level rules and the record ------------------------------------------------------
+    def content_reason(self, candidate: _Candidate, old: Blob | None, new: Blob | None) -> str:
+        for blob in (old, new):
+            if blob is not None and blob.problem:
+                return blob.problem
+        texts = [blob.text for blob in (old, new) if blob is not None]
+        if candidate.language is None:
+            first_line = texts[-1][:200].split("\n", 1)[0]
+            candidate.language = languages.detect_language(candidate.change.path, first_line)
+            if candidate.language is None and self.config.drop_unknown_languages:
+                return "unknown_language"
+        if self.config.drop_generated_files and any(map(filters.has_generated_header, texts)):
+            return "generated_header"
+        limit = self.config.minified_mean_line_chars
+        if self.config.drop_minified and any(filters.is_minified(t, limit) for t in texts):
+            return "minified"
+        if (
+            self.config.drop_formatting_only
+            and old is not None
+            and new is not None
+            and old.text != new.text
+            and is_formatting_only(old.text, new.text, candidate.language)
+        ):
+            return "formatting_only"
+        return ""
+
+    def record(self, commit: CommitJob, candidate: _Candidate, old: Blob | None, new: Blob | None):
+        change = candidate.change
+        old_text = self.clean(old) if old is not None else None
+        new_text = self.clean(new) if new is not None else None
+        kind = CHANGE_TYPES[change.status]
+        if kind == "modify" and old_text == new_text:
+            return None
+        old_path = change.old_path or change.path
+        patch = pygit2.Patch.create_from(
+            old_text, new_text, old_as_path=old_path, new_as_path=change.path, context_lines=3
+        )
+        text = patch.text
+        header_end = text.find("\n--- ")  # drop libgit2's `diff --git` and `index` lines
+        diff = text[header_end + 1 :] if header_end >= 0 else ""
+        _, added, deleted = patch.line_stats
+        digest = hashlib.blake2b(digest_size=8)
+        digest.update((old_text or "").encode())
+        digest.update(b"\0")
+        digest.update((new_text or "").encode())
+        if old_text == new_text:
+            digest.update(f"\0{old_path}\0{change.path}".encode())
+        content_hash = int.from_bytes(digest.digest(), "little")
+        body = diff.split("\n@@", 1)[1] if "\n@@" in diff else ""
+        bands = self.hasher.band_hashes(_change_text(body), fallback=content_hash)
+        return {
+            "repo": self.job.repo,
+            "commit": commit.sha,
+            "parent": commit.parent,
+            "author_time": commit.author_time * 1000,  # Parquet stores milliseconds
+            "committer_time": commit.committer_time * 1000,
+            "message": commit.message,
+            "author": commit.author,
+            "path": change.path,
+            "old_path": None if kind == "add" else old_path,
+            "change_type": kind,
+            "language": candidate.language,
+            "old_content": old_text,
+            "new_content": new_text,
+            "diff": diff,
+            "lines_added": added,
+            "lines_deleted": deleted,
+            "history_position": candidate.position,
+            "_hash": content_hash,
+            "_bands": np.asarray(bands, dtype="<u8").tobytes(),
+            "_redactions": [b.redactions for b in (old, new) if b is not None],
+        }
+
+    def commit_reason(self, records: list[dict]) -> str | None:
+        config = self.config
+        added = sum(r["lines_added"] for r in records)
+        deleted = sum(r["lines_deleted"] for r in records)
+        if sum(len(r["diff"]) for r in records) > config.max_diff_chars_per_commit:
+            return "diff_too_large"
+        if added + deleted > config.max_changed_lines_per_commit:
+            return "too_many_changed_lines"
+        if (
+            config.drop_extreme_ratios
+            and added + deleted >= config.ratio_min_lines
+            and max(added, deleted) > config.max_add_delete_ratio * max(min(added, deleted), 1)
+        ):
+            return "extreme_ratio"
+        return None
+
+    def finish(self, commit: CommitJob, candidates: list[_Candidate]) -> None:
+        records = []
+        limit = self.config.max_file_bytes
+        for candidate in candidates:
+            change = candidate.change
+            old = self.blobs[change.old_oid] if change.old_oid != ZERO_OID else None
+            new = self.blobs[change.new_oid] if change.new_oid != ZERO_OID else None
+            if any(b is not None and b.size > limit for b in (old, new)):
+                self.counts.files["file_too_large"] += 1
+                continue
+            reason = self.content_reason(candidate, old, new)
+            record = None if reason else self.record(commit, candidate, old, new)
+            if record is None:
+                self.counts.files[reason or "redacted_to_noop"] += 1
+            else:
+                records.append(record)
+        if not records:
+            self.counts.commits["no_files_left"] += 1
+            return
+        reason = self.commit_reason(records)
+        if reason:
+            self.counts.commits[reason] += 1
+            return
+        message, message_redactions = self.redact_message(commit.message)
+        self.counts.redactions.update(message_redactions)
+        for record in records:
+            record["message"] = message
+            for redactions in record.pop("_redactions"):
+                self.counts.redactions.update(redactions)
+            self.hashes.append(record.pop("_hash"))
+            self.bands.append(record.pop("_bands"))
+            for name, value in record.items():
+                self.columns[name].append(value)
+            self.counts.languages[record["language"] or "unknown"] += 1
+            self.counts.code_bytes += len((record["new_content"] or "").encode())
+        self.counts.records += len(records)
+        self.counts.commits["kept"] += 1
+
+    def redact_message(self, message: str) -> tuple[str, dict[str, int]]:
+        if self.config.redact_secrets or self.config.redact_emails:
+            return redact(
+                message, secrets=self.config.redact_secrets, emails=self.config.redact_emails
+            )
+        return message, {}
+
+    # -- the whole batch -----------------------------------------------------------------------
+    def run(self) -> dict:
+        plans = []
+        for commit in self.job.commits:
+            self.counts.changes_seen += len(commit.changes)
+            if commit.drop:
+                self.counts.commits[commit.drop] += 1
+            else:
+                plans.append((commit, self.plan(commit)))
+        oids = {
+            oid
+            for _, candidates in plans
+            for candidate in candidates
+            for oid in (candidate.change.old_oid, candidate.change.new_oid)
+            if oid != ZERO_OID
+        }
+        self.load_sizes(oids)
+        group: list = []
+        group_bytes = 0
+        pending: dict[str, None] = {}
+        for commit, candidates in plans:
+            for candidate in candidates:
+                for oid in (candidate.change.old_oid, candidate.change.new_oid):
+                    blob = self.blobs.get(oid)
+                    if blob is None or oid in pending or blob.text is not None or blob.problem:
+                        continue
+                    if blob.size < 0:
+                        blob.problem = "missing_object"
+                    elif blob.size <= self.config.max_file_bytes:
+                        pending[oid] = None
+                        group_bytes += blob.size
+            group.append((commit, candidates))
+            if group_bytes >= GROUP_BYTES:
+                self._flush(group, pending)
+                group, group_bytes, pending = [], 0, {}
+        self._flush(group, pending)
+        return self.write()
+
+    def _flush(self, group: list, pending: dict[str, None]) -> None:
+        if pending:
+            self.load_contents(list(pending))
+        for commit, candidates in group:
+            self.finish(commit, candidates)
+
+    def write(self) -> dict:
+        store = DatasetDir(Path(self.job.out))
+        paths = store.staged(self.job.repo_key, self.job.shard)
+        counts = self.counts
+        if counts.records:
+            keys = pa.table(
+                {
+                    "content_hash": pa.array(self.hashes, pa.uint64()),
+                    "bands": pa.array(self.bands, pa.binary()),
+                    "kept": pa.array([True] * counts.records),
+                },
+                schema=KEYS_SCHEMA,
+            )
+            write_parquet_atomic(paths.keys, keys, records=False)
+            table = pa.table(self.columns, schema=RECORD_SCHEMA)
+            write_parquet_atomic(paths.data, table, records=True)
+        kept = counts.commits.pop("kept", 0)
+        ledger = {
+            "repo": self.job.repo,
+            "repo_key": self.job.repo_key,
+            "shard": self.job.shard,
+            "index": self.job.index,
+            "commits": [commit.sha for commit in self.job.commits],
+            "commits_kept": kept,
+            "commit_reasons": dict(counts.commits),
+            "file_reasons": dict(counts.files),
+            "languages": dict(counts.languages),
+            "redactions": dict(counts.redactions),
+            "changes_seen": counts.changes_seen,
+            "records": counts.records,
+            "code_bytes": counts.code_bytes,
+            "data_bytes": paths.data.stat().st_size if counts.records else 0,
+        }
+        write_json_atomic(paths.ledger, ledger)
+        return ledger
+
+
+def extract_batch(job: BatchJob) -> dict:
+    """Extract one batch into a staged shard; return its ledger."""
+    return _Batch(job).run()

@@ -1,0 +1,371 @@
+"""`zen-coder mine`: repositories in, one deduplicated dataset directory out.
+
+A run claims the output directory, recovers what an interrupted run left, resolves the inputs,
+decides which commits forks share, mines every repository (its walk in a coordinating thread, its
+batches in a shared pool of worker processes, or each repository as one task on a Ray cluster),
+deduplicates the new shards against the dataset and rewrites the manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import secrets
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+from zen_coder import __version__
+from zen_coder.errors import ZenCoderError
+from zen_coder.history import sources
+from zen_coder.history.config import MineConfig
+from zen_coder.history.dedup import finalize
+from zen_coder.history.extract import extract_batch, init_worker_process
+from zen_coder.history.sources import Repository, RepoSpec
+from zen_coder.history.store import RECORD_SCHEMA, SCHEMA_VERSION, DatasetDir, write_json_atomic
+from zen_coder.history.walk import WalkPlan, walk
+
+Progress = Callable[[str, int], None]
+
+
+@dataclass
+class RunReport:
+    """What one run did; the dataset-wide counts are in the manifest it wrote."""
+
+    out: Path
+    manifest: dict
+    elapsed: float
+    new_commits: int = 0
+    new_records: int = 0
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "zen-coder" / "repos"
+
+
+def load_salt(path: Path | None = None) -> bytes:
+    """The secret that salts author hashes: $ZEN_CODER_SALT, a given file, or a per-user file.
+
+    It lives outside the dataset on purpose: whoever receives a dataset must not be able to test
+    guessed emails against its author hashes.
+    """
+    if path is None and os.environ.get("ZEN_CODER_SALT"):
+        return os.environ["ZEN_CODER_SALT"].encode()
+    if path is None:
+        base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+        path = Path(base) / "zen-coder" / "salt"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_hex(32) + "\n")
+    try:
+        salt = path.read_text().strip().encode()
+    except OSError as exc:
+        raise ZenCoderError(f"cannot read salt file {path}: {exc.strerror}") from None
+    if not salt:
+        raise ZenCoderError(f"salt file {path} is empty; put a random secret in it")
+    return salt
+
+
+def _fingerprint(salt: bytes) -> str:
+    return hashlib.blake2b(salt, digest_size=8, person=b"zen-salt").hexdigest()
+
+
+def _check_compatible(store: DatasetDir, config: MineConfig, salt: bytes) -> dict | None:
+    """The previous manifest, if the directory may be extended with these settings."""
+    if not store.manifest.exists():
+        return None
+    try:
+        previous = json.loads(store.manifest.read_text())
+    except (OSError, ValueError):
+        raise ZenCoderError(
+            f"{store.manifest} is unreadable; remove the directory or choose another --out"
+        ) from None
+    if previous.get("schema_version") != SCHEMA_VERSION:
+        raise ZenCoderError(
+            f"{store.root} holds schema version {previous.get('schema_version')}, this zen-coder "
+            f"writes {SCHEMA_VERSION}; mine into a new --out directory"
+        )
+    changed = sorted(
+        key
+        for key, value in config.content_settings().items()
+        if previous.get("config", {}).get(key) != value
+    )
+    if changed:
+        raise ZenCoderError(
+            f"{store.root} was mined with other settings ({', '.join(changed)}); use the same "
+            "settings to extend it, or a new --out directory"
+        )
+    if previous.get("salt_fingerprint") != _fingerprint(salt):
+        raise ZenCoderError(
+            f"{store.root} was mined with another author salt; set the same ZEN_CODER_SALT "
+            "or --salt-file, or mine into a new --out directory"
+        )
+    return previous
+
+
+def _resolve_all(specs: Sequence[RepoSpec], cache_dir: Path, report: RunReport) -> list[Repository]:
+    repos: list[Repository] = []
+    names: dict[str, str] = {}
+    for spec in specs:
+        try:
+            repo = sources.resolve(spec, cache_dir)
+        except sources.EmptyRepository as exc:
+            report.warnings.append(str(exc))
+            continue
+        except ZenCoderError as exc:
+            report.errors.append(str(exc))
+            continue
+        if repo.name in names:
+            raise ZenCoderError(
+                f"two inputs are both named {repo.name!r} ({names[repo.name]}, {spec.source}); "
+                "give them distinct `name`s in a manifest"
+            )
+        names[repo.name] = spec.source
+        if sources.shallow_boundary(repo.git_dir):
+            report.warnings.append(
+                f"{spec.source}: shallow clone, history before its boundary is missing; run "
+                "`git fetch --unshallow` there to mine all of it"
+            )
+        repos.append(repo)
+    return repos
+
+
+def fork_exclusions(repos: list[Repository]) -> dict[str, frozenset[str]]:
+    """Commits each repository leaves to an earlier input that shares them (forks, mirrors).
+
+    Repositories share commits only if they share a root commit, so only those are compared.
+    """
+    roots = {repo.name: sources.root_commits(repo) for repo in repos}
+    exclusions: dict[str, frozenset[str]] = {}
+    history: dict[str, set[str]] = {}
+    for position, repo in enumerate(repos):
+        earlier = [other for other in repos[:position] if roots[other.name] & roots[repo.name]]
+        if not earlier:
+            continue
+        for other in earlier:
+            if other.name not in history:
+                history[other.name] = sources.all_commits(other)
+        mine = sources.all_commits(repo)
+        shared = set().union(*(history[other.name] & mine for other in earlier))
+        exclusions[repo.name] = frozenset(shared)
+    return exclusions
+
+
+def mine_repository(
+    repo: Repository,
+    plan: WalkPlan,
+    progress: Progress,
+    pool: Executor | None = None,
+    in_flight: int = 4,
+) -> None:
+    """Mine one repository: walk here, extract batches in `pool` (or inline), in commit order."""
+    window: deque[Future] = deque()
+
+    def collect(ledger: dict) -> None:
+        progress(repo.name, len(ledger["commits"]))
+
+    for job in walk(repo, plan, on_skip=lambda n: progress(repo.name, n)):
+        if pool is None:
+            collect(extract_batch(job))
+            continue
+        window.append(pool.submit(extract_batch, job))
+        while len(window) >= in_flight:
+            collect(window.popleft().result())
+    while window:
+        collect(window.popleft().result())
+
+
+def _mine_on_ray(repo: Repository, plan: WalkPlan) -> str:
+    mine_repository(repo, plan, progress=lambda name, n: None)
+    return repo.name
+
+
+def _run_local(repos, plans, workers: int, progress: Progress) -> list[str]:
+    errors: list[str] = []
+    pool = None
+    if workers > 1:
+        pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=get_context("spawn"), initializer=init_worker_process
+        )
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(repos)))) as threads:
+            futures = {
+                threads.submit(
+                    mine_repository, repo, plans[repo.name], progress, pool, 2 * workers
+                ): repo
+                for repo in repos
+            }
+            for future, repo in futures.items():
+                try:
+                    future.result()
+                except ZenCoderError as exc:
+                    errors.append(f"{repo.spec.source}: {exc}")
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return errors
+
+
+def _run_ray(repos, plans, remaining: dict[str, int], progress: Progress) -> list[str]:
+    try:
+        import ray
+    except ImportError:
+        raise ZenCoderError("--executor ray needs Ray: pip install 'zen-coder[ray]'") from None
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    task = ray.remote(_mine_on_ray)
+    pending = {task.remote(repo, plans[repo.name]): repo for repo in repos}
+    errors = []
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        repo = pending.pop(done[0])
+        try:
+            ray.get(done[0])
+        except Exception as exc:  # Ray wraps the task's exception; report it as one line
+            cause = getattr(exc, "cause", exc)
+            errors.append(f"{repo.spec.source}: {cause}")
+        progress(repo.name, remaining[repo.name])
+    return errors
+
+
+def _totals(ledgers: list[dict]) -> dict:
+    keys = ("changes_seen", "records", "code_bytes", "data_bytes", "commits_kept")
+    totals = {key: sum(ledger[key] for ledger in ledgers) for key in keys}
+    totals["commits_seen"] = sum(len(ledger["commits"]) for ledger in ledgers)
+    totals["shards"] = sum(1 for ledger in ledgers if ledger["records"])
+    for name in ("commit_reasons", "file_reasons", "languages", "redactions"):
+        merged: Counter = Counter()
+        for ledger in ledgers:
+            merged.update(ledger[name])
+        totals[name] = dict(sorted(merged.items()))
+    return totals
+
+
+def build_manifest(
+    store: DatasetDir,
+    config: MineConfig,
+    salt: bytes,
+    inputs: list[dict],
+    runs: list[dict],
+) -> dict:
+    ledgers = store.final_ledgers()
+    by_repo: dict[str, list[dict]] = {}
+    for ledger in ledgers:
+        by_repo.setdefault(ledger["repo"], []).append(ledger)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "zen_coder_version": __version__,
+        "record_schema": {f.name: str(f.type) for f in RECORD_SCHEMA},
+        "config": config.content_settings(),
+        "salt_fingerprint": _fingerprint(salt),
+        "inputs": inputs,
+        "totals": _totals(ledgers),
+        "repos": {name: _totals(group) for name, group in sorted(by_repo.items())},
+        "shards": sorted(
+            str(store.final(ledger["repo_key"], ledger["shard"]).data.relative_to(store.root))
+            for ledger in ledgers
+            if ledger["records"]
+        ),
+        "runs": runs,
+    }
+
+
+def mine(
+    specs: Sequence[RepoSpec],
+    out: Path,
+    config: MineConfig | None = None,
+    *,
+    workers: int | None = None,
+    executor: str = "local",
+    cache_dir: Path | None = None,
+    salt: bytes | None = None,
+    progress: Callable[[int], Callable[[str, int], None]] | None = None,
+) -> RunReport:
+    """Mine `specs` into the dataset directory `out` (created, or extended incrementally).
+
+    `progress(total_commits)` may return a callback that receives (repo name, commits done).
+    """
+    config = config or MineConfig()
+    workers = workers or os.cpu_count() or 1
+    salt = salt if salt is not None else load_salt()
+    if executor not in ("local", "ray"):
+        raise ZenCoderError(f"unknown executor {executor!r}; choose local or ray")
+    started = time.monotonic()
+    store = DatasetDir(Path(out))
+    store.root.mkdir(parents=True, exist_ok=True)
+    store.lock()
+    try:
+        previous = _check_compatible(store, config, salt)
+        store.recover()
+        report = RunReport(out=store.root, manifest={}, elapsed=0.0)
+        repos = _resolve_all(specs, cache_dir or default_cache_dir(), report)
+        exclusions = fork_exclusions(repos) if config.dedup_forks and len(repos) > 1 else {}
+        plans = {
+            repo.name: WalkPlan(
+                config=config,
+                salt=salt,
+                out=str(store.root),
+                done=frozenset(store.mined_commits(repo.key)),
+                excluded=exclusions.get(repo.name, frozenset()),
+            )
+            for repo in repos
+        }
+        counts = {repo.name: sources.commit_count(repo) for repo in repos}
+        advance = progress(sum(counts.values())) if progress else None
+        lock = threading.Lock()
+        done_before = sum(len(plan.done) for plan in plans.values())
+
+        def on_progress(name: str, commits: int) -> None:
+            if advance is not None:
+                with lock:
+                    advance(name, commits)
+
+        if executor == "ray":
+            remaining = {name: counts[name] - len(plans[name].done) for name in counts}
+            report.errors += _run_ray(repos, plans, remaining, on_progress)
+        else:
+            report.errors += _run_local(repos, plans, workers, on_progress)
+        finalize(store, [repo.key for repo in repos], config)
+        inputs = {entry["name"]: entry for entry in (previous or {}).get("inputs", [])}
+        for repo in repos:
+            inputs[repo.name] = {
+                "name": repo.name,
+                "source": repo.spec.source,
+                "revision": repo.spec.revision,
+            }
+        report.elapsed = time.monotonic() - started
+        mined_now = {repo.name: len(store.mined_commits(repo.key)) for repo in repos}
+        report.new_commits = sum(mined_now.values()) - done_before
+        runs = (previous or {}).get("runs", [])
+        runs.append(
+            {
+                "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                "seconds": round(report.elapsed, 2),
+                "new_commits": report.new_commits,
+                "workers": workers,
+                "executor": executor,
+                "errors": report.errors,
+            }
+        )
+        manifest = build_manifest(
+            store, config, salt, sorted(inputs.values(), key=lambda entry: entry["name"]), runs
+        )
+        previous_records = (previous or {}).get("totals", {}).get("records", 0)
+        report.new_records = manifest["totals"]["records"] - previous_records
+        write_json_atomic(store.manifest, manifest)
+        report.manifest = manifest
+        return report
+    finally:
+        store.release()

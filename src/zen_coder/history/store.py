@@ -1,0 +1,235 @@
+"""The on-disk dataset of `zen-coder mine`: record schema, shards, ledgers and crash safety.
+
+Layout of an output directory (docs/mining.md describes the record schema):
+
+    manifest.json                        inputs, config, schema version, counts
+    data/<repo>/<shard>.parquet          the records (zstd Parquet)
+    _state/lock                          held while a run writes
+    _state/staging/<repo>/<shard>.*      extracted shards waiting for deduplication
+    _state/keys/<repo>/<shard>.parquet   dedup keys of every final record (kept or dropped)
+    _state/ledgers/<repo>/<shard>.json   what a final shard covers: commits and counts
+
+Every file is written to a temporary name and renamed into place; a shard's ledger is written last
+and is its commit marker. On start, temporary files and shards without a ledger are removed, so a
+run killed at any moment leaves no partial shard and resumes without duplicates.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from zen_coder.errors import ZenCoderError
+
+SCHEMA_VERSION = 1
+
+RECORD_SCHEMA = pa.schema(
+    [
+        pa.field("repo", pa.string(), nullable=False),
+        pa.field("commit", pa.string(), nullable=False),
+        pa.field("parent", pa.string()),
+        pa.field("author_time", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("committer_time", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("message", pa.string(), nullable=False),
+        pa.field("author", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("old_path", pa.string()),
+        pa.field("change_type", pa.string(), nullable=False),
+        pa.field("language", pa.string()),
+        pa.field("old_content", pa.string()),
+        pa.field("new_content", pa.string()),
+        pa.field("diff", pa.string(), nullable=False),
+        pa.field("lines_added", pa.int32(), nullable=False),
+        pa.field("lines_deleted", pa.int32(), nullable=False),
+        pa.field("history_position", pa.int32(), nullable=False),
+    ],
+    metadata={"zen_coder.schema_version": str(SCHEMA_VERSION)},
+)
+
+KEYS_SCHEMA = pa.schema(
+    [
+        pa.field("content_hash", pa.uint64(), nullable=False),
+        pa.field("bands", pa.binary(), nullable=False),
+        pa.field("kept", pa.bool_(), nullable=False),
+    ]
+)
+
+_DICTIONARY_COLUMNS = ["repo", "change_type", "language", "author", "message", "commit", "parent"]
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _replace(temporary: Path, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(temporary, path)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary(path)
+    with open(temporary, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    _replace(temporary, path)
+
+
+def write_json_atomic(path: Path, document: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(document, indent=1, sort_keys=True) + "\n").encode())
+
+
+def write_parquet_atomic(path: Path, table: pa.Table, *, records: bool) -> None:
+    """Write a table as zstd Parquet under a temporary name, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = _temporary(path)
+    pq.write_table(
+        table,
+        temporary,
+        compression="zstd",
+        use_dictionary=_DICTIONARY_COLUMNS if records else True,
+        row_group_size=1024,
+    )
+    with open(temporary, "rb+") as handle:
+        os.fsync(handle.fileno())
+    _replace(temporary, path)
+
+
+@dataclass(frozen=True)
+class ShardPaths:
+    data: Path
+    keys: Path
+    ledger: Path
+
+
+class DatasetDir:
+    """One output directory: where shards live and how a run claims, recovers and finalizes them."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.data = root / "data"
+        self.state = root / "_state"
+        self.staging = self.state / "staging"
+        self.keys = self.state / "keys"
+        self.ledgers = self.state / "ledgers"
+        self.manifest = root / "manifest.json"
+        self._lock_handle = None
+
+    def staged(self, repo_key: str, shard: str) -> ShardPaths:
+        folder = self.staging / repo_key
+        return ShardPaths(
+            folder / f"{shard}.parquet", folder / f"{shard}.keys.parquet", folder / f"{shard}.json"
+        )
+
+    def final(self, repo_key: str, shard: str) -> ShardPaths:
+        return ShardPaths(
+            self.data / repo_key / f"{shard}.parquet",
+            self.keys / repo_key / f"{shard}.parquet",
+            self.ledgers / repo_key / f"{shard}.json",
+        )
+
+    def lock(self) -> None:
+        """Claim the directory for this process; the lock dies with it, even on `kill -9`."""
+        self.state.mkdir(parents=True, exist_ok=True)
+        handle = open(self.state / "lock", "w")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ZenCoderError(
+                f"{self.root}: another zen-coder run is writing here; wait for it or use --out"
+            ) from None
+        self._lock_handle = handle
+
+    def release(self) -> None:
+        if self._lock_handle is not None:
+            self._lock_handle.close()
+            self._lock_handle = None
+
+    def recover(self) -> None:
+        """Remove what an interrupted run left half-written."""
+        for folder in (self.data, self.staging, self.keys, self.ledgers):
+            if folder.exists():
+                for leftover in folder.rglob(".*.tmp-*"):
+                    leftover.unlink()
+        for repo_key, shard in self._shards(self.staging, ".parquet"):
+            paths = self.staged(repo_key, shard)
+            if self.final(repo_key, shard).ledger.exists() or not paths.ledger.exists():
+                paths.data.unlink(missing_ok=True)
+                paths.keys.unlink(missing_ok=True)
+                paths.ledger.unlink(missing_ok=True)
+        for repo_key, shard in self._shards(self.data, ".parquet"):
+            paths = self.final(repo_key, shard)
+            if not paths.ledger.exists():
+                paths.data.unlink()
+                paths.keys.unlink(missing_ok=True)
+
+    @staticmethod
+    def _shards(folder: Path, suffix: str) -> Iterator[tuple[str, str]]:
+        if not folder.exists():
+            return
+        for path in sorted(folder.glob(f"*/*{suffix}")):
+            if not path.name.endswith(".keys.parquet"):
+                yield path.parent.name, path.name.removesuffix(suffix)
+
+    def staged_ledgers(self) -> list[dict]:
+        return [_read_json(p) for p in sorted(self.staging.glob("*/*.json"))]
+
+    def final_ledgers(self) -> list[dict]:
+        return [_read_json(p) for p in sorted(self.ledgers.glob("*/*.json"))]
+
+    def mined_commits(self, repo_key: str) -> set[str]:
+        """Every commit of the repository that a staged or final shard already covers."""
+        done: set[str] = set()
+        for folder in (self.staging / repo_key, self.ledgers / repo_key):
+            for path in folder.glob("*.json"):
+                done.update(_read_json(path)["commits"])
+        return done
+
+    def promote(
+        self, ledger: dict, table: pa.Table | None = None, kept: np.ndarray | None = None
+    ) -> None:
+        """Make a staged shard final: its records (or `table`, what dedup kept) move to data/."""
+        staged = self.staged(ledger["repo_key"], ledger["shard"])
+        final = self.final(ledger["repo_key"], ledger["shard"])
+        if ledger["records"] or table is not None:
+            keys = pq.read_table(staged.keys)
+            if table is None:
+                _link_or_copy(staged.data, final.data)
+            elif len(table):
+                write_parquet_atomic(final.data, table, records=True)
+                keys = keys.set_column(keys.schema.get_field_index("kept"), "kept", pa.array(kept))
+            write_parquet_atomic(final.keys, keys, records=False)
+            size = final.data.stat().st_size if final.data.exists() else 0
+            ledger = {**ledger, "data_bytes": size}
+        write_json_atomic(final.ledger, ledger)
+        for path in (staged.data, staged.keys, staged.ledger):
+            path.unlink(missing_ok=True)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link (instant, and the staged copy stays valid until the ledger is written)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        temporary = _temporary(target)
+        shutil.copyfile(source, temporary)
+        _replace(temporary, target)
+
+
+def _read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
