@@ -10,12 +10,20 @@ HUMAN = ("Ada Lovelace", "ada@example.org")
 
 
 class GitRepo:
-    def __init__(self, path: Path, branch: str = "main") -> None:
+    def __init__(self, path: Path, branch: str = "main", *, create: bool = True) -> None:
         self.path = path
         self.clock = 1_700_000_000
-        path.mkdir(parents=True, exist_ok=True)
-        self.git("init", "-q", "-b", branch)
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+            self.git("init", "-q", "-b", branch)
         self.git("config", "commit.gpgsign", "false")
+
+    @classmethod
+    def clone(cls, source: GitRepo, path: Path) -> GitRepo:
+        subprocess.run(["git", "clone", "-q", str(source.path), str(path)], check=True)
+        repo = cls(path, create=False)
+        repo.clock = source.clock
+        return repo
 
     def git(self, *args: str, input: bytes | None = None, env: dict | None = None) -> str:
         result = subprocess.run(

@@ -18,6 +18,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from zen_coder import __version__
 from zen_coder.errors import ZenCoderError
@@ -58,7 +59,7 @@ def _mine_progress(console: Console, quiet: bool) -> tuple[Progress | None, Call
 
 def _count_table(title: str, counts: dict[str, int], unit: str) -> Table:
     table = Table(title=title, title_justify="left", show_header=True)
-    table.add_column("reason" if unit != "records" else "language")
+    table.add_column({"records": "language", "replaced": "kind"}.get(unit, "reason"))
     table.add_column(unit, justify="right")
     for name, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
         table.add_row(name, f"{count:,}")
@@ -95,10 +96,10 @@ def print_mine_summary(console: Console, report) -> None:
         if totals[key]:
             console.print(_count_table(title, totals[key], unit))
     for warning in report.warnings:
-        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        console.print(Text.assemble(("warning: ", "yellow"), warning), soft_wrap=True)
     for error in report.errors:
-        console.print(f"[red]error:[/] {error}", highlight=False)
-    console.print(f"manifest: {report.out / 'manifest.json'}", highlight=False)
+        console.print(Text.assemble(("error: ", "red"), error), soft_wrap=True)
+    console.print(Text(f"manifest: {report.out / 'manifest.json'}"), soft_wrap=True)
 
 
 def run_mine(args: argparse.Namespace, console: Console) -> int:
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args, console)
     except ZenCoderError as exc:
-        Console(stderr=True).print(f"zen-coder: error: {exc}", highlight=False, markup=False)
+        Console(stderr=True).print(Text(f"zen-coder: error: {exc}"), soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         # Everything already written is complete (atomic shards and ledgers); exit at once and

@@ -1,0 +1,258 @@
+"""Mining runs: parallelism, incremental reruns, forks, cross-repository duplicates, inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.gitrepo import GitRepo
+from tests.history import zoo
+from tests.history.test_mine import SALT, read_records
+from zen_coder.errors import ZenCoderError
+from zen_coder.history.config import MineConfig
+from zen_coder.history.pipeline import mine
+from zen_coder.history.sources import RepoSpec
+
+
+def sorted_records(out: Path) -> list[dict]:
+    return sorted(read_records(out), key=lambda r: (r["repo"], r["commit"], r["path"]))
+
+
+def totals(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())["totals"]
+
+
+def content_totals(out: Path) -> dict:
+    """The totals that do not depend on how the records were cut into shards."""
+    return {k: v for k, v in totals(out).items() if k not in ("shards", "data_bytes")}
+
+
+def small_repo(path: Path, files: int = 3) -> GitRepo:
+    repo = GitRepo(path)
+    for i in range(files):
+        repo.write(f"pkg/module_{i}.py", f"def f{i}(x):\n    return x + {i}\n")
+        repo.commit(f"Add module {i}")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def zoo_repo(tmp_path_factory) -> GitRepo:
+    return zoo.build_zoo(tmp_path_factory.mktemp("zoo") / "repo")
+
+
+def test_parallel_workers_and_small_batches_give_the_same_dataset(zoo_repo, tmp_path):
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    mine([RepoSpec(str(zoo_repo.path))], serial, workers=1, salt=SALT)
+    config = MineConfig(commits_per_batch=3)
+    mine([RepoSpec(str(zoo_repo.path))], parallel, config, workers=2, salt=SALT)
+    assert sorted_records(parallel) == sorted_records(serial)
+    assert content_totals(parallel) == content_totals(serial)
+
+
+def test_rerun_mines_only_new_commits(tmp_path):
+    repo = small_repo(tmp_path / "repo")
+    out = tmp_path / "out"
+    first = mine([RepoSpec(str(repo.path))], out, workers=1, salt=SALT)
+    assert (first.new_commits, first.new_records) == (3, 3)
+    again = mine([RepoSpec(str(repo.path))], out, workers=1, salt=SALT)
+    assert (again.new_commits, again.new_records) == (0, 0)
+
+    repo.write("pkg/module_0.py", "def f0(x):\n    return x * 2\n")
+    repo.commit("Double in f0")
+    repo.write("README.md", "# pkg\n")
+    repo.commit("Add a readme")
+    third = mine([RepoSpec(str(repo.path))], out, workers=1, salt=SALT)
+    assert (third.new_commits, third.new_records) == (2, 2)
+
+    fresh = tmp_path / "fresh"
+    mine([RepoSpec(str(repo.path))], fresh, workers=1, salt=SALT)
+    assert sorted_records(out) == sorted_records(fresh)
+    assert totals(out)["commits_seen"] == 5
+    changed = next(r for r in read_records(out) if r["message"] == "Double in f0")
+    assert changed["history_position"] == 2
+    assert len(json.loads((out / "manifest.json").read_text())["runs"]) == 3
+
+
+def test_extending_with_other_settings_or_salt_is_refused(tmp_path):
+    repo = small_repo(tmp_path / "repo", files=1)
+    out = tmp_path / "out"
+    mine([RepoSpec(str(repo.path))], out, workers=1, salt=SALT)
+    with pytest.raises(ZenCoderError, match="max_files_per_commit"):
+        mine([RepoSpec(str(repo.path))], out, MineConfig(max_files_per_commit=3), salt=SALT)
+    with pytest.raises(ZenCoderError, match="salt"):
+        mine([RepoSpec(str(repo.path))], out, workers=1, salt=b"another")
+    # Execution settings may change freely.
+    mine([RepoSpec(str(repo.path))], out, MineConfig(commits_per_batch=7), workers=2, salt=SALT)
+
+
+def test_a_fork_mines_shared_commits_once(tmp_path):
+    upstream = small_repo(tmp_path / "upstream")
+    fork = GitRepo.clone(upstream, tmp_path / "fork")
+    fork.write("pkg/extra.py", "EXTRA = 1\n")
+    fork.commit("Add extra")
+    out = tmp_path / "out"
+    mine([RepoSpec(str(upstream.path)), RepoSpec(str(fork.path))], out, workers=1, salt=SALT)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["repos"]["fork"]["commit_reasons"] == {"fork_duplicate": 3}
+    assert manifest["repos"]["fork"]["records"] == 1
+    assert manifest["repos"]["upstream"]["records"] == 3
+    assert [r["message"] for r in read_records(out) if r["repo"] == "fork"] == ["Add extra"]
+
+
+def long_module(variant: str) -> str:
+    lines = [
+        f"def handler_{i}(request):\n    return respond(request, code={i})\n" for i in range(40)
+    ]
+    lines[20] = f"def handler_20(request):\n    return respond(request, code={variant})\n"
+    return "\n\n".join(lines)
+
+
+def test_near_duplicates_are_removed_across_repositories_only(tmp_path):
+    first = GitRepo(tmp_path / "first")
+    first.write("handlers.py", long_module("20"))
+    first.commit("Add handlers")
+    second = GitRepo(tmp_path / "second")
+    second.write("app/handlers.py", long_module("200"))  # one token differs: Jaccard ~0.97
+    second.commit("Add request handlers")
+    # Near-duplicates of each other, within one repository: both stay.
+    views = "\n".join(f"def view_{i}(page):\n    return render(page, {i})\n" for i in range(30))
+    second.write("app/views.py", views)
+    second.commit("Add views")
+    second.write("app/views_v2.py", views.replace("render(page, 7)", "render(page, 70)"))
+    second.commit("Add views v2")
+    out = tmp_path / "out"
+    mine([RepoSpec(str(first.path)), RepoSpec(str(second.path))], out, workers=1, salt=SALT)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["totals"]["file_reasons"] == {"near_duplicate": 1}
+    kept = {(r["repo"], r["path"]) for r in read_records(out)}
+    assert kept == {
+        ("first", "handlers.py"),
+        ("second", "app/views.py"),
+        ("second", "app/views_v2.py"),
+    }
+
+
+def test_a_later_run_dedups_new_repositories_against_the_dataset(tmp_path):
+    first = GitRepo(tmp_path / "first")
+    first.write("handlers.py", long_module("20"))
+    first.commit("Add handlers")
+    second = GitRepo(tmp_path / "second")
+    second.write("handlers.py", long_module("20"))
+    second.commit("Add the same handlers")
+    out = tmp_path / "out"
+    mine([RepoSpec(str(first.path))], out, workers=1, salt=SALT)
+    mine([RepoSpec(str(second.path))], out, workers=1, salt=SALT)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["repos"]["second"]["file_reasons"] == {"exact_duplicate": 1}
+    assert {entry["name"] for entry in manifest["inputs"]} == {"first", "second"}
+
+
+def test_bad_inputs_are_reported_and_the_others_go_on(tmp_path):
+    good = small_repo(tmp_path / "good", files=2)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    empty = GitRepo(tmp_path / "empty")
+    report = mine(
+        [
+            RepoSpec(str(plain)),
+            RepoSpec(str(tmp_path / "missing")),
+            RepoSpec(str(empty.path)),
+            RepoSpec(str(good.path), branch="no-such-branch", name="bad-branch"),
+            RepoSpec(str(good.path)),
+        ],
+        tmp_path / "out",
+        workers=1,
+        salt=SALT,
+    )
+    assert report.errors == [
+        f"{plain}: not a git repository; pass the path of a repository or a clone URL",
+        f"{tmp_path / 'missing'}: no such directory; pass a repository path or a clone URL",
+        f"{good.path}: revision 'no-such-branch' not found; check the branch or range",
+    ]
+    assert report.warnings == [f"{empty.path}: repository has no commits; skipped"]
+    assert report.manifest["totals"]["records"] == 2
+
+
+def test_shallow_clones_skip_their_boundary(tmp_path):
+    origin = small_repo(tmp_path / "origin", files=4)
+    clone = tmp_path / "shallow"
+    subprocess.run(
+        ["git", "clone", "-q", "--depth", "2", f"file://{origin.path}", str(clone)], check=True
+    )
+    report = mine([RepoSpec(str(clone))], tmp_path / "out", workers=1, salt=SALT)
+    assert "shallow clone" in report.warnings[0]
+    assert report.manifest["totals"]["commit_reasons"] == {"shallow_boundary": 1}
+    assert report.manifest["totals"]["records"] == 1
+
+
+def test_missing_objects_are_counted_not_fatal(tmp_path):
+    repo = small_repo(tmp_path / "repo", files=2)
+    blob = repo.git("rev-parse", "HEAD:pkg/module_1.py")
+    (repo.path / ".git" / "objects" / blob[:2] / blob[2:]).unlink()
+    report = mine([RepoSpec(str(repo.path))], tmp_path / "out", workers=1, salt=SALT)
+    assert report.manifest["totals"]["file_reasons"] == {"missing_object": 1}
+    assert report.manifest["totals"]["records"] == 1
+
+
+def test_clone_urls_are_cached_and_fetched_incrementally(tmp_path):
+    origin = small_repo(tmp_path / "origin", files=2)
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    url = f"file://{origin.path}"
+    first = mine([RepoSpec(url)], out, workers=1, salt=SALT, cache_dir=cache)
+    assert first.new_commits == 2
+    assert len(list(cache.iterdir())) == 1
+    origin.write("pkg/late.py", "LATE = True\n")
+    origin.commit("Add a late module")
+    second = mine([RepoSpec(url)], out, workers=1, salt=SALT, cache_dir=cache)
+    assert second.new_commits == 1
+    assert len(list(cache.iterdir())) == 1
+    assert all(r["repo"].endswith("/origin") for r in read_records(out))
+
+
+def test_manifest_names_branches_and_ranges(tmp_path):
+    repo = small_repo(tmp_path / "repo", files=4)
+    base = repo.git("rev-parse", "HEAD~2")
+    repo.git("branch", "old", "HEAD~1")
+    manifest = tmp_path / "repos.toml"
+    manifest.write_text(
+        f'[[repo]]\nsource = "repo"\nname = "team/recent"\nrange = "{base}..HEAD"\n\n'
+        '[[repo]]\nsource = "repo"\nname = "team/old"\nbranch = "old"\n'
+    )
+    from zen_coder.history.sources import read_manifest
+
+    specs = read_manifest(manifest)
+    out = tmp_path / "out"
+    mine(specs, out, MineConfig(dedup_forks=False), workers=1, salt=SALT)
+    manifest_out = json.loads((out / "manifest.json").read_text())
+    assert manifest_out["repos"]["team/recent"]["commits_seen"] == 2
+    assert manifest_out["repos"]["team/old"]["commits_seen"] == 3
+
+
+def test_ray_executor_runs_the_same_tasks(zoo_repo, tmp_path):
+    ray = pytest.importorskip("ray")
+    other = small_repo(tmp_path / "other", files=2)
+    specs = [RepoSpec(str(zoo_repo.path)), RepoSpec(str(other.path))]
+    local, distributed = tmp_path / "local", tmp_path / "ray"
+    mine(specs, local, workers=1, salt=SALT)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        report = mine(specs, distributed, executor="ray", salt=SALT)
+    finally:
+        ray.shutdown()
+    assert report.errors == []
+    assert sorted_records(distributed) == sorted_records(local)
+    assert content_totals(distributed) == content_totals(local)
+
+
+def test_copied_dataset_directory_keeps_working(zoo_repo, tmp_path):
+    out = tmp_path / "out"
+    mine([RepoSpec(str(zoo_repo.path))], out, workers=1, salt=SALT)
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    again = mine([RepoSpec(str(zoo_repo.path))], moved, workers=1, salt=SALT)
+    assert again.new_commits == 0
+    assert sorted_records(moved) == sorted_records(out)

@@ -1,0 +1,80 @@
+"""The `zen-coder` command as users run it: help, one-line errors, the mining summary."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.gitrepo import GitRepo
+
+
+def zen_coder(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "zen_coder.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "ZEN_CODER_SALT": "cli-test"},
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, code: int, text: str) -> None:
+    assert result.returncode == code
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"zen-coder: error: {text}"]
+
+
+def test_help_explains_each_command():
+    top = zen_coder("--help")
+    assert top.returncode == 0
+    assert "mine" in top.stdout and "git histories" in top.stdout
+    mine = zen_coder("mine", "--help")
+    assert mine.returncode == 0
+    for option in ("--out", "--manifest", "--workers", "--executor", "--set", "--config"):
+        assert option in mine.stdout
+
+
+def test_usage_errors_are_one_line(tmp_path):
+    assert_one_line_error(
+        zen_coder("mine", "--out", str(tmp_path / "o")),
+        2,
+        "nothing to mine: pass repository paths or URLs, or --manifest FILE",
+    )
+    result = zen_coder("mine", ".", "--out", str(tmp_path / "o"), "--set", "max_files=3")
+    assert result.returncode == 2 and "unknown mine setting 'max_files'" in result.stderr
+    result = zen_coder("mine", ".", "--out", str(tmp_path / "o"), "--set", "dedup_near=maybe")
+    assert_one_line_error(result, 2, "mine setting dedup_near expects a bool, got 'maybe'")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[mine\n")
+    result = zen_coder("mine", ".", "--out", str(tmp_path / "o"), "--config", str(bad))
+    assert result.returncode == 2 and f"config file {bad} is not valid TOML" in result.stderr
+    missing = tmp_path / "missing.toml"
+    result = zen_coder("mine", "--manifest", str(missing), "--out", str(tmp_path / "o"))
+    assert_one_line_error(result, 2, f"manifest not found: {missing}")
+
+
+def test_a_bad_repository_is_one_line_and_the_run_goes_on(tmp_path):
+    repo = GitRepo(tmp_path / "repo")
+    repo.write("main.py", "print('hi')\n")
+    repo.commit("Add main")
+    result = zen_coder("mine", str(tmp_path / "nope"), str(repo.path), "--out", str(tmp_path / "o"))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    assert f"error: {tmp_path / 'nope'}: no such directory" in result.stdout
+    assert "records" in result.stdout
+    assert (tmp_path / "o" / "manifest.json").exists()
+
+
+def test_mine_prints_a_summary(tmp_path):
+    repo = GitRepo(tmp_path / "repo")
+    repo.write("main.py", "print('hi')\n")
+    repo.commit("Add main")
+    repo.write("package-lock.json", "{}\n")
+    repo.commit("Add lockfile")
+    result = zen_coder("mine", str(repo.path), "--out", str(tmp_path / "o"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    for text in ("commits seen", "records", "no_files_left", "lockfile", "Python", "manifest:"):
+        assert text in result.stdout
