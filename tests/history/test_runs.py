@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from tests.gitrepo import GitRepo
@@ -149,6 +150,25 @@ def test_a_later_run_dedups_new_repositories_against_the_dataset(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["repos"]["second"]["file_reasons"] == {"exact_duplicate": 1}
     assert {entry["name"] for entry in manifest["inputs"]} == {"first", "second"}
+
+
+def test_near_duplicate_keys_are_computed_when_a_second_repository_arrives(tmp_path):
+    first = GitRepo(tmp_path / "first")
+    first.write("handlers.py", long_module("20"))
+    first.commit("Add handlers")
+    first.write("copy.py", long_module("20"))  # an exact duplicate, dropped in the first run
+    first.commit("Copy handlers")
+    second = GitRepo(tmp_path / "second")
+    second.write("app/handlers.py", long_module("200"))
+    second.commit("Add request handlers")
+    one_by_one, together = tmp_path / "one-by-one", tmp_path / "together"
+    mine([RepoSpec(str(first.path))], one_by_one, workers=1, salt=SALT)
+    keys = pq.read_table(next((one_by_one / "_state" / "keys").rglob("*.parquet")))
+    assert set(keys["bands"].to_pylist()) == {b""}  # nothing to compare across yet
+    mine([RepoSpec(str(second.path))], one_by_one, workers=1, salt=SALT)
+    mine([RepoSpec(str(first.path)), RepoSpec(str(second.path))], together, workers=1, salt=SALT)
+    assert totals(one_by_one)["file_reasons"] == {"exact_duplicate": 1, "near_duplicate": 1}
+    assert sorted_records(one_by_one) == sorted_records(together)
 
 
 def test_bad_inputs_are_reported_and_the_others_go_on(tmp_path):

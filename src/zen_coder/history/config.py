@@ -61,7 +61,7 @@ class MineConfig:
     normalize_code: bool = True
 
     # Execution.
-    commits_per_batch: int = 256
+    commits_per_batch: int = 512
 
     def __post_init__(self) -> None:
         for name in ("max_files_per_commit", "max_file_bytes", "commits_per_batch", "shingle_size"):

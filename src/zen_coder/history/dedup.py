@@ -15,7 +15,9 @@ Both are sorts over 8-byte keys (one band at a time), so memory grows with the n
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -23,8 +25,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from zen_coder.history.config import MineConfig
-from zen_coder.history.minhash import optimal_bands
-from zen_coder.history.store import DatasetDir
+from zen_coder.history.diff import changed_lines
+from zen_coder.history.minhash import MinHasher
+from zen_coder.history.store import DatasetDir, ShardPaths, write_parquet_atomic
 
 
 @dataclass
@@ -39,7 +42,7 @@ def _read_keys(paths: list, repo_ids: list[int], width: int) -> _Keys:
     for path, repo_id in zip(paths, repo_ids, strict=True):
         table = pq.read_table(path, columns=["content_hash", "bands"])
         hashes.append(table["content_hash"].to_numpy())
-        blob = b"".join(table["bands"].to_pylist())
+        blob = b"".join(table["bands"].to_pylist()) if width else b""
         bands.append(np.frombuffer(blob, dtype="<u8").reshape(len(table), width))
         repos.append(np.full(len(table), repo_id, dtype=np.int32))
     if not hashes:
@@ -49,9 +52,11 @@ def _read_keys(paths: list, repo_ids: list[int], width: int) -> _Keys:
 
 def exact_duplicates(hashes: np.ndarray) -> np.ndarray:
     """True where an earlier position holds the same hash."""
+    repeat = np.zeros(len(hashes), dtype=bool)
+    if not len(hashes):
+        return repeat
     order = np.argsort(hashes, kind="stable")
     ordered = hashes[order]
-    repeat = np.empty(len(hashes), dtype=bool)
     repeat[order] = np.r_[False, ordered[1:] == ordered[:-1]]
     return repeat
 
@@ -61,7 +66,7 @@ def cross_repo_duplicates(bands: np.ndarray, repos: np.ndarray) -> np.ndarray:
     count = len(repos)
     duplicate = np.zeros(count, dtype=bool)
     positions = np.arange(count)
-    for column in range(bands.shape[1]):
+    for column in range(bands.shape[1] if count else 0):
         values = bands[:, column]
         order = np.lexsort((positions, values))
         ordered_values, ordered_repos = values[order], repos[order]
@@ -76,8 +81,42 @@ def cross_repo_duplicates(bands: np.ndarray, repos: np.ndarray) -> np.ndarray:
     return duplicate
 
 
-def finalize(store: DatasetDir, repo_order: list[str], config: MineConfig) -> Counter:
-    """Deduplicate every staged shard against the dataset and move it into data/."""
+def fill_missing_bands(paths: ShardPaths, hasher: MinHasher) -> None:
+    """Compute the near-duplicate keys a shard was written without.
+
+    Workers skip them while a dataset holds one repository, where there is nothing to compare
+    across. A record that dedup dropped has no diff left; it can only have been an exact
+    duplicate of a record of the same (single) repository, which has the same keys, so a key
+    that matches nothing else stands in for it without changing any outcome.
+    """
+    keys = pq.read_table(paths.keys)
+    bands = keys["bands"].to_pylist()
+    if all(bands):
+        return
+    diffs = iter(pq.read_table(paths.data, columns=["diff"])["diff"].to_pylist())
+    filled = []
+    rows = zip(keys["content_hash"].to_pylist(), bands, keys["kept"].to_pylist(), strict=True)
+    for content_hash, band, kept in rows:
+        if not band:
+            text = changed_lines(next(diffs)) if kept else ""
+            band = np.asarray(hasher.band_hashes(text, content_hash), dtype="<u8").tobytes()
+        elif kept:
+            next(diffs)
+        filled.append(band)
+    column = keys.schema.get_field_index("bands")
+    write_parquet_atomic(
+        paths.keys, keys.set_column(column, "bands", pa.array(filled, pa.binary())), records=False
+    )
+
+
+def finalize(
+    store: DatasetDir, repo_order: list[str], config: MineConfig, pool: Executor | None = None
+) -> Counter:
+    """Deduplicate every staged shard against the dataset and move it into data/.
+
+    The decisions need every key at once; carrying them out (rewriting a shard without its
+    duplicates) is independent per shard, so it runs in `pool` when there is one.
+    """
     staged = store.staged_ledgers()
     if not staged:
         return Counter()
@@ -93,7 +132,18 @@ def finalize(store: DatasetDir, repo_order: list[str], config: MineConfig) -> Co
         ids = [repo_ids.setdefault(ledger["repo_key"], len(repo_ids)) for ledger in ledgers]
         return paths, ids
 
-    width = optimal_bands(config.near_dup_threshold, config.minhash_permutations)[0]
+    repositories = {ledger["repo_key"] for ledger in finals + with_records}
+    near_needed = config.dedup_near and len(repositories) > 1
+    width = 0
+    if near_needed:
+        hasher = MinHasher(
+            config.minhash_permutations, config.shingle_size, config.near_dup_threshold
+        )
+        width = hasher.bands
+        for ledger in finals:
+            fill_missing_bands(store.final(ledger["repo_key"], ledger["shard"]), hasher)
+        for ledger in with_records:
+            fill_missing_bands(store.staged(ledger["repo_key"], ledger["shard"]), hasher)
     old = _read_keys(*key_paths(finals, final=True), width)
     new = _read_keys(*key_paths(with_records, final=False), width)
     first_new = len(old.hashes)
@@ -101,11 +151,12 @@ def finalize(store: DatasetDir, repo_order: list[str], config: MineConfig) -> Co
     near = np.zeros_like(exact)
     if config.dedup_exact:
         exact = exact_duplicates(np.concatenate([old.hashes, new.hashes]))
-    if config.dedup_near and len(repo_ids) > 1:
+    if near_needed:
         near = cross_repo_duplicates(
             np.concatenate([old.bands, new.bands]), np.concatenate([old.repos, new.repos])
         )
     totals: Counter = Counter()
+    jobs = []
     offset = first_new
     for ledger in staged:
         count = ledger["records"]
@@ -113,14 +164,24 @@ def finalize(store: DatasetDir, repo_order: list[str], config: MineConfig) -> Co
         shard_near = near[offset : offset + count] & ~shard_exact
         offset += count
         kept = ~(shard_exact | shard_near)
-        if kept.all():
-            store.promote(ledger)
-            continue
-        table = pq.read_table(store.staged(ledger["repo_key"], ledger["shard"]).data).filter(kept)
         exact_count, near_count = int(shard_exact.sum()), int(shard_near.sum())
-        store.promote(_without_duplicates(ledger, table, exact_count, near_count), table, kept)
         totals.update({"exact_duplicate": exact_count, "near_duplicate": near_count})
+        mask = None if kept.all() else kept.tolist()
+        jobs.append((str(store.root), ledger, mask, exact_count, near_count))
+    for _ in (pool.map if pool is not None else map)(promote_shard, *zip(*jobs, strict=True)):
+        pass
     return totals
+
+
+def promote_shard(root: str, ledger: dict, kept: list[bool] | None, exact: int, near: int) -> None:
+    """Move one staged shard into data/, without the rows `kept` marks False."""
+    store = DatasetDir(Path(root))
+    if kept is None:
+        store.promote(ledger)
+        return
+    table = pq.read_table(store.staged(ledger["repo_key"], ledger["shard"]).data)
+    table = table.filter(pa.array(kept))
+    store.promote(_without_duplicates(ledger, table, exact, near), table, kept)
 
 
 def _without_duplicates(ledger: dict, table: pa.Table, exact: int, near: int) -> dict:

@@ -13,6 +13,7 @@ The batch's shard, dedup keys and ledger are written to staging; the ledger goes
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
@@ -20,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pygit2
+import pyarrow.parquet as pq
 
 from zen_coder.history import filters, languages
 from zen_coder.history.config import MineConfig
+from zen_coder.history.diff import changed_lines, unified_diff
 from zen_coder.history.formatting import is_formatting_only
 from zen_coder.history.gitio import MODE_GITLINK, MODE_SYMLINK, ZERO_OID, BlobReader, RawChange
 from zen_coder.history.minhash import MinHasher
@@ -65,6 +67,9 @@ class BatchJob:
     index: int
     config: MineConfig
     commits: list[CommitJob]
+    near_dedup: bool = True  # compute near-duplicate keys: the dataset spans repositories
+    run: str = ""  # identifies the mining run, whose earlier shards this batch dedups against
+    repo_ranks: dict[str, int] = field(default_factory=dict)  # repository order of the run
 
 
 @dataclass(slots=True)
@@ -74,7 +79,10 @@ class Blob:
     size: int
     text: str | None = None
     problem: str | None = None  # binary, undecodable or missing_object
+    generated: bool | None = None
+    minified: bool | None = None
     clean: str | None = None
+    digest: bytes = b""
     redactions: dict[str, int] = field(default_factory=dict)
 
 
@@ -101,25 +109,58 @@ def normalize(text: str) -> str:
     return text + "\n" if text else ""
 
 
-def _change_text(body: str) -> str:
-    """The added and removed lines of a diff: what near-duplicate detection compares."""
-    added, removed = [], []
-    for line in body.split("\n"):
-        if line.startswith("+"):
-            added.append(line[1:])
-        elif line.startswith("-"):
-            removed.append(line[1:])
-    return "\n".join(added) + "\n__removed__\n" + "\n".join(removed)
+class EarlierHashes:
+    """Content hashes of the records that come before a batch: final ones, earlier staged shards.
+
+    Dedup decides on the whole dataset when a run ends, and rewriting a shard to drop a duplicate
+    costs a decompression and a compression. Most duplicates repeat something mined long before
+    (a copied file, a cherry-pick), so a worker drops them itself, against the shards complete when
+    its batch starts; the final pass then only finds the rest and decides the same way.
+    """
+
+    def __init__(self, run: str) -> None:
+        self.run = run
+        self.sorted = np.zeros(0, dtype=np.uint64)
+        self.loaded: set[Path] = set()
+
+    def refresh(self, store: DatasetDir, rank: tuple[int, int], ranks: dict[str, int]) -> None:
+        paths = [p for p in store.keys.glob("*/*.parquet") if p not in self.loaded]
+        for ledger in store.staging.glob("*/*.json"):
+            shard_rank = (ranks.get(ledger.parent.name, len(ranks)), int(ledger.name[:9]))
+            keys = ledger.with_name(ledger.name.removesuffix(".json") + ".keys.parquet")
+            if shard_rank < rank and keys not in self.loaded and keys.exists():
+                paths.append(keys)
+        arrays = [self.sorted]
+        for path in paths:
+            try:
+                arrays.append(pq.read_table(path, columns=["content_hash"])[0].to_numpy())
+            except OSError:  # finalized since it was listed; its final copy is found next time
+                continue
+            self.loaded.add(path)
+        if len(arrays) > 1:
+            self.sorted = np.sort(np.concatenate(arrays))
+
+    def __contains__(self, content_hash: int) -> bool:
+        position = np.searchsorted(self.sorted, np.uint64(content_hash))
+        return position < len(self.sorted) and self.sorted[position] == content_hash
 
 
 class _Worker:
-    """Per-process state: open blob readers, the text cache, MinHashers."""
+    """Per-process state: open blob readers, the text cache, MinHashers, earlier hashes."""
 
     def __init__(self) -> None:
         self.readers: OrderedDict[str, BlobReader] = OrderedDict()
         self.cache: OrderedDict[tuple, Blob] = OrderedDict()
         self.cache_chars = 0
         self.hashers: dict[tuple, MinHasher] = {}
+        self.earlier: EarlierHashes | None = None
+
+    def earlier_hashes(self, job: BatchJob, store: DatasetDir) -> EarlierHashes:
+        if self.earlier is None or self.earlier.run != job.run:
+            self.earlier = EarlierHashes(job.run)
+        rank = (job.repo_ranks.get(job.repo_key, len(job.repo_ranks)), job.index)
+        self.earlier.refresh(store, rank, job.repo_ranks)
+        return self.earlier
 
     def reader(self, git_dir: str) -> BlobReader:
         if git_dir not in self.readers:
@@ -152,7 +193,7 @@ class _Worker:
 _WORKER = _Worker()
 
 
-def init_worker_process() -> None:
+def init_worker_process(parent: int) -> None:
     """Run in each pool process: leave Ctrl-C to the parent and die with it, even on `kill -9`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -162,6 +203,8 @@ def init_worker_process() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
 
 
 @dataclass(slots=True)
@@ -183,6 +226,12 @@ class _Batch:
         self.hashes: list[int] = []
         self.bands: list[bytes] = []
         self.blobs: dict[str, Blob] = {}
+        self.seen: set[int] = set()
+        self.earlier = (
+            _WORKER.earlier_hashes(job, DatasetDir(Path(job.out)))
+            if job.config.dedup_exact
+            else None
+        )
         config = job.config
         self.key_suffix = (config.redact_secrets, config.redact_emails, config.normalize_code)
 
@@ -263,23 +312,33 @@ class _Batch:
                     text, secrets=self.config.redact_secrets, emails=self.config.redact_emails
                 )
             blob.clean = normalize(text) if self.config.normalize_code else text
+            blob.digest = hashlib.blake2b(blob.clean.encode(), digest_size=16).digest()
         return blob.clean
+
+    def is_generated(self, blob: Blob) -> bool:
+        if blob.generated is None:
+            blob.generated = filters.has_generated_header(blob.text)
+        return blob.generated
+
+    def is_minified(self, blob: Blob) -> bool:
+        if blob.minified is None:
+            blob.minified = filters.is_minified(blob.text, self.config.minified_mean_line_chars)
+        return blob.minified
 
     # -- content-level rules and the record ------------------------------------------------------
     def content_reason(self, candidate: _Candidate, old: Blob | None, new: Blob | None) -> str:
-        for blob in (old, new):
-            if blob is not None and blob.problem:
+        blobs = [blob for blob in (old, new) if blob is not None]
+        for blob in blobs:
+            if blob.problem:
                 return blob.problem
-        texts = [blob.text for blob in (old, new) if blob is not None]
         if candidate.language is None:
-            first_line = texts[-1][:200].split("\n", 1)[0]
+            first_line = blobs[-1].text[:200].split("\n", 1)[0]
             candidate.language = languages.detect_language(candidate.change.path, first_line)
             if candidate.language is None and self.config.drop_unknown_languages:
                 return "unknown_language"
-        if self.config.drop_generated_files and any(map(filters.has_generated_header, texts)):
+        if self.config.drop_generated_files and any(map(self.is_generated, blobs)):
             return "generated_header"
-        limit = self.config.minified_mean_line_chars
-        if self.config.drop_minified and any(filters.is_minified(t, limit) for t in texts):
+        if self.config.drop_minified and any(map(self.is_minified, blobs)):
             return "minified"
         if (
             self.config.drop_formatting_only
@@ -299,22 +358,18 @@ class _Batch:
         if kind == "modify" and old_text == new_text:
             return None
         old_path = change.old_path or change.path
-        patch = pygit2.Patch.create_from(
-            old_text, new_text, old_as_path=old_path, new_as_path=change.path, context_lines=3
-        )
-        text = patch.text
-        header_end = text.find("\n--- ")  # drop libgit2's `diff --git` and `index` lines
-        diff = text[header_end + 1 :] if header_end >= 0 else ""
-        _, added, deleted = patch.line_stats
+        diff, added, deleted = unified_diff(old_text, new_text, old_path, change.path)
+        # The change's identity: both contents, and for a pure rename also both paths.
         digest = hashlib.blake2b(digest_size=8)
-        digest.update((old_text or "").encode())
-        digest.update(b"\0")
-        digest.update((new_text or "").encode())
+        digest.update(old.digest if old is not None else b"-")
+        digest.update(new.digest if new is not None else b"-")
         if old_text == new_text:
-            digest.update(f"\0{old_path}\0{change.path}".encode())
+            digest.update(f"{old_path}\0{change.path}".encode())
         content_hash = int.from_bytes(digest.digest(), "little")
-        body = diff.split("\n@@", 1)[1] if "\n@@" in diff else ""
-        bands = self.hasher.band_hashes(_change_text(body), fallback=content_hash)
+        band_bytes = b""  # computed later, if ever another repository joins the dataset
+        if self.job.near_dedup:
+            bands = self.hasher.band_hashes(changed_lines(diff), fallback=content_hash)
+            band_bytes = np.asarray(bands, dtype="<u8").tobytes()
         return {
             "repo": self.job.repo,
             "commit": commit.sha,
@@ -334,7 +389,7 @@ class _Batch:
             "lines_deleted": deleted,
             "history_position": candidate.position,
             "_hash": content_hash,
-            "_bands": np.asarray(bands, dtype="<u8").tobytes(),
+            "_bands": band_bytes,
             "_redactions": [b.redactions for b in (old, new) if b is not None],
         }
 
@@ -379,18 +434,32 @@ class _Batch:
             return
         message, message_redactions = self.redact_message(commit.message)
         self.counts.redactions.update(message_redactions)
+        kept = 0
         for record in records:
-            record["message"] = message
             for redactions in record.pop("_redactions"):
                 self.counts.redactions.update(redactions)
+            if self.is_duplicate(record["_hash"]):
+                self.counts.files["exact_duplicate"] += 1
+                continue
+            record["message"] = message
             self.hashes.append(record.pop("_hash"))
             self.bands.append(record.pop("_bands"))
             for name, value in record.items():
                 self.columns[name].append(value)
             self.counts.languages[record["language"] or "unknown"] += 1
             self.counts.code_bytes += len((record["new_content"] or "").encode())
-        self.counts.records += len(records)
-        self.counts.commits["kept"] += 1
+            kept += 1
+        self.counts.records += kept
+        self.counts.commits["kept" if kept else "all_duplicates"] += 1
+
+    def is_duplicate(self, content_hash: int) -> bool:
+        """Whether an earlier record (final, earlier shard, earlier in this batch) is the same."""
+        if self.earlier is None:
+            return False
+        if content_hash in self.seen or content_hash in self.earlier:
+            return True
+        self.seen.add(content_hash)
+        return False
 
     def redact_message(self, message: str) -> tuple[str, dict[str, int]]:
         if self.config.redact_secrets or self.config.redact_emails:

@@ -278,7 +278,22 @@ def is_minified(text: str, mean_line_chars: int = 110) -> bool:
     lines = newlines + (not text.endswith("\n"))
     if (size - newlines) / lines > mean_line_chars:
         return True
-    return size > 10_000 and max(map(len, text.split("\n"))) > 10_000
+    return size > 10_000 and _has_line_longer_than(text, 10_000)
+
+
+def _has_line_longer_than(text: str, limit: int) -> bool:
+    """Whether some line exceeds `limit` characters, with one C-level search per `limit` chars.
+
+    Each window of `limit + 1` characters from a line start must hold a newline; lines wholly
+    inside the window are short by construction, so the search jumps past them.
+    """
+    start = 0
+    while len(text) - start > limit:
+        newline = text.rfind("\n", start, start + limit + 1)
+        if newline < 0:
+            return True
+        start = newline + 1
+    return False
 
 
 def is_binary(data: bytes) -> bool:

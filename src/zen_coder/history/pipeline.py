@@ -192,33 +192,40 @@ def _mine_on_ray(repo: Repository, plan: WalkPlan) -> str:
     return repo.name
 
 
-def _run_local(repos, plans, workers: int, progress: Progress) -> list[str]:
+def _start_pool(workers: int) -> ProcessPoolExecutor | None:
+    """Worker processes for extraction and finalization, or None to work inline."""
+    if workers < 2:
+        return None
+    # Forked workers start in milliseconds with everything imported. The first submit forks them
+    # all, here, before any other thread of this process exists.
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=get_context("fork"),
+        initializer=init_worker_process,
+        initargs=(os.getpid(),),
+    )
+    pool.submit(os.getpid).result()
+    return pool
+
+
+def _run_local(repos, plans, workers: int, progress: Progress, pool: Executor | None) -> list[str]:
     errors: list[str] = []
-    pool = None
-    if workers > 1:
-        pool = ProcessPoolExecutor(
-            max_workers=workers, mp_context=get_context("spawn"), initializer=init_worker_process
-        )
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(repos)))) as threads:
-            futures = {
-                threads.submit(
-                    mine_repository, repo, plans[repo.name], progress, pool, 2 * workers
-                ): repo
-                for repo in repos
-            }
-            for future, repo in futures.items():
-                try:
-                    future.result()
-                except ZenCoderError as exc:
-                    errors.append(f"{repo.spec.source}: {exc}")
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(repos)))) as threads:
+        futures = {
+            threads.submit(
+                mine_repository, repo, plans[repo.name], progress, pool, 2 * workers
+            ): repo
+            for repo in repos
+        }
+        for future, repo in futures.items():
+            try:
+                future.result()
+            except ZenCoderError as exc:
+                errors.append(f"{repo.spec.source}: {exc}")
     return errors
 
 
-def _run_ray(repos, plans, remaining: dict[str, int], progress: Progress) -> list[str]:
+def _run_ray(repos, plans, commits: dict[str, int], progress: Progress) -> list[str]:
     try:
         import ray
     except ImportError:
@@ -236,7 +243,7 @@ def _run_ray(repos, plans, remaining: dict[str, int], progress: Progress) -> lis
         except Exception as exc:  # Ray wraps the task's exception; report it as one line
             cause = getattr(exc, "cause", exc)
             errors.append(f"{repo.spec.source}: {cause}")
-        progress(repo.name, remaining[repo.name])
+        progress(repo.name, commits[repo.name])
     return errors
 
 
@@ -303,6 +310,7 @@ def mine(
     if executor not in ("local", "ray"):
         raise ZenCoderError(f"unknown executor {executor!r}; choose local or ray")
     started = time.monotonic()
+    pool = None
     store = DatasetDir(Path(out))
     store.root.mkdir(parents=True, exist_ok=True)
     store.lock()
@@ -312,6 +320,10 @@ def mine(
         report = RunReport(out=store.root, manifest={}, elapsed=0.0)
         repos = _resolve_all(specs, cache_dir or default_cache_dir(), report)
         exclusions = fork_exclusions(repos) if config.dedup_forks and len(repos) > 1 else {}
+        # Near-duplicate keys are only worth computing once the dataset spans repositories.
+        dataset_repos = set((previous or {}).get("repos", {})) | {repo.name for repo in repos}
+        run_id = secrets.token_hex(8)
+        ranks = {repo.key: rank for rank, repo in enumerate(repos)}
         plans = {
             repo.name: WalkPlan(
                 config=config,
@@ -319,6 +331,9 @@ def mine(
                 out=str(store.root),
                 done=frozenset(store.mined_commits(repo.key)),
                 excluded=exclusions.get(repo.name, frozenset()),
+                near_dedup=config.dedup_near and len(dataset_repos) > 1,
+                run=run_id,
+                repo_ranks=ranks,
             )
             for repo in repos
         }
@@ -333,11 +348,11 @@ def mine(
                     advance(name, commits)
 
         if executor == "ray":
-            remaining = {name: counts[name] - len(plans[name].done) for name in counts}
-            report.errors += _run_ray(repos, plans, remaining, on_progress)
+            report.errors += _run_ray(repos, plans, counts, on_progress)
         else:
-            report.errors += _run_local(repos, plans, workers, on_progress)
-        finalize(store, [repo.key for repo in repos], config)
+            pool = _start_pool(workers)
+            report.errors += _run_local(repos, plans, workers, on_progress, pool)
+        finalize(store, [repo.key for repo in repos], config, pool)
         inputs = {entry["name"]: entry for entry in (previous or {}).get("inputs", [])}
         for repo in repos:
             inputs[repo.name] = {
@@ -368,4 +383,6 @@ def mine(
         report.manifest = manifest
         return report
     finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         store.release()

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -98,6 +97,7 @@ def write_parquet_atomic(path: Path, table: pa.Table, *, records: bool) -> None:
         table,
         temporary,
         compression="zstd",
+        compression_level=3,  # measured: smaller and faster than level 1 on commit records
         use_dictionary=_DICTIONARY_COLUMNS if records else True,
         row_group_size=1024,
     )
@@ -198,22 +198,22 @@ class DatasetDir:
         return done
 
     def promote(
-        self, ledger: dict, table: pa.Table | None = None, kept: np.ndarray | None = None
+        self, ledger: dict, table: pa.Table | None = None, kept: list[bool] | None = None
     ) -> None:
         """Make a staged shard final: its records (or `table`, what dedup kept) move to data/."""
         staged = self.staged(ledger["repo_key"], ledger["shard"])
         final = self.final(ledger["repo_key"], ledger["shard"])
-        if ledger["records"] or table is not None:
-            keys = pq.read_table(staged.keys)
-            if table is None:
-                _link_or_copy(staged.data, final.data)
-            elif len(table):
+        if table is None and ledger["records"]:
+            _link_or_copy(staged.data, final.data)
+            _link_or_copy(staged.keys, final.keys)
+        elif table is not None:
+            if len(table):
                 write_parquet_atomic(final.data, table, records=True)
-                keys = keys.set_column(keys.schema.get_field_index("kept"), "kept", pa.array(kept))
+            keys = pq.read_table(staged.keys)
+            keys = keys.set_column(keys.schema.get_field_index("kept"), "kept", pa.array(kept))
             write_parquet_atomic(final.keys, keys, records=False)
-            size = final.data.stat().st_size if final.data.exists() else 0
-            ledger = {**ledger, "data_bytes": size}
-        write_json_atomic(final.ledger, ledger)
+        size = final.data.stat().st_size if final.data.exists() else 0
+        write_json_atomic(final.ledger, {**ledger, "data_bytes": size})
         for path in (staged.data, staged.keys, staged.ledger):
             path.unlink(missing_ok=True)
 

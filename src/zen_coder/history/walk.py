@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from zen_coder.history import filters
 from zen_coder.history.config import MineConfig
@@ -34,6 +34,9 @@ class WalkPlan:
     out: str
     done: frozenset[str] = frozenset()
     excluded: frozenset[str] = frozenset()
+    near_dedup: bool = True
+    run: str = ""
+    repo_ranks: dict[str, int] = field(default_factory=dict)
 
 
 class HistoryPositions:
@@ -129,4 +132,7 @@ def _batch(repo: Repository, plan: WalkPlan, index: int, commits: list[CommitJob
         index=index,
         config=plan.config,
         commits=commits,
+        near_dedup=plan.near_dedup,
+        run=plan.run,
+        repo_ranks=plan.repo_ranks,
     )
