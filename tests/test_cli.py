@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -78,3 +79,47 @@ def test_mine_prints_a_summary(tmp_path):
     assert result.returncode == 0, result.stderr
     for text in ("commits seen", "records", "no_files_left", "lockfile", "Python", "manifest:"):
         assert text in result.stdout
+
+
+PEAK_RSS = """
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)
+"""
+
+
+def peak_rss_mb(*args: str) -> int:
+    command = [sys.executable, "-m", "zen_coder.cli", *args]
+    result = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, *command],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "ZEN_CODER_SALT": "cli-test"},
+    )
+    return int(result.stdout)
+
+
+def test_a_100_mb_blob_and_a_5000_file_commit_cost_nothing(tmp_path):
+    small = GitRepo(tmp_path / "small")
+    small.write("app.py", "print(1)\n")
+    small.commit("Add app")
+    baseline = peak_rss_mb("mine", str(small.path), "--out", str(tmp_path / "o1"), "--workers", "1")
+
+    repo = GitRepo(tmp_path / "big")
+    (repo.path / "data.json").write_text("[" + "1," * 50_000_000 + "1]\n")  # 100 MB
+    repo.git("add", "data.json")
+    repo.write("app.py", "print(1)\n")
+    repo.commit("Add data")
+    for i in range(5000):
+        (repo.path / "many" / f"f{i}.py").parent.mkdir(exist_ok=True)
+        (repo.path / "many" / f"f{i}.py").write_text(f"x = {i}\n")
+    repo.git("add", "many")
+    repo.commit("Add many files")
+    out = tmp_path / "o2"
+    peak = peak_rss_mb("mine", str(repo.path), "--out", str(out), "--workers", "1")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["totals"]["file_reasons"] == {"file_too_large": 1}
+    assert manifest["totals"]["commit_reasons"] == {"too_many_files": 1}
+    # Reading the blob would cost 100 MB of bytes and 100 MB of text.
+    assert peak < baseline + 50, (peak, baseline)

@@ -189,3 +189,52 @@ def test_line_counts_match_git_numstat_on_this_repository(tmp_path):
     out = tmp_path / "own"
     mine([RepoSpec(str(root))], out, workers=1, salt=SALT)
     assert assert_line_counts_match_git(out, root) > 0
+
+
+SWITCHES = {
+    "drop_merge_commits": ["merge_commit"],
+    "drop_bot_authors": ["bot_author"],
+    "drop_generated_messages": ["generated_message"],
+    "drop_vendored": ["vendored"],
+    "drop_lockfiles": ["lockfile"],
+    "drop_generated_files": ["generated", "generated_header"],
+    "drop_minified": ["minified"],
+    "drop_extreme_ratios": ["extreme_ratio"],
+    "dedup_exact": ["exact_duplicate", "all_duplicates"],
+}
+
+
+@pytest.mark.parametrize("setting", SWITCHES)
+def test_each_filter_can_be_switched_off(zoo_repo, tmp_path, setting):
+    out = tmp_path / "out"
+    config = MineConfig().replace(**{setting: False})
+    mine([RepoSpec(str(zoo_repo.path))], out, config, workers=1, salt=SALT)
+    totals = json.loads((out / "manifest.json").read_text())["totals"]
+    reasons = totals["commit_reasons"] | totals["file_reasons"]
+    for reason in SWITCHES[setting]:
+        assert reason not in reasons
+    if setting in ("drop_merge_commits", "drop_bot_authors"):
+        # Their messages ("Merge branch ...", "Bump lodash from ...") are generated ones too.
+        assert reasons["generated_message"] == 2
+    else:
+        assert totals["records"] > len(zoo.EXPECTED_RECORDS)
+
+
+def test_formatting_only_switched_off_keeps_real_reformatting(zoo_repo, tmp_path):
+    out = tmp_path / "out"
+    mine([RepoSpec(str(zoo_repo.path))], out, MineConfig(drop_formatting_only=False), salt=SALT)
+    kept = {(r["message"], r["path"]) for r in read_records(out)}
+    assert ("Reformat calc", "calc.py") in kept
+    # A line-ending-only change still vanishes once normalized, and is counted as formatting.
+    reasons = json.loads((out / "manifest.json").read_text())["totals"]["file_reasons"]
+    assert reasons["formatting_only"] == 1
+
+
+def test_caps_and_redaction_are_settings(zoo_repo, tmp_path):
+    out = tmp_path / "out"
+    config = MineConfig(max_files_per_commit=100, redact_secrets=False, redact_emails=False)
+    mine([RepoSpec(str(zoo_repo.path))], out, config, workers=1, salt=SALT)
+    totals = json.loads((out / "manifest.json").read_text())["totals"]
+    assert "too_many_files" not in totals["commit_reasons"]
+    assert totals["redactions"] == {}
+    assert zoo.FAKE_AWS_KEY in everything_written(out)

@@ -276,3 +276,19 @@ def test_copied_dataset_directory_keeps_working(zoo_repo, tmp_path):
     again = mine([RepoSpec(str(zoo_repo.path))], moved, workers=1, salt=SALT)
     assert again.new_commits == 0
     assert sorted_records(moved) == sorted_records(out)
+
+
+def test_corrupt_objects_are_counted_not_fatal(tmp_path):
+    import zlib
+
+    repo = small_repo(tmp_path / "repo", files=3)
+    blob = repo.git("rev-parse", "HEAD~1:pkg/module_1.py")
+    path = repo.path / ".git" / "objects" / blob[:2] / blob[2:]
+    path.chmod(0o644)
+    content = repo.git("cat-file", "blob", blob).encode() + b"\n"
+    # A valid header but a truncated body: git announces the blob, then dies while streaming it.
+    path.write_bytes(zlib.compress(b"blob %d\0" % len(content) + content)[:-6])
+    report = mine([RepoSpec(str(repo.path))], tmp_path / "out", workers=1, salt=SALT)
+    assert report.errors == []
+    assert report.manifest["totals"]["file_reasons"] == {"missing_object": 1}
+    assert report.manifest["totals"]["records"] == 2

@@ -211,8 +211,7 @@ def init_worker_process(parent: int) -> None:
 class _Candidate:
     change: RawChange
     position: int
-    language: str | None
-    needs_first_line: bool
+    language: str | None  # None until the first line (a shebang) has been read
 
 
 class _Batch:
@@ -233,7 +232,14 @@ class _Batch:
             else None
         )
         config = job.config
-        self.key_suffix = (config.redact_secrets, config.redact_emails, config.normalize_code)
+        # Everything a cached blob's verdicts and cleaned text depend on.
+        self.key_suffix = (
+            config.redact_secrets,
+            config.redact_emails,
+            config.normalize_code,
+            config.drop_binary,
+            config.minified_mean_line_chars,
+        )
 
     # -- path-level rules: decided before any blob is read ------------------------------------
     def path_reason(self, change: RawChange) -> str | None:
@@ -270,7 +276,7 @@ class _Batch:
                 if language is None and not needs_line and self.config.drop_unknown_languages:
                     reason = "unknown_language"
                 else:
-                    candidates.append(_Candidate(change, position, language, needs_line))
+                    candidates.append(_Candidate(change, position, language))
             if reason is not None:
                 self.counts.files[reason] += 1
         return candidates
@@ -393,6 +399,12 @@ class _Batch:
             "_redactions": [b.redactions for b in (old, new) if b is not None],
         }
 
+    def noop_reason(self, old: Blob, new: Blob) -> str:
+        """Why a change of the raw contents vanished once they were cleaned."""
+        if self.config.normalize_code and normalize(old.text) == normalize(new.text):
+            return "formatting_only"  # whitespace only, kept by drop_formatting_only=false
+        return "redacted_to_noop"
+
     def commit_reason(self, records: list[dict]) -> str | None:
         config = self.config
         added = sum(r["lines_added"] for r in records)
@@ -422,7 +434,7 @@ class _Batch:
             reason = self.content_reason(candidate, old, new)
             record = None if reason else self.record(commit, candidate, old, new)
             if record is None:
-                self.counts.files[reason or "redacted_to_noop"] += 1
+                self.counts.files[reason or self.noop_reason(old, new)] += 1
             else:
                 records.append(record)
         if not records:

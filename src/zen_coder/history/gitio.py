@@ -9,6 +9,7 @@ history with one `git log --raw` stream, reads sizes and contents through one `g
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -178,59 +179,101 @@ class BlobReader:
     """Object sizes and contents through `git cat-file --batch-check` and `--batch`.
 
     Requests go in chunks small enough to fit the pipe buffer, and every response of a chunk is read
-    before the next chunk is written, so neither side can block the other.
+    before the next chunk is written, so neither side can block the other. A corrupt object can
+    make git die halfway through its content: that object reads as None (unreadable), the process
+    is restarted, and the rest of the chunk is asked again.
     """
 
     CHUNK = 256
 
     def __init__(self, git_dir: str | Path) -> None:
         self.git_dir = str(git_dir)
-        self._check = self._start("--batch-check")
-        self._batch = self._start("--batch")
+        self._processes: dict[str, subprocess.Popen] = {}
 
-    def _start(self, mode: str) -> subprocess.Popen:
-        return subprocess.Popen(
-            ["git", f"--git-dir={self.git_dir}", "cat-file", mode],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
+    def _process(self, mode: str) -> subprocess.Popen:
+        process = self._processes.get(mode)
+        if process is None or process.poll() is not None:
+            if process is not None:
+                self._stop(process)
+            process = subprocess.Popen(
+                ["git", f"--git-dir={self.git_dir}", "cat-file", mode],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            self._processes[mode] = process
+        return process
 
-    @staticmethod
-    def _request(process: subprocess.Popen, oids: list[str]) -> None:
-        process.stdin.write(("\n".join(oids) + "\n").encode())
-        process.stdin.flush()
+    def _ask(self, mode: str, oids: list[str], read_one) -> dict:
+        """Send `oids` to the `mode` process and read one answer each with `read_one`."""
+        result: dict = {}
+        pending = list(oids)
+        failures = 0
+        while pending:
+            chunk = pending[: self.CHUNK]
+            process = self._process(mode)
+            try:
+                process.stdin.write(("\n".join(chunk) + "\n").encode())
+                process.stdin.flush()
+            except BrokenPipeError:
+                process.kill()
+                failures += 1
+                if failures > 2:
+                    raise ZenCoderError(
+                        f"{self.git_dir}: git cat-file keeps failing; check the repository"
+                    ) from None
+                continue
+            failures = 0
+            for oid in chunk:
+                answer = read_one(process.stdout)
+                result[oid] = None if answer is _DIED else answer
+                pending.pop(0)
+                if answer is _DIED:
+                    process.kill()
+                    break
+        return result
 
     def sizes(self, oids: list[str]) -> dict[str, int | None]:
-        """Size of each blob in bytes, None for an object the repository lacks."""
-        result: dict[str, int | None] = {}
-        for start in range(0, len(oids), self.CHUNK):
-            chunk = oids[start : start + self.CHUNK]
-            self._request(self._check, chunk)
-            for oid in chunk:
-                parts = self._check.stdout.readline().split()
-                result[oid] = int(parts[2]) if len(parts) == 3 and parts[1] == b"blob" else None
-        return result
+        """Size of each blob in bytes; None for an object that is missing or unreadable."""
+        return self._ask("--batch-check", oids, _read_size)
 
     def contents(self, oids: list[str]) -> dict[str, bytes | None]:
-        """Content of each blob, None for an object the repository lacks."""
-        result: dict[str, bytes | None] = {}
-        out = self._batch.stdout
-        for start in range(0, len(oids), self.CHUNK):
-            chunk = oids[start : start + self.CHUNK]
-            self._request(self._batch, chunk)
-            for oid in chunk:
-                parts = out.readline().split()
-                if len(parts) == 3:
-                    size = int(parts[2])
-                    data = out.read(size + 1)[:size]
-                    result[oid] = data if parts[1] == b"blob" else None
-                else:
-                    result[oid] = None
-        return result
+        """Content of each blob; None for an object that is missing or unreadable."""
+        return self._ask("--batch", oids, _read_content)
+
+    @staticmethod
+    def _stop(process: subprocess.Popen) -> None:
+        with contextlib.suppress(BrokenPipeError):  # unflushed requests to a dead process
+            process.stdin.close()
+        process.wait()
+        process.stdout.close()
 
     def close(self) -> None:
-        for process in (self._check, self._batch):
-            process.stdin.close()
-            process.wait()
-            process.stdout.close()
+        for process in self._processes.values():
+            self._stop(process)
+        self._processes.clear()
+
+
+_DIED = object()
+
+
+def _read_size(stream) -> int | object | None:
+    header = stream.readline()
+    if not header.endswith(b"\n"):
+        return _DIED
+    parts = header.split()
+    return int(parts[2]) if len(parts) == 3 and parts[1] == b"blob" else None
+
+
+def _read_content(stream) -> bytes | object | None:
+    header = stream.readline()
+    if not header.endswith(b"\n"):
+        return _DIED
+    parts = header.split()
+    if len(parts) != 3:
+        return None  # "<oid> missing"
+    size = int(parts[2])
+    data = stream.read(size + 1)
+    if len(data) != size + 1:
+        return _DIED
+    return data[:size] if parts[1] == b"blob" else None

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+import pyarrow as pa
+
 from zen_coder import __version__
 from zen_coder.errors import ZenCoderError
 from zen_coder.history import sources
@@ -196,6 +198,7 @@ def _start_pool(workers: int) -> ProcessPoolExecutor | None:
     """Worker processes for extraction and finalization, or None to work inline."""
     if workers < 2:
         return None
+    pa.array([0])  # pyarrow imports pandas on first use: once here, not in every worker
     # Forked workers start in milliseconds with everything imported. The first submit forks them
     # all, here, before any other thread of this process exists.
     pool = ProcessPoolExecutor(
@@ -222,7 +225,13 @@ def _run_local(repos, plans, workers: int, progress: Progress, pool: Executor | 
                 future.result()
             except ZenCoderError as exc:
                 errors.append(f"{repo.spec.source}: {exc}")
+            except Exception as exc:  # one repository's failure must not stop the others
+                errors.append(f"{repo.spec.source}: {unexpected(exc)}")
     return errors
+
+
+def unexpected(exc: BaseException) -> str:
+    return f"unexpected {type(exc).__name__}: {exc}; please report it with this message"
 
 
 def _run_ray(repos, plans, commits: dict[str, int], progress: Progress) -> list[str]:
@@ -241,8 +250,9 @@ def _run_ray(repos, plans, commits: dict[str, int], progress: Progress) -> list[
         try:
             ray.get(done[0])
         except Exception as exc:  # Ray wraps the task's exception; report it as one line
-            cause = getattr(exc, "cause", exc)
-            errors.append(f"{repo.spec.source}: {cause}")
+            cause = getattr(exc, "cause", None) or exc
+            message = str(cause) if isinstance(cause, ZenCoderError) else unexpected(cause)
+            errors.append(f"{repo.spec.source}: {message}")
         progress(repo.name, commits[repo.name])
     return errors
 
@@ -350,6 +360,9 @@ def mine(
         if executor == "ray":
             report.errors += _run_ray(repos, plans, counts, on_progress)
         else:
+            new_commits = sum(counts.values()) - sum(len(plan.done) for plan in plans.values())
+            if new_commits <= config.commits_per_batch:
+                workers = 1  # one batch: starting workers would cost more than it saves
             pool = _start_pool(workers)
             report.errors += _run_local(repos, plans, workers, on_progress, pool)
         finalize(store, [repo.key for repo in repos], config, pool)
