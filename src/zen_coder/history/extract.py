@@ -100,11 +100,13 @@ class Counts:
 def normalize(text: str) -> str:
     """LF line endings, no trailing whitespace, exactly one final newline (none if empty)."""
     if text.startswith("\ufeff"):
-        text = text[1:]
+        text = text.lstrip("\ufeff")
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if " \n" in text or "\t\n" in text or text.endswith((" ", "\t")):
         text = "\n".join(line.rstrip(" \t") for line in text.split("\n"))
+    if text.endswith("\n") and not text.endswith("\n\n") and text != "\n":
+        return text  # the usual case: nothing to copy
     text = text.rstrip("\n")
     return text + "\n" if text else ""
 

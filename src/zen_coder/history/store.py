@@ -63,7 +63,10 @@ KEYS_SCHEMA = pa.schema(
     ]
 )
 
+# Columns that repeat within a shard (dictionary-encoded), and the file contents and diffs, for
+# which min/max statistics would cost time and say nothing.
 _DICTIONARY_COLUMNS = ["repo", "change_type", "language", "author", "message", "commit", "parent"]
+_TEXT_COLUMNS = {"message", "old_content", "new_content", "diff"}
 
 
 def _temporary(path: Path) -> Path:
@@ -99,6 +102,9 @@ def write_parquet_atomic(path: Path, table: pa.Table, *, records: bool) -> None:
         compression="zstd",
         compression_level=3,  # measured: smaller and faster than level 1 on commit records
         use_dictionary=_DICTIONARY_COLUMNS if records else True,
+        write_statistics=[n for n in table.column_names if n not in _TEXT_COLUMNS]
+        if records
+        else True,
         row_group_size=1024,
     )
     with open(temporary, "rb+") as handle:
