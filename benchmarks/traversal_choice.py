@@ -64,6 +64,12 @@ def with_git_processes(repo_path: Path) -> tuple[int, int]:
     return versions, size
 
 
+def git_log_p(repo_path: Path) -> None:
+    subprocess.run(
+        ["git", "-C", str(repo_path), "log", "-p"], stdout=subprocess.DEVNULL, check=True
+    )
+
+
 def timed(function, *args):
     start = time.perf_counter()
     result = function(*args)
@@ -75,9 +81,7 @@ def main() -> None:
     repo = Path(sys.argv[1]) if len(sys.argv) > 1 else default
     if not (repo / ".git").exists():
         sys.exit(f"{repo} is not a repository: run benchmarks/mine_throughput.py first or pass one")
-    floor, _ = timed(
-        subprocess.run, ["git", "-C", str(repo), "log", "-p"], stdout=subprocess.DEVNULL
-    )
+    floor, _ = timed(git_log_p, repo)
     git_seconds, (git_versions, git_bytes) = timed(with_git_processes, repo)
     lib_seconds, (lib_versions, lib_bytes) = timed(with_pygit2, repo)
     print(f"repository: {repo}")

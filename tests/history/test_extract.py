@@ -30,8 +30,5 @@ def test_normalize_properties(text):
     # Only whitespace at line ends, line endings and leading BOMs may change.
     assert result.replace("\n", "") == "".join(
         line.rstrip(" \t")
-        for line in text.lstrip("\ufeff")
-        .replace("\r\n", "\n")
-        .replace("\r", "\n")
-        .split("\n")
+        for line in text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
     )
