@@ -8,6 +8,7 @@ deduplicates the new shards against the dataset and rewrites the manifest.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -16,7 +17,7 @@ import secrets
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -194,10 +195,12 @@ def _mine_on_ray(repo: Repository, plan: WalkPlan) -> str:
     return repo.name
 
 
-def _start_pool(workers: int) -> ProcessPoolExecutor | None:
+@contextlib.contextmanager
+def _worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
     """Worker processes for extraction and finalization, or None to work inline."""
     if workers < 2:
-        return None
+        yield None
+        return
     pa.array([0])  # pyarrow imports pandas on first use: once here, not in every worker
     # Forked workers start in milliseconds with everything imported. The first submit forks them
     # all, here, before any other thread of this process exists.
@@ -207,8 +210,11 @@ def _start_pool(workers: int) -> ProcessPoolExecutor | None:
         initializer=init_worker_process,
         initargs=(os.getpid(),),
     )
-    pool.submit(os.getpid).result()
-    return pool
+    try:
+        pool.submit(os.getpid).result()
+        yield pool
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _run_local(repos, plans, workers: int, progress: Progress, pool: Executor | None) -> list[str]:
@@ -299,6 +305,56 @@ def build_manifest(
     }
 
 
+def _plans(
+    repos: list[Repository],
+    store: DatasetDir,
+    config: MineConfig,
+    salt: bytes,
+    previous: dict | None,
+) -> dict[str, WalkPlan]:
+    """What each repository's walk needs: settings, prior progress, fork exclusions."""
+    exclusions = fork_exclusions(repos) if config.dedup_forks and len(repos) > 1 else {}
+    # Near-duplicate keys are only worth computing once the dataset spans repositories.
+    dataset_repos = set((previous or {}).get("repos", {})) | {repo.name for repo in repos}
+    run = secrets.token_hex(8)
+    ranks = {repo.key: rank for rank, repo in enumerate(repos)}
+    return {
+        repo.name: WalkPlan(
+            config=config,
+            salt=salt,
+            out=str(store.root),
+            done=frozenset(store.mined_commits(repo.key)),
+            excluded=exclusions.get(repo.name, frozenset()),
+            near_dedup=config.dedup_near and len(dataset_repos) > 1,
+            run=run,
+            repo_ranks=ranks,
+        )
+        for repo in repos
+    }
+
+
+def _write_manifest(
+    store: DatasetDir,
+    config: MineConfig,
+    salt: bytes,
+    previous: dict | None,
+    repos: list[Repository],
+    run: dict,
+) -> dict:
+    inputs = {entry["name"]: entry for entry in (previous or {}).get("inputs", [])}
+    for repo in repos:
+        inputs[repo.name] = {
+            "name": repo.name,
+            "source": repo.spec.source,
+            "revision": repo.spec.revision,
+        }
+    runs = [*(previous or {}).get("runs", []), run]
+    ordered_inputs = sorted(inputs.values(), key=lambda entry: entry["name"])
+    manifest = build_manifest(store, config, salt, ordered_inputs, runs)
+    write_json_atomic(store.manifest, manifest)
+    return manifest
+
+
 def mine(
     specs: Sequence[RepoSpec],
     out: Path,
@@ -320,7 +376,6 @@ def mine(
     if executor not in ("local", "ray"):
         raise ZenCoderError(f"unknown executor {executor!r}; choose local or ray")
     started = time.monotonic()
-    pool = None
     store = DatasetDir(Path(out))
     store.root.mkdir(parents=True, exist_ok=True)
     store.lock()
@@ -329,73 +384,40 @@ def mine(
         store.recover()
         report = RunReport(out=store.root, manifest={}, elapsed=0.0)
         repos = _resolve_all(specs, cache_dir or default_cache_dir(), report)
-        exclusions = fork_exclusions(repos) if config.dedup_forks and len(repos) > 1 else {}
-        # Near-duplicate keys are only worth computing once the dataset spans repositories.
-        dataset_repos = set((previous or {}).get("repos", {})) | {repo.name for repo in repos}
-        run_id = secrets.token_hex(8)
-        ranks = {repo.key: rank for rank, repo in enumerate(repos)}
-        plans = {
-            repo.name: WalkPlan(
-                config=config,
-                salt=salt,
-                out=str(store.root),
-                done=frozenset(store.mined_commits(repo.key)),
-                excluded=exclusions.get(repo.name, frozenset()),
-                near_dedup=config.dedup_near and len(dataset_repos) > 1,
-                run=run_id,
-                repo_ranks=ranks,
-            )
-            for repo in repos
-        }
+        plans = _plans(repos, store, config, salt, previous)
         counts = {repo.name: sources.commit_count(repo) for repo in repos}
+        done_before = sum(len(plan.done) for plan in plans.values())
         advance = progress(sum(counts.values())) if progress else None
         lock = threading.Lock()
-        done_before = sum(len(plan.done) for plan in plans.values())
 
         def on_progress(name: str, commits: int) -> None:
             if advance is not None:
                 with lock:
                     advance(name, commits)
 
+        order = [repo.key for repo in repos]
         if executor == "ray":
             report.errors += _run_ray(repos, plans, counts, on_progress)
+            finalize(store, order, config)
         else:
-            new_commits = sum(counts.values()) - sum(len(plan.done) for plan in plans.values())
-            if new_commits <= config.commits_per_batch:
+            if sum(counts.values()) - done_before <= config.commits_per_batch:
                 workers = 1  # one batch: starting workers would cost more than it saves
-            pool = _start_pool(workers)
-            report.errors += _run_local(repos, plans, workers, on_progress, pool)
-        finalize(store, [repo.key for repo in repos], config, pool)
-        inputs = {entry["name"]: entry for entry in (previous or {}).get("inputs", [])}
-        for repo in repos:
-            inputs[repo.name] = {
-                "name": repo.name,
-                "source": repo.spec.source,
-                "revision": repo.spec.revision,
-            }
+            with _worker_pool(workers) as pool:
+                report.errors += _run_local(repos, plans, workers, on_progress, pool)
+                finalize(store, order, config, pool)
         report.elapsed = time.monotonic() - started
-        mined_now = {repo.name: len(store.mined_commits(repo.key)) for repo in repos}
-        report.new_commits = sum(mined_now.values()) - done_before
-        runs = (previous or {}).get("runs", [])
-        runs.append(
-            {
-                "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "seconds": round(report.elapsed, 2),
-                "new_commits": report.new_commits,
-                "workers": workers,
-                "executor": executor,
-                "errors": report.errors,
-            }
-        )
-        manifest = build_manifest(
-            store, config, salt, sorted(inputs.values(), key=lambda entry: entry["name"]), runs
-        )
+        report.new_commits = sum(len(store.mined_commits(key)) for key in order) - done_before
+        run = {
+            "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "seconds": round(report.elapsed, 2),
+            "new_commits": report.new_commits,
+            "workers": workers,
+            "executor": executor,
+            "errors": report.errors,
+        }
+        report.manifest = _write_manifest(store, config, salt, previous, repos, run)
         previous_records = (previous or {}).get("totals", {}).get("records", 0)
-        report.new_records = manifest["totals"]["records"] - previous_records
-        write_json_atomic(store.manifest, manifest)
-        report.manifest = manifest
+        report.new_records = report.manifest["totals"]["records"] - previous_records
         return report
     finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
         store.release()
