@@ -47,7 +47,7 @@ def test_usage_errors_are_one_line(tmp_path):
     result = zen_coder("mine", ".", "--out", str(tmp_path / "o"), "--set", "max_files=3")
     assert result.returncode == 2 and "unknown mine setting 'max_files'" in result.stderr
     result = zen_coder("mine", ".", "--out", str(tmp_path / "o"), "--set", "dedup_near=maybe")
-    assert_one_line_error(result, 2, "mine setting dedup_near expects a bool, got 'maybe'")
+    assert_one_line_error(result, 2, "mine setting dedup_near expects true or false, got 'maybe'")
     bad = tmp_path / "bad.toml"
     bad.write_text("[mine\n")
     result = zen_coder("mine", ".", "--out", str(tmp_path / "o"), "--config", str(bad))

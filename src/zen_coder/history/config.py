@@ -8,12 +8,12 @@ the key.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from zen_coder.errors import ZenCoderError
+from zen_coder.files import read_toml
 
 # Settings that change how a run executes but not what it produces: a rerun may change them freely.
 EXECUTION_FIELDS = frozenset({"commits_per_batch"})
@@ -105,7 +105,8 @@ def _coerce(name: str, kind: type, value: Any) -> Any:
                 return float(value)
             except ValueError:
                 pass
-    raise ZenCoderError(f"mine setting {name} expects a {kind.__name__}, got {value!r}")
+    expected = {bool: "true or false", int: "an integer", float: "a number"}[kind]
+    raise ZenCoderError(f"mine setting {name} expects {expected}, got {value!r}")
 
 
 _TYPES = {"bool": bool, "int": int, "float": float}
@@ -139,13 +140,7 @@ def load_config(path: Path | None = None, assignments: list[str] | None = None) 
     """The defaults, then the `[mine]` table of `path`, then `--set` assignments."""
     config = MineConfig()
     if path is not None:
-        try:
-            document = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ZenCoderError(f"config file not found: {path}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ZenCoderError(f"config file {path} is not valid TOML: {exc}") from None
-        table = document.get("mine", {})
+        table = read_toml(path, "config file").get("mine", {})
         if not isinstance(table, dict):
             raise ZenCoderError(f"config file {path}: [mine] must be a table")
         config = with_overrides(config, table)

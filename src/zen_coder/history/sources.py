@@ -15,11 +15,11 @@ import hashlib
 import re
 import shutil
 import subprocess
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from zen_coder.errors import ZenCoderError
+from zen_coder.files import read_toml
 from zen_coder.history.gitio import git
 
 
@@ -70,13 +70,7 @@ class Repository:
 
 
 def read_manifest(path: Path) -> list[RepoSpec]:
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ZenCoderError(f"manifest not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ZenCoderError(f"manifest {path} is not valid TOML: {exc}") from None
-    entries = document.get("repo")
+    entries = read_toml(path, "manifest").get("repo")
     if not isinstance(entries, list) or not entries:
         raise ZenCoderError(f"manifest {path} lists no repositories; add [[repo]] tables")
     specs = []
