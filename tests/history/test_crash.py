@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.history.test_runs import content_totals, sorted_records
+from zen_coder.history.config import MineConfig
 from zen_coder.history.pipeline import mine
 from zen_coder.history.sources import RepoSpec
 from zen_coder.history.store import DatasetDir
@@ -152,3 +153,21 @@ def test_ctrl_c_stops_at_once_with_one_line_and_resumes(history, reference, tmp_
     resumed.communicate(timeout=300)
     assert resumed.returncode == 0
     assert sorted_records(out) == sorted_records(reference)
+
+
+def test_a_truncated_ledger_and_leftovers_are_recovered(tmp_path):
+    from tests.history.test_runs import small_repo
+
+    repo = small_repo(tmp_path / "repo", files=6)
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+    config = MineConfig(commits_per_batch=2)
+    mine([RepoSpec(str(repo.path))], out, config, workers=1, salt=SALT.encode())
+    mine([RepoSpec(str(repo.path))], fresh, config, workers=1, salt=SALT.encode())
+    ledgers = sorted((out / "_state" / "ledgers").rglob("*.json"))
+    ledgers[1].write_text("")  # what a machine crash can leave behind
+    (out / "data" / "repo" / ".half-written.parquet.tmp-123").write_bytes(b"PAR1")
+    report = mine([RepoSpec(str(repo.path))], out, config, workers=1, salt=SALT.encode())
+    assert report.new_commits == 2
+    assert_consistent(out)
+    assert sorted_records(out) == sorted_records(fresh)
+    assert content_totals(out) == content_totals(fresh)

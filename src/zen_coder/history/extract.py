@@ -128,7 +128,8 @@ class EarlierHashes:
     def refresh(self, store: DatasetDir, rank: tuple[int, int], ranks: dict[str, int]) -> None:
         paths = [p for p in store.keys.glob("*/*.parquet") if p not in self.loaded]
         for ledger in store.staging.glob("*/*.json"):
-            shard_rank = (ranks.get(ledger.parent.name, len(ranks)), int(ledger.name[:9]))
+            index = int(ledger.name.partition("-")[0])
+            shard_rank = (ranks.get(ledger.parent.name, len(ranks)), index)
             keys = ledger.with_name(ledger.name.removesuffix(".json") + ".keys.parquet")
             if shard_rank < rank and keys not in self.loaded and keys.exists():
                 paths.append(keys)

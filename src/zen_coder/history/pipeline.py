@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import secrets
+import sys
 import threading
 import time
 from collections import Counter, deque
@@ -202,11 +203,12 @@ def _worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
         yield None
         return
     pa.array([0])  # pyarrow imports pandas on first use: once here, not in every worker
-    # Forked workers start in milliseconds with everything imported. The first submit forks them
-    # all, here, before any other thread of this process exists.
+    # On Linux, forked workers start in milliseconds with everything imported; the first submit
+    # forks them all, here, before any other thread of this process exists. (macOS frameworks are
+    # not fork-safe: there they are spawned.)
     pool = ProcessPoolExecutor(
         max_workers=workers,
-        mp_context=get_context("fork"),
+        mp_context=get_context("fork" if sys.platform == "linux" else "spawn"),
         initializer=init_worker_process,
         initargs=(os.getpid(),),
     )

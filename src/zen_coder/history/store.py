@@ -164,11 +164,21 @@ class DatasetDir:
             self._lock_handle = None
 
     def recover(self) -> None:
-        """Remove what an interrupted run left half-written."""
+        """Remove what an interrupted run left half-written.
+
+        A ledger that does not parse (a machine crash can leave one empty) counts as absent, so its
+        shard is removed and its commits are mined again.
+        """
         for folder in (self.data, self.staging, self.keys, self.ledgers):
             if folder.exists():
                 for leftover in folder.rglob(".*.tmp-*"):
                     leftover.unlink()
+        for folder in (self.staging, self.ledgers):
+            for ledger in folder.glob("*/*.json"):
+                try:
+                    _read_json(ledger)
+                except ValueError:
+                    ledger.unlink()
         for repo_key, shard in self._shards(self.staging, ".parquet"):
             paths = self.staged(repo_key, shard)
             if self.final(repo_key, shard).ledger.exists() or not paths.ledger.exists():
