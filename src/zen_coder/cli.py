@@ -66,6 +66,15 @@ def _count_table(title: str, counts: dict[str, int], unit: str) -> Table:
     return table
 
 
+def _size(count: float) -> str:
+    """Bytes in the largest decimal unit that keeps the number under 1,000 (up to GB)."""
+    for unit in ("B", "KB", "MB"):
+        if count < 1000:
+            return f"{count:,.0f} B" if unit == "B" else f"{count:,.1f} {unit}"
+        count /= 1000
+    return f"{count:,.1f} GB"
+
+
 def print_mine_summary(console: Console, report) -> None:
     totals = report.manifest["totals"]
     dropped = totals["commits_seen"] - totals["commits_kept"]
@@ -80,8 +89,8 @@ def print_mine_summary(console: Console, report) -> None:
         ("commits dropped", f"{dropped:,}"),
         ("files changed", f"{totals['changes_seen']:,}"),
         ("records", f"{totals['records']:,}"),
-        ("code (new contents)", f"{totals['code_bytes'] / 1e6:,.1f} MB"),
-        ("on disk", f"{totals['data_bytes'] / 1e6:,.1f} MB in {totals['shards']} shards"),
+        ("code (new contents)", _size(totals["code_bytes"])),
+        ("on disk", f"{_size(totals['data_bytes'])} in {totals['shards']} shards"),
         ("this run", f"{report.new_commits:,} new commits, {report.new_records:,} new records"),
         ("time", f"{report.elapsed:,.1f} s ({rate:,.0f} commits/s)"),
     ]:
