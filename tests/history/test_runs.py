@@ -292,3 +292,19 @@ def test_corrupt_objects_are_counted_not_fatal(tmp_path):
     assert report.errors == []
     assert report.manifest["totals"]["file_reasons"] == {"missing_object": 1}
     assert report.manifest["totals"]["records"] == 2
+
+
+def test_credentials_in_a_clone_url_never_reach_messages_or_the_manifest(tmp_path):
+    good = small_repo(tmp_path / "good", files=1)
+    url = "https://alice:s3cr3t-t0ken-value@example.invalid/org/private.git"
+    out = tmp_path / "out"
+    report = mine(
+        [RepoSpec(url), RepoSpec(str(good.path))],
+        out,
+        workers=1,
+        salt=SALT,
+        cache_dir=tmp_path / "cache",
+    )
+    assert len(report.errors) == 1
+    assert report.errors[0].startswith("https://alice:<PASSWORD>@example.invalid/org/private.git:")
+    assert "s3cr3t" not in (out / "manifest.json").read_text() + " ".join(report.errors)

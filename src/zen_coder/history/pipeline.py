@@ -133,13 +133,13 @@ def _resolve_all(specs: Sequence[RepoSpec], cache_dir: Path, report: RunReport) 
             continue
         if repo.name in names:
             raise ZenCoderError(
-                f"two inputs are both named {repo.name!r} ({names[repo.name]}, {spec.source}); "
+                f"two inputs are both named {repo.name!r} ({names[repo.name]}, {spec.shown}); "
                 "give them distinct `name`s in a manifest"
             )
-        names[repo.name] = spec.source
+        names[repo.name] = spec.shown
         if sources.shallow_boundary(repo.git_dir):
             report.warnings.append(
-                f"{spec.source}: shallow clone, history before its boundary is missing; run "
+                f"{spec.shown}: shallow clone, history before its boundary is missing; run "
                 "`git fetch --unshallow` there to mine all of it"
             )
         repos.append(repo)
@@ -232,9 +232,9 @@ def _run_local(repos, plans, workers: int, progress: Progress, pool: Executor | 
             try:
                 future.result()
             except ZenCoderError as exc:
-                errors.append(f"{repo.spec.source}: {exc}")
+                errors.append(f"{repo.spec.shown}: {exc}")
             except Exception as exc:  # one repository's failure must not stop the others
-                errors.append(f"{repo.spec.source}: {unexpected(exc)}")
+                errors.append(f"{repo.spec.shown}: {unexpected(exc)}")
     return errors
 
 
@@ -260,7 +260,7 @@ def _run_ray(repos, plans, commits: dict[str, int], progress: Progress) -> list[
         except Exception as exc:  # Ray wraps the task's exception; report it as one line
             cause = getattr(exc, "cause", None) or exc
             message = str(cause) if isinstance(cause, ZenCoderError) else unexpected(cause)
-            errors.append(f"{repo.spec.source}: {message}")
+            errors.append(f"{repo.spec.shown}: {message}")
         progress(repo.name, commits[repo.name])
     return errors
 
@@ -347,7 +347,7 @@ def _write_manifest(
     for repo in repos:
         inputs[repo.name] = {
             "name": repo.name,
-            "source": repo.spec.source,
+            "source": repo.spec.shown,
             "revision": repo.spec.revision,
         }
     runs = [*(previous or {}).get("runs", []), run]

@@ -12,6 +12,7 @@ A manifest is a TOML file with one `[[repo]]` table per repository:
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 from zen_coder.errors import ZenCoderError
 from zen_coder.files import read_toml
 from zen_coder.history.gitio import git
+from zen_coder.history.secrets import redact
 
 
 class EmptyRepository(ZenCoderError):
@@ -40,6 +42,11 @@ class RepoSpec:
     @property
     def is_url(self) -> bool:
         return bool(_URL.match(self.source))
+
+    @property
+    def shown(self) -> str:
+        """The source as messages and the manifest show it: credentials in a URL redacted."""
+        return redact(self.source, emails=False)[0]
 
     @property
     def revision(self) -> str:
@@ -105,7 +112,7 @@ def _local_git_dir(source: str) -> Path:
     return Path(result.stdout.strip())
 
 
-def _cached_clone(url: str, cache_dir: Path) -> Path:
+def _cached_clone(url: str, shown: str, cache_dir: Path) -> Path:
     """Clone `url` once into the cache as a mirror; later calls fetch only what is new."""
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", url.rstrip("/").rsplit("/", 1)[-1]) or "repo"
@@ -117,10 +124,16 @@ def _cached_clone(url: str, cache_dir: Path) -> Path:
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         command = ["git", "clone", "--mirror", "--quiet", url, str(partial)]
-    result = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0"},  # fail, don't wait for a password
+    )
     if result.returncode != 0:
-        reason = (result.stderr.strip().splitlines() or ["unknown error"])[-1]
-        raise ZenCoderError(f"{url}: cannot clone or fetch ({reason}); check the URL and access")
+        reason = redact((result.stderr.strip().splitlines() or ["unknown error"])[-1])[0]
+        raise ZenCoderError(f"{shown}: cannot clone or fetch ({reason}); check the URL and access")
     if not target.exists():
         partial.rename(target)
     return target
@@ -128,14 +141,17 @@ def _cached_clone(url: str, cache_dir: Path) -> Path:
 
 def resolve(spec: RepoSpec, cache_dir: Path) -> Repository:
     """Find or fetch the repository of `spec`; raise a one-line error if it cannot be mined."""
-    git_dir = _cached_clone(spec.source, cache_dir) if spec.is_url else _local_git_dir(spec.source)
+    if spec.is_url:
+        git_dir = _cached_clone(spec.source, spec.shown, cache_dir)
+    else:
+        git_dir = _local_git_dir(spec.source)
     repo = Repository(spec=spec, name=spec.display_name(), git_dir=git_dir)
     tip = git(git_dir, "rev-parse", "--verify", "--quiet", f"{_tip(repo)}^{{commit}}", check=False)
     if tip.returncode != 0:
         if spec.revision == "HEAD":
-            raise EmptyRepository(f"{spec.source}: repository has no commits; skipped")
+            raise EmptyRepository(f"{spec.shown}: repository has no commits; skipped")
         raise ZenCoderError(
-            f"{spec.source}: revision {spec.revision!r} not found; check the branch or range"
+            f"{spec.shown}: revision {spec.revision!r} not found; check the branch or range"
         )
     return repo
 
