@@ -173,11 +173,17 @@ def mine_repository(
     progress: Progress,
     pool: Executor | None = None,
     in_flight: int = 4,
-) -> None:
-    """Mine one repository: walk here, extract batches in `pool` (or inline), in commit order."""
+) -> int:
+    """Mine one repository: walk here, extract batches in `pool` (or inline), in commit order.
+
+    Returns how many commits it mined (commits an earlier run mined are skipped, not counted).
+    """
     window: deque[Future] = deque()
+    mined = 0
 
     def collect(ledger: dict) -> None:
+        nonlocal mined
+        mined += len(ledger["commits"])
         progress(repo.name, len(ledger["commits"]))
 
     for job in walk(repo, plan, on_skip=lambda n: progress(repo.name, n)):
@@ -189,11 +195,11 @@ def mine_repository(
             collect(window.popleft().result())
     while window:
         collect(window.popleft().result())
+    return mined
 
 
-def _mine_on_ray(repo: Repository, plan: WalkPlan) -> str:
-    mine_repository(repo, plan, progress=lambda name, n: None)
-    return repo.name
+def _mine_on_ray(repo: Repository, plan: WalkPlan) -> int:
+    return mine_repository(repo, plan, progress=lambda name, n: None)
 
 
 @contextlib.contextmanager
@@ -219,8 +225,9 @@ def _worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
         pool.shutdown(cancel_futures=True)
 
 
-def _run_local(repos, plans, workers: int, progress: Progress, pool: Executor | None) -> list[str]:
-    errors: list[str] = []
+def _run_local(
+    repos, plans, workers: int, progress: Progress, pool: Executor | None, report: RunReport
+) -> None:
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(repos)))) as threads:
         futures = {
             threads.submit(
@@ -230,19 +237,18 @@ def _run_local(repos, plans, workers: int, progress: Progress, pool: Executor | 
         }
         for future, repo in futures.items():
             try:
-                future.result()
+                report.new_commits += future.result()
             except ZenCoderError as exc:
-                errors.append(f"{repo.spec.shown}: {exc}")
+                report.errors.append(f"{repo.spec.shown}: {exc}")
             except Exception as exc:  # one repository's failure must not stop the others
-                errors.append(f"{repo.spec.shown}: {unexpected(exc)}")
-    return errors
+                report.errors.append(f"{repo.spec.shown}: {unexpected(exc)}")
 
 
 def unexpected(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}: {exc}; please report it with this message"
 
 
-def _run_ray(repos, plans, commits: dict[str, int], progress: Progress) -> list[str]:
+def _run_ray(repos, plans, commits: dict[str, int], progress: Progress, report: RunReport) -> None:
     try:
         import ray
     except ImportError:
@@ -251,18 +257,16 @@ def _run_ray(repos, plans, commits: dict[str, int], progress: Progress) -> list[
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
     task = ray.remote(_mine_on_ray)
     pending = {task.remote(repo, plans[repo.name]): repo for repo in repos}
-    errors = []
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         repo = pending.pop(done[0])
         try:
-            ray.get(done[0])
+            report.new_commits += ray.get(done[0])
         except Exception as exc:  # Ray wraps the task's exception; report it as one line
             cause = getattr(exc, "cause", None) or exc
             message = str(cause) if isinstance(cause, ZenCoderError) else unexpected(cause)
-            errors.append(f"{repo.spec.shown}: {message}")
+            report.errors.append(f"{repo.spec.shown}: {message}")
         progress(repo.name, commits[repo.name])
-    return errors
 
 
 def _totals(ledgers: list[dict]) -> dict:
@@ -399,16 +403,15 @@ def mine(
 
         order = [repo.key for repo in repos]
         if executor == "ray":
-            report.errors += _run_ray(repos, plans, counts, on_progress)
+            _run_ray(repos, plans, counts, on_progress, report)
             finalize(store, order, config)
         else:
             if sum(counts.values()) - done_before <= config.commits_per_batch:
                 workers = 1  # one batch: starting workers would cost more than it saves
             with _worker_pool(workers) as pool:
-                report.errors += _run_local(repos, plans, workers, on_progress, pool)
+                _run_local(repos, plans, workers, on_progress, pool, report)
                 finalize(store, order, config, pool)
         report.elapsed = time.monotonic() - started
-        report.new_commits = sum(len(store.mined_commits(key)) for key in order) - done_before
         run = {
             "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "seconds": round(report.elapsed, 2),
