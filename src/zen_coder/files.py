@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -19,3 +20,8 @@ def read_toml(path: Path, kind: str) -> dict[str, Any]:
         raise ZenCoderError(f"{kind} {path} is a directory; pass a TOML file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ZenCoderError(f"{kind} {path} is not valid TOML: {exc}") from None
+
+
+def user_cache_dir() -> Path:
+    """zen-coder's cache folder: $XDG_CACHE_HOME/zen-coder, by default ~/.cache/zen-coder."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "zen-coder"

@@ -8,12 +8,13 @@ the key.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from zen_coder.errors import ZenCoderError
 from zen_coder.files import read_toml
+from zen_coder.settings import apply_overrides, parse_assignments
 
 # Settings that change how a run executes but not what it produces: a rerun may change them freely.
 EXECUTION_FIELDS = frozenset({"commits_per_batch"})
@@ -83,59 +84,6 @@ class MineConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _coerce(name: str, kind: type, value: Any) -> Any:
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
-            return value.lower() in {"true", "1", "yes"}
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value.replace("_", ""))
-            except ValueError:
-                pass
-    elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    expected = {bool: "true or false", int: "an integer", float: "a number"}[kind]
-    raise ZenCoderError(f"mine setting {name} expects {expected}, got {value!r}")
-
-
-_TYPES = {"bool": bool, "int": int, "float": float}
-
-
-def with_overrides(config: MineConfig, values: dict[str, Any]) -> MineConfig:
-    """Apply `values` (from TOML or `--set`) to `config`, checking names and types."""
-    known = {f.name: _TYPES[str(f.type)] for f in fields(MineConfig)}
-    changes = {}
-    for name, value in values.items():
-        if name not in known:
-            raise ZenCoderError(
-                f"unknown mine setting {name!r}; known settings: {', '.join(sorted(known))}"
-            )
-        changes[name] = _coerce(name, known[name], value)
-    return config.replace(**changes)
-
-
-def parse_assignments(assignments: list[str]) -> dict[str, str]:
-    """Turn `key=value` strings from the command line into a dict."""
-    values = {}
-    for item in assignments:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ZenCoderError(f"--set expects key=value, got {item!r}")
-        values[key.strip()] = value.strip()
-    return values
-
-
 def load_config(path: Path | None = None, assignments: list[str] | None = None) -> MineConfig:
     """The defaults, then the `[mine]` table of `path`, then `--set` assignments."""
     config = MineConfig()
@@ -143,5 +91,5 @@ def load_config(path: Path | None = None, assignments: list[str] | None = None) 
         table = read_toml(path, "config file").get("mine", {})
         if not isinstance(table, dict):
             raise ZenCoderError(f"config file {path}: [mine] must be a table")
-        config = with_overrides(config, table)
-    return with_overrides(config, parse_assignments(assignments or []))
+        config = apply_overrides(config, "mine", table)
+    return apply_overrides(config, "mine", parse_assignments(assignments or []))

@@ -28,6 +28,7 @@ import pyarrow as pa
 
 from zen_coder import __version__
 from zen_coder.errors import ZenCoderError
+from zen_coder.files import user_cache_dir
 from zen_coder.history import sources
 from zen_coder.history.config import MineConfig
 from zen_coder.history.dedup import finalize
@@ -50,11 +51,6 @@ class RunReport:
     new_records: int = 0
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "zen-coder" / "repos"
 
 
 def load_salt(path: Path | None = None) -> bytes:
@@ -389,7 +385,7 @@ def mine(
         previous = _check_compatible(store, config, salt)
         store.recover()
         report = RunReport(out=store.root, manifest={}, elapsed=0.0)
-        repos = _resolve_all(specs, cache_dir or default_cache_dir(), report)
+        repos = _resolve_all(specs, cache_dir or user_cache_dir() / "repos", report)
         plans = _plans(repos, store, config, salt, previous)
         counts = {repo.name: sources.commit_count(repo) for repo in repos}
         done_before = sum(len(plan.done) for plan in plans.values())

@@ -1,0 +1,316 @@
+"""`zen-coder prepare`: mined commit records in, a tokenizer and packed training data out.
+
+For each repository the newest commits are held out for validation; the tokenizer is trained on
+the training split only; samples of every format are built, checked against benchmark problems,
+tokenized and packed per split. The output is built in a temporary folder and moved into place
+at the end, so a killed run leaves the previous output intact; rerunning with the same inputs and
+settings reuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from zen_coder import __version__
+from zen_coder.benchmarks import load_problems
+from zen_coder.data.config import PrepareConfig
+from zen_coder.data.decontaminate import BenchmarkIndex
+from zen_coder.data.pack import SplitWriter, channel_dtypes, tokenize
+from zen_coder.data.records import (
+    MinedDataset,
+    open_mined,
+    read_shard,
+    repository_metadata,
+    shard_contents,
+)
+from zen_coder.data.samples import (
+    RecordSamples,
+    Sample,
+    history_chunks,
+    history_sample,
+    validation_commits,
+)
+from zen_coder.data.tokenizer import load_tokenizer, save_tokenizer, special_ids, train_tokenizer
+from zen_coder.errors import ZenCoderError
+from zen_coder.files import user_cache_dir
+from zen_coder.history.languages import LANGUAGES
+from zen_coder.history.store import write_json_atomic
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "validation")
+DEFAULT_BENCHMARKS = ("humaneval", "mbpp", "multipl-e")
+CHARS_PER_TOKEN = 3.0  # for cutting file histories into chunks of about one context
+BATCH = 1024  # samples tokenized per call
+
+
+@dataclass
+class PrepareReport:
+    out: Path
+    manifest: dict
+    elapsed: float
+    reused: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Repository:
+    key: str
+    name: str
+    held_out: set[str]  # its validation commits
+
+    def split(self, commit: str) -> str:
+        return "validation" if commit in self.held_out else "train"
+
+
+def _repositories(dataset: MinedDataset, fraction: float) -> list[_Repository]:
+    """Every repository with its validation commits: the newest `fraction` by commit time."""
+    repositories = []
+    for key in sorted(dataset.shards):
+        table = pa.concat_tables(
+            read_shard(path, ["repo", "commit", "committer_time"]) for path in dataset.shards[key]
+        )
+        times = table["committer_time"].cast(pa.int64()).to_pylist()
+        commits = list(zip(times, table["commit"].to_pylist(), strict=True))
+        held_out = validation_commits(commits, fraction)
+        repositories.append(_Repository(key, table["repo"][0].as_py(), held_out))
+    return repositories
+
+
+def _training_texts(
+    dataset: MinedDataset, repositories: list[_Repository], budget: int
+) -> Iterator[str]:
+    """Training-split text for the tokenizer, an equal share of `budget` characters per repo."""
+    share = max(1, budget // len(repositories))
+    for repo in repositories:
+        used = 0
+        for path in dataset.shards[repo.key]:
+            table = read_shard(path, ["commit", "message", "diff", "new_content"])
+            for row in table.to_pylist():
+                if repo.split(row["commit"]) != "train":
+                    continue
+                for text in (row["new_content"], row["message"], row["diff"]):
+                    if text:
+                        used += len(text)
+                        yield text
+                if used >= share:
+                    break
+            if used >= share:
+                break
+
+
+def _repository_samples(
+    dataset: MinedDataset, repo: _Repository, config: PrepareConfig
+) -> Iterator[Sample]:
+    """Every sample of one repository: per record while its contents are read, then histories."""
+    rows = repository_metadata(dataset.shards[repo.key]).to_pylist()
+    splits = [repo.split(row["commit"]) for row in rows]
+    budget = int(config.context_length * CHARS_PER_TOKEN)
+    chunks = list(history_chunks(rows, splits, budget)) if config.file_histories else []
+    chunk_starts = {chunk.first for chunk in chunks}
+    befores: dict[int, str] = {}
+    per_record = RecordSamples(config)
+    offset = 0
+    for contents in shard_contents(dataset.shards[repo.key]):
+        olds = contents["old_content"].to_pylist()
+        news = contents["new_content"].to_pylist()
+        for row_index, (old, new) in enumerate(zip(olds, news, strict=True)):
+            index = offset + row_index
+            yield from per_record.all(rows[index], old, new, splits[index])
+            # A chunk opens with the file as it was, when that leaves room for the changes.
+            if index in chunk_starts and old and len(old) <= budget // 2:
+                befores[index] = old
+        offset += len(olds)
+    for chunk in chunks:
+        yield history_sample(chunk, rows, befores.get(chunk.first))
+
+
+def _batches(samples: Iterator[Sample], size: int) -> Iterator[list[Sample]]:
+    batch: list[Sample] = []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _previous_output(out: Path, identity: dict) -> dict | None:
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if manifest.get("identity") == identity else None
+
+
+def _clear_leftovers(out: Path) -> None:
+    for leftover in out.parent.glob(f".{out.name}.*-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _install(work: Path, out: Path) -> None:
+    """Move the finished output into place, replacing an older one."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    work.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare(
+    mined: Path,
+    out: Path,
+    config: PrepareConfig | None = None,
+    *,
+    tokenizer: Path | None = None,
+    benchmarks: Sequence[str] | None = None,
+    progress: Callable[[int], Callable[[int], None]] | None = None,
+) -> PrepareReport:
+    """Prepare the mined dataset at `mined` for training, into the folder `out`.
+
+    `tokenizer` reuses an existing tokenizer (e.g. a base model's) instead of training one;
+    `benchmarks` are the decontamination sources (names or local paths, see
+    `zen_coder.benchmarks.load_problems`). `progress(total_records)` may return a callback that
+    receives the number of records done.
+    """
+    config = config or PrepareConfig()
+    started = time.monotonic()
+    dataset = open_mined(mined)
+    if not config.decontaminate:
+        sources: list = []
+    else:
+        sources = list(DEFAULT_BENCHMARKS if benchmarks is None else benchmarks)
+    identity = {
+        "format_version": FORMAT_VERSION,
+        "mined": dataset.fingerprint,
+        "config": config.to_dict(),
+        "tokenizer": str(tokenizer.resolve()) if tokenizer else "trained",
+        "benchmarks": [str(source) for source in sources],
+    }
+    out = out.resolve()
+    previous = _previous_output(out, identity)
+    if previous is not None:
+        return PrepareReport(out, previous, time.monotonic() - started, reused=True)
+    _clear_leftovers(out)
+    work = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    work.mkdir(parents=True)
+    try:
+        repositories = _repositories(dataset, config.validation_fraction)
+        if tokenizer is not None:
+            tok = load_tokenizer(tokenizer)
+        else:
+            texts = _training_texts(dataset, repositories, config.tokenizer_train_chars)
+            tok = train_tokenizer(texts, config.vocab_size)
+        save_tokenizer(tok, work, config.context_length)
+        index = None
+        if sources:
+            problems = [problem for source in sources for problem in load_problems(source)]
+            index = BenchmarkIndex.cached(
+                problems, config.decontamination_ngram, user_cache_dir() / "decontamination"
+            )
+        manifest = _write_splits(work, dataset, repositories, config, tok, index, progress)
+        manifest.update(
+            {
+                "identity": identity,
+                "zen_coder_version": __version__,
+                "mined": str(Path(mined).resolve()),
+                "tokenizer_source": identity["tokenizer"],
+                "benchmarks": identity["benchmarks"],
+                "seconds": round(time.monotonic() - started, 2),
+            }
+        )
+        write_json_atomic(work / "manifest.json", manifest)
+        _install(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return PrepareReport(out, manifest, time.monotonic() - started)
+
+
+def _write_splits(
+    work: Path,
+    dataset: MinedDataset,
+    repositories: list[_Repository],
+    config: PrepareConfig,
+    tok,
+    index: BenchmarkIndex | None,
+    progress: Callable[[int], Callable[[int], None]] | None,
+) -> dict:
+    repo_names = ["<unknown>", *sorted({repo.name for repo in repositories})]
+    language_names = ["<unknown>", *LANGUAGES]
+    repo_ids = {name: number for number, name in enumerate(repo_names) if number}
+    language_ids = {name: number for number, name in enumerate(language_names) if number}
+    ids = special_ids(tok)
+    dtypes = channel_dtypes(tok.get_vocab_size(), len(repo_names), config.context_length)
+    writers = {
+        split: SplitWriter(
+            work / split, config.context_length, dtypes, ids["<|pad|>"], seed=config.seed
+        )
+        for split in SPLITS
+    }
+    samples: Counter = Counter()
+    tokens: Counter = Counter()
+    by_language: Counter = Counter()
+    removed: list[dict] = []
+    advance = progress(dataset.manifest["totals"]["records"]) if progress else None
+    for repo in repositories:
+        for batch in _batches(_repository_samples(dataset, repo, config), BATCH):
+            kept = []
+            for sample in batch:
+                problem = index.match(sample.text()) if index is not None else None
+                if problem is None:
+                    kept.append(sample)
+                    continue
+                removed.append(
+                    {
+                        "format": sample.format,
+                        "split": sample.split,
+                        "repo": sample.repo,
+                        "path": sample.path,
+                        "commits": sample.commits,
+                        "benchmark": problem.benchmark,
+                        "task_id": problem.task_id,
+                    }
+                )
+            documents = tokenize(kept, tok, ids, repo_ids, language_ids)
+            for sample, document in zip(kept, documents, strict=True):
+                writers[sample.split].add(document)
+                key = f"{sample.split}/{sample.format}"
+                samples[key] += 1
+                tokens[key] += len(document.tokens)
+                by_language[f"{sample.split}/{sample.language or 'unknown'}"] += len(
+                    document.tokens
+                )
+        if advance is not None:
+            advance(dataset.manifest["repos"][repo.name]["records"])
+    sequences = {split: writer.close() for split, writer in writers.items()}
+    if not sum(samples.values()):
+        raise ZenCoderError(
+            f"no training samples came out of {dataset.root}: every record was filtered; "
+            "mine more history or relax the prepare settings"
+        )
+    write_json_atomic(work / "repos.json", repo_names)
+    write_json_atomic(work / "languages.json", language_names)
+    return {
+        "format_version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "vocab_size": tok.get_vocab_size(),
+        "special_tokens": ids,
+        "context_length": config.context_length,
+        "channels": dtypes,
+        "sequences": sequences,
+        "samples": dict(sorted(samples.items())),
+        "tokens": dict(sorted(tokens.items())),
+        "tokens_by_language": dict(sorted(by_language.items())),
+        "decontamination": {"removed": len(removed), "samples": removed},
+        "repositories": len(repo_names) - 1,
+    }

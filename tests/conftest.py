@@ -1,0 +1,13 @@
+"""Keep every test away from the user's home: caches and the author salt live in a temp folder."""
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("XDG_CACHE_HOME", str(home / "cache"))
+    patch.setenv("XDG_CONFIG_HOME", str(home / "config"))
+    yield home
+    patch.undo()
