@@ -123,3 +123,25 @@ def test_a_100_mb_blob_and_a_5000_file_commit_cost_nothing(tmp_path):
     assert manifest["totals"]["commit_reasons"] == {"too_many_files": 1}
     # Reading the blob would cost 100 MB of bytes and 100 MB of text.
     assert peak < baseline + 50, (peak, baseline)
+
+
+def test_prepare_prints_a_summary_and_errors_in_one_line(tmp_path):
+    repo = GitRepo(tmp_path / "repo")
+    for i in range(6):
+        repo.write("app.py", "".join(f"def f{j}():\n    return {i * j}\n\n\n" for j in range(5)))
+        repo.commit(f"Scale the helpers by {i} for the new pricing rules")
+    mined = tmp_path / "mined"
+    assert zen_coder("mine", str(repo.path), "--out", str(mined), "--quiet").returncode == 0
+    out = tmp_path / "prepared"
+    args = ["prepare", str(mined), "--out", str(out), "--quiet", "--set", "vocab_size=600"]
+    result = zen_coder(*args, "--set", "context_length=64", "--set", "decontaminate=false")
+    assert result.returncode == 0, result.stderr
+    for text in ("vocabulary", "train", "validation", "commit_edit", "manifest:"):
+        assert text in result.stdout
+    assert (out / "tokenizer.json").exists()
+    assert_one_line_error(
+        zen_coder("prepare", str(tmp_path / "nothing"), "--out", str(out)),
+        2,
+        f"{tmp_path / 'nothing' / 'manifest.json'} not found: {tmp_path / 'nothing'} is not a "
+        "mined dataset; run `zen-coder mine` first",
+    )

@@ -260,6 +260,7 @@ def _write_splits(
     samples: Counter = Counter()
     tokens: Counter = Counter()
     by_language: Counter = Counter()
+    samples_by_language: Counter = Counter()
     removed: list[dict] = []
     advance = progress(dataset.manifest["totals"]["records"]) if progress else None
     for repo in repositories:
@@ -287,9 +288,9 @@ def _write_splits(
                 key = f"{sample.split}/{sample.format}"
                 samples[key] += 1
                 tokens[key] += len(document.tokens)
-                by_language[f"{sample.split}/{sample.language or 'unknown'}"] += len(
-                    document.tokens
-                )
+                language = f"{sample.split}/{sample.language or 'unknown'}"
+                by_language[language] += len(document.tokens)
+                samples_by_language[language] += 1
         if advance is not None:
             advance(dataset.manifest["repos"][repo.name]["records"])
     sequences = {split: writer.close() for split, writer in writers.items()}
@@ -310,6 +311,7 @@ def _write_splits(
         "sequences": sequences,
         "samples": dict(sorted(samples.items())),
         "tokens": dict(sorted(tokens.items())),
+        "samples_by_language": dict(sorted(samples_by_language.items())),
         "tokens_by_language": dict(sorted(by_language.items())),
         "decontamination": {"removed": len(removed), "samples": removed},
         "repositories": len(repo_names) - 1,
