@@ -227,6 +227,38 @@ def run_prepare(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def run_config(args: argparse.Namespace, console: Console) -> int:
+    from zen_coder.model.config import load_model_config
+    from zen_coder.model.summary import flops_per_token, parameter_counts
+
+    config = load_model_config(args.config, args.set, args.preset)
+    counts = parameter_counts(config)
+    flops = flops_per_token(config, counts)
+    table = Table(title=f"model: {args.preset if not args.config else args.config}")
+    table.add_column("")
+    table.add_column("", justify="right")
+    shape = (
+        f"{config.n_layers} blocks x {config.d_model} wide, {config.n_heads} heads "
+        f"({config.n_kv_heads} key/value), {config.n_experts} experts of "
+        f"{config.expert_dim} ({config.experts_per_token} active)"
+    )
+    rows = [
+        ("shape", shape),
+        ("vocabulary, context", f"{config.vocab_size:,}, {config.context_length:,}"),
+        ("parameters, total", f"{counts['total']:,} ({counts['total'] / 1e9:.2f}B)"),
+        ("parameters, active per token", f"{counts['active']:,} ({counts['active'] / 1e9:.2f}B)"),
+        ("  of which experts (all)", f"{counts['experts']:,}"),
+        ("  of which embeddings", f"{counts['embedding']:,}"),
+        ("FLOPs per token, forward", f"{flops['forward']:,} at context {config.context_length:,}"),
+        ("FLOPs per token, training", f"{flops['training']:,}"),
+        ("techniques", ", ".join(k for k, on in config.techniques.items() if on) or "none"),
+    ]
+    for label, value in rows:
+        table.add_row(label, value)
+    console.print(table)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zen-coder",
@@ -311,6 +343,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prep.add_argument("--quiet", action="store_true", help="no progress bar")
     prep.set_defaults(handler=run_prepare)
+
+    config = commands.add_parser(
+        "config",
+        help="a model preset's parameter counts (total and active) and FLOPs per token",
+        description="Build the model on the meta device (no memory used) and print its total "
+        "and active parameters and FLOPs per token.",
+    )
+    config.add_argument(
+        "--preset", default="tiny", help="tiny, small or zen-coder-70b (default tiny)"
+    )
+    config.add_argument("--config", type=Path, help="recipe (TOML) whose [model] table is used")
+    config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    config.set_defaults(handler=run_config)
     return parser
 
 

@@ -1,0 +1,558 @@
+"""The zen-coder transformer: a Mixtral-style mixture of experts that knows its git history.
+
+Read top to bottom: rotary embeddings, attention, the mixture-of-experts feed-forward, a block,
+the model, its losses and generation. Shapes: B batch, T tokens, D model width, H query heads,
+K key/value heads, Hd head width, E experts, k experts per token, F expert width.
+
+Every token carries side channels from `zen-coder prepare`: repository id, language id,
+temporal position (the history position of the change it belongs to) and segment (its document
+in a packed sequence). The card's four techniques use them, each behind a switch:
+    repository embedding   h0 = embed(token) + R[repo],          R[0] = 0 (unknown repository)
+    temporal attention     score(q, k) += b_layer[head, bucket(time_q - time_k)]
+    language routing       router logits += G_layer[language],   G[0] = 0 (unknown language)
+    contrastive loss       InfoNCE over documents' pooled states; same repository = positive
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zen_coder.model.config import ModelConfig
+
+IGNORE = -100
+
+
+# -- rotary position embeddings (Hugging Face's rotate-half layout) ---------------------------
+
+
+def rope_frequencies(config: ModelConfig) -> Tensor:
+    """Inverse frequencies of the rotary embedding, with long-context scaling applied."""
+    dim = config.head_dimension
+    inverse = 1.0 / config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    if config.rope_scaling == "linear":
+        inverse = inverse / config.rope_factor
+    elif config.rope_scaling == "llama3":
+        # Llama 3.1: stretch low frequencies by `factor`, keep high ones, blend in between.
+        wavelength = 2 * math.pi / inverse
+        low = config.rope_original_context / config.rope_low_freq_factor
+        high = config.rope_original_context / config.rope_high_freq_factor
+        smooth = (config.rope_original_context / wavelength - config.rope_low_freq_factor) / (
+            config.rope_high_freq_factor - config.rope_low_freq_factor
+        )
+        blended = (1 - smooth) * inverse / config.rope_factor + smooth * inverse
+        inverse = torch.where(wavelength > low, inverse / config.rope_factor, inverse)
+        middle = (wavelength <= low) & (wavelength >= high)
+        inverse = torch.where(middle, blended, inverse)
+    return inverse.float()
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Apply the rotation: x [B, heads, T, Hd], cos/sin [B, 1, T, Hd]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+# -- attention ----------------------------------------------------------------------------------
+
+
+def temporal_bucket(distance: Tensor, buckets: int, max_distance: int) -> Tensor:
+    """Bucket of a signed temporal distance: exact near zero, log-spaced up to max_distance.
+
+    Half the buckets are for the query being newer than the key, half for older.
+    """
+    half = buckets // 2
+    exact = max(1, half // 2)
+    magnitude = distance.abs()
+    far = (
+        exact
+        + (
+            torch.log(magnitude.float().clamp(min=1) / exact)
+            / math.log(max(max_distance / exact, 2.0))
+            * (half - exact)
+        ).long()
+    )
+    bucket = torch.where(magnitude < exact, magnitude, far.clamp(max=half - 1))
+    return bucket + (distance < 0).long() * half
+
+
+@dataclass
+class AttentionContext:
+    """What every layer's attention needs, computed once per forward pass."""
+
+    cos: Tensor
+    sin: Tensor
+    mask: Tensor | None = None  # bool [B, 1, Tq, Tk]: True where a query may see a key
+    causal: bool = False  # no mask needed: plain causal attention (the fast path)
+    buckets: Tensor | None = None  # long [B, Tq, Tk]: temporal buckets, for temporal attention
+    flex: dict | None = None  # FlexAttention's block mask and channels, when config.attention
+
+
+class KVCache:
+    """Keys and values of earlier positions, per layer, for incremental decoding."""
+
+    def __init__(self) -> None:
+        self.keys: list[Tensor | None] = []
+        self.values: list[Tensor | None] = []
+        self.length = 0
+        self.time: Tensor | None = None  # temporal positions of the cached tokens [B, T]
+
+    def update(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        while len(self.keys) <= layer:
+            self.keys.append(None)
+            self.values.append(None)
+        if self.keys[layer] is not None:
+            keys = torch.cat([self.keys[layer], keys], dim=2)
+            values = torch.cat([self.values[layer], values], dim=2)
+        self.keys[layer], self.values[layer] = keys, values
+        return keys, values
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.n_heads, self.n_kv_heads = config.n_heads, config.n_kv_heads
+        self.head_dim = config.head_dimension
+        bias = config.attention_bias
+        self.q = nn.Linear(config.d_model, self.n_heads * self.head_dim, bias=bias)
+        self.k = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=bias)
+        self.v = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=bias)
+        self.o = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=False)
+        self.temporal = (
+            nn.Parameter(torch.zeros(self.n_heads, config.temporal_buckets))
+            if config.temporal_attention
+            else None
+        )
+
+    def forward(self, x: Tensor, context: AttentionContext, cache: KVCache | None) -> Tensor:
+        B, T, _ = x.shape
+        q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, Hd]
+        k = self.k(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, K, T, Hd]
+        v = self.v(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = rotate(q, context.cos, context.sin), rotate(k, context.cos, context.sin)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)
+        if context.flex is not None:
+            y = self._flex(q, k, v, context.flex)
+        else:
+            mask = context.mask
+            if self.temporal is not None and context.buckets is not None:
+                bias = self.temporal[:, context.buckets].transpose(0, 1)  # [B, H, Tq, Tk]
+                mask = bias.masked_fill(~mask, float("-inf")).to(q.dtype)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=context.causal, enable_gqa=True
+            )
+        return self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+    def _flex(self, q: Tensor, k: Tensor, v: Tensor, flex: dict) -> Tensor:
+        from torch.nn.attention.flex_attention import flex_attention
+
+        score_mod = None
+        if self.temporal is not None:
+            table, time, buckets = self.temporal, flex["time"], flex["bucket"]
+
+            def score_mod(score, b, h, q_index, k_index):
+                return score + table[h, buckets(time[b, q_index] - time[b, k_index])]
+
+        return flex["attend"](flex_attention)(
+            q, k, v, score_mod=score_mod, block_mask=flex["block_mask"], enable_gqa=True
+        )
+
+
+# -- mixture of experts -------------------------------------------------------------------------
+
+
+@dataclass
+class RouterStats:
+    """Per-layer routing outcome, for the balance losses and the expert-bias update."""
+
+    balance_loss: Tensor
+    z_loss: Tensor
+    load: Tensor  # tokens routed to each expert [E]
+
+
+class MoE(nn.Module):
+    """SwiGLU experts behind a softmax top-k router; dropless (every token gets its k experts).
+
+    Tokens are sorted by expert and each expert runs one matmul over its tokens: the Python loop
+    is over the E experts, never over tokens.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        E, D, Fd = config.n_experts, config.d_model, config.expert_dim
+        self.top_k = config.experts_per_token
+        self.renormalize = config.router_renormalize
+        self.router = nn.Linear(D, E, bias=False)
+        self.w1 = nn.Parameter(torch.empty(E, Fd, D))  # gate projection
+        self.w3 = nn.Parameter(torch.empty(E, Fd, D))  # up projection
+        self.w2 = nn.Parameter(torch.empty(E, D, Fd))  # down projection
+        self.language = (
+            nn.Parameter(torch.zeros(config.n_languages, E)) if config.language_routing else None
+        )
+        self.register_buffer(
+            "expert_bias", torch.zeros(E) if config.balancing == "bias" else None, persistent=True
+        )
+
+    def forward(self, x: Tensor, language: Tensor | None) -> tuple[Tensor, RouterStats]:
+        E = self.w1.shape[0]  # x: [N, D], the batch's tokens flattened
+        logits = self.router(x).float()  # [N, E], routing in fp32
+        if self.language is not None and language is not None:
+            logits = logits + self.language[language]
+        probs = logits.softmax(dim=-1)
+        choice = probs if self.expert_bias is None else probs + self.expert_bias
+        chosen = choice.topk(self.top_k, dim=-1).indices  # [N, k]
+        weights = probs.gather(-1, chosen)
+        if self.renormalize:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        flat = chosen.reshape(-1)
+        order = flat.argsort(stable=True)
+        tokens = order // self.top_k
+        load = torch.bincount(flat, minlength=E)
+        routed = x[tokens]  # [N*k, D], grouped by expert
+        outputs = []
+        start = 0
+        for expert, count in enumerate(load.tolist()):
+            if count:
+                part = routed[start : start + count]
+                hidden = F.silu(part @ self.w1[expert].T) * (part @ self.w3[expert].T)
+                outputs.append(hidden @ self.w2[expert].T)
+            start += count
+        combined = torch.cat(outputs) * weights.reshape(-1)[order, None].to(x.dtype)
+        y = torch.zeros_like(x).index_add_(0, tokens, combined)
+        # Switch/Mixtral balance loss: E * sum over (slot, expert) of the fraction of tokens
+        # sent there times the mean router probability; k at perfect balance.
+        fraction = F.one_hot(chosen, E).float().mean(dim=0)  # [k, E]
+        balance = E * (fraction * probs.mean(dim=0)).sum()
+        z_loss = torch.logsumexp(logits, dim=-1).square().mean()
+        return y, RouterStats(balance, z_loss, load)
+
+    @torch.no_grad()
+    def update_expert_bias(self, load: Tensor, rate: float) -> None:
+        """Auxiliary-loss-free balancing: raise the bias of under-loaded experts, lower others."""
+        load = load.float()
+        self.expert_bias += rate * torch.sign(load.mean() - load)
+
+
+# -- the transformer ----------------------------------------------------------------------------
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.attention_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.attention = Attention(config, layer)
+        self.moe_norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.moe = MoE(config)
+
+    def forward(
+        self, x: Tensor, context: AttentionContext, language: Tensor | None, cache: KVCache | None
+    ) -> tuple[Tensor, RouterStats]:
+        x = x + self.attention(self.attention_norm(x), context, cache)
+        B, T, D = x.shape
+        flat_language = language.reshape(-1) if language is not None else None
+        moe, stats = self.moe(self.moe_norm(x).reshape(B * T, D), flat_language)
+        return x + moe.view(B, T, D), stats
+
+
+@dataclass
+class Output:
+    logits: Tensor  # [B, T, V]
+    loss: Tensor | None = None  # the total training loss, when targets were given
+    losses: dict[str, Tensor] = field(default_factory=dict)  # its parts, for logging
+    load: list[Tensor] = field(default_factory=list)  # tokens per expert, per layer
+
+
+class ZenCoder(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.repo = (
+            nn.Embedding(config.n_repos, config.d_model, padding_idx=0)
+            if config.repo_embeddings
+            else None
+        )
+        self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layers))
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.head.weight = self.embed.weight
+        self.projection = (
+            nn.Linear(config.d_model, config.d_model, bias=False)
+            if config.contrastive_loss
+            else None
+        )
+        self.register_buffer("inverse_frequencies", rope_frequencies(config), persistent=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """GPT-2 initialization; output projections scaled by depth; technique tables at zero, so
+        each technique starts as a no-op and is learned."""
+        std = self.config.init_std
+        residual = std / math.sqrt(2 * self.config.n_layers)
+        for name, parameter in self.named_parameters():
+            if parameter.dim() < 2 or name.endswith(("temporal", "language")):
+                if name.endswith(("temporal", "language", ".bias")):
+                    parameter.zero_()
+                else:
+                    parameter.fill_(1.0)  # norm weights
+            elif name.endswith(("attention.o.weight", "moe.w2")):
+                nn.init.normal_(parameter, std=residual)
+            elif name.startswith("repo."):
+                parameter.zero_()
+            else:
+                nn.init.normal_(parameter, std=std)
+
+    # -- positions and masks --------------------------------------------------------------------
+
+    def _context(
+        self,
+        tokens: Tensor,
+        segment: Tensor | None,
+        time: Tensor | None,
+        cache: KVCache | None,
+    ) -> AttentionContext:
+        B, T = tokens.shape
+        device = tokens.device
+        past = cache.length if cache is not None else 0
+        positions = torch.arange(past, past + T, device=device).expand(B, T)
+        use_segments = self.config.document_masking and segment is not None and cache is None
+        if use_segments:
+            # Each document starts again at position 0.
+            starts = torch.ones_like(segment, dtype=torch.bool)
+            starts[:, 1:] = segment[:, 1:] != segment[:, :-1]
+            index = torch.arange(T, device=device).expand(B, T)
+            start_index = torch.cummax(torch.where(starts, index, 0), dim=1).values
+            positions = index - start_index
+        angles = positions[..., None].float() * self.inverse_frequencies  # [B, T, Hd/2]
+        angles = torch.cat([angles, angles], dim=-1)[:, None]  # [B, 1, T, Hd]
+        context = AttentionContext(cos=angles.cos(), sin=angles.sin())
+        temporal = self.config.temporal_attention and time is not None
+        key_time = time
+        if cache is not None and time is not None:
+            key_time = time if cache.time is None else torch.cat([cache.time, time], dim=1)
+            cache.time = key_time
+        if self.config.attention == "flex" and cache is None:
+            context.flex = self._flex_context(segment if use_segments else None, time, T)
+            return context
+        if not use_segments and not temporal:
+            # Plain causal attention; with a cache, new queries see all cached keys.
+            context.causal = cache is None or past == 0
+            if cache is not None and past and T > 1:
+                context.causal = False
+                context.mask = self._causal(T, past + T, device).expand(B, 1, T, past + T)
+            return context
+        allowed = self._causal(T, past + T, device).expand(B, 1, T, past + T)
+        if use_segments:
+            same = segment[:, None, :, None] == segment[:, None, None, :]
+            diagonal = torch.eye(T, dtype=torch.bool, device=device)
+            # Padding (segment 0) attends to itself only, so no row is empty.
+            allowed = allowed & (same & (segment[:, None, None, :] > 0) | diagonal)
+        context.mask = allowed
+        if temporal:
+            distance = time[:, :, None] - key_time[:, None, :]  # [B, Tq, Tk]
+            context.buckets = temporal_bucket(
+                distance, self.config.temporal_buckets, self.config.temporal_max_distance
+            )
+        return context
+
+    @staticmethod
+    def _causal(queries: int, keys: int, device) -> Tensor:
+        past = keys - queries
+        return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(past)
+
+    def _flex_context(self, segment: Tensor | None, time: Tensor | None, T: int) -> dict:
+        """FlexAttention's block-sparse document-causal mask: no T x T tensor is materialized."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def causal(b, h, q_index, k_index):
+            return q_index >= k_index
+
+        def document_causal(b, h, q_index, k_index):
+            same = segment[b, q_index] == segment[b, k_index]
+            return (q_index >= k_index) & (same | (q_index == k_index))
+
+        mask = document_causal if segment is not None else causal
+        B = segment.shape[0] if segment is not None else None
+        device = self.inverse_frequencies.device
+        config = self.config
+        return {
+            "block_mask": create_block_mask(mask, B, None, T, T, device=device),
+            "time": time,
+            "bucket": lambda d: temporal_bucket(
+                d, config.temporal_buckets, config.temporal_max_distance
+            ),
+            "attend": torch.compile if device.type == "cuda" else (lambda function: function),
+        }
+
+    # -- forward and losses ---------------------------------------------------------------------
+
+    def forward(
+        self,
+        tokens: Tensor,
+        *,
+        repo: Tensor | None = None,
+        language: Tensor | None = None,
+        time: Tensor | None = None,
+        segment: Tensor | None = None,
+        targets: Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> Output:
+        """tokens [B, T] and optional side channels [B, T]; targets [B, T] (IGNORE = no loss)."""
+        x = self.embed(tokens)  # [B, T, D]
+        if self.repo is not None and repo is not None:
+            if self.training and self.config.repo_dropout > 0:
+                # Whole sequences lose their repository, so the model also works without one.
+                kept = torch.rand(repo.shape[0], 1, device=repo.device) >= self.config.repo_dropout
+                repo = repo * kept
+            x = x + self.repo(repo)
+        context = self._context(tokens, segment, time, cache)
+        stats = []
+        for block in self.blocks:
+            x, layer_stats = block(x, context, language, cache)
+            stats.append(layer_stats)
+        if cache is not None:
+            cache.length += tokens.shape[1]
+        hidden = self.norm(x)
+        logits = self.head(hidden)
+        output = Output(logits=logits, load=[s.load for s in stats])
+        if targets is not None:
+            self._losses(output, hidden, targets, stats, repo, segment)
+        return output
+
+    def _losses(
+        self,
+        output: Output,
+        hidden: Tensor,
+        targets: Tensor,
+        stats: list[RouterStats],
+        repo: Tensor | None,
+        segment: Tensor | None,
+    ) -> None:
+        config = self.config
+        logits = output.logits
+        language_model = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE
+        )
+        losses = {"lm": language_model}
+        total = language_model
+        if config.balancing == "aux_loss":
+            losses["balance"] = torch.stack([s.balance_loss for s in stats]).mean()
+            total = total + config.balance_loss_weight * losses["balance"]
+        losses["z"] = torch.stack([s.z_loss for s in stats]).mean()
+        total = total + config.router_z_loss_weight * losses["z"]
+        if self.projection is not None and repo is not None:
+            losses["contrastive"] = self.contrastive(hidden, repo, segment)
+            total = total + config.contrastive_weight * losses["contrastive"]
+        output.loss, output.losses = total, losses
+
+    def contrastive(self, hidden: Tensor, repo: Tensor, segment: Tensor | None) -> Tensor:
+        """Supervised InfoNCE over the batch's documents: a document's positives are the other
+        documents of its repository (unknown repositories take no part).
+
+        Documents are the (sequence, segment) pairs of packed sequences, pooled by mean.
+        """
+        B, T, D = hidden.shape
+        if segment is None:
+            segment = torch.ones(B, T, dtype=torch.long, device=hidden.device)
+        document = segment + (torch.arange(B, device=hidden.device) * (T + 1))[:, None]
+        valid = (segment > 0) & (repo > 0)
+        ids, inverse = torch.unique(document[valid], return_inverse=True)
+        if ids.numel() < 2:
+            return hidden.sum() * 0.0
+        pooled = torch.zeros(ids.numel(), D, dtype=hidden.dtype, device=hidden.device)
+        pooled.index_add_(0, inverse, hidden[valid])
+        counts = torch.bincount(inverse, minlength=ids.numel()).clamp(min=1)
+        pooled = F.normalize(self.projection(pooled / counts[:, None]).float(), dim=-1)
+        doc_repo = torch.zeros(ids.numel(), dtype=repo.dtype, device=repo.device)
+        doc_repo[inverse] = repo[valid]
+        similarity = pooled @ pooled.T / self.config.contrastive_temperature
+        eye = torch.eye(ids.numel(), dtype=torch.bool, device=hidden.device)
+        similarity = similarity.masked_fill(eye, float("-inf"))
+        positive = (doc_repo[:, None] == doc_repo[None, :]) & ~eye
+        anchors = positive.any(dim=1)
+        if not anchors.any():
+            return hidden.sum() * 0.0
+        log_prob = similarity.log_softmax(dim=1)
+        per_anchor = -(log_prob.masked_fill(~positive, 0.0).sum(dim=1)) / positive.sum(dim=1).clamp(
+            min=1
+        )
+        return per_anchor[anchors].mean()
+
+    @torch.no_grad()
+    def update_expert_biases(self, loads: list[Tensor]) -> None:
+        """After an optimizer step: nudge each layer's expert bias toward balance."""
+        if self.config.balancing == "bias":
+            for block, load in zip(self.blocks, loads, strict=True):
+                block.moe.update_expert_bias(load, self.config.expert_bias_rate)
+
+    # -- generation -----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self,
+        tokens: Tensor,
+        max_new_tokens: int,
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        eos_id: int | None = None,
+        repo: Tensor | None = None,
+        language: Tensor | None = None,
+        time: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Continue `tokens` [B, T] with a key/value cache; greedy when temperature is 0.
+
+        Side channels, when given for the prompt, are carried over to the new tokens from the
+        prompt's last position.
+        """
+        cache = KVCache()
+        channels = {"repo": repo, "language": language, "time": time}
+        step = {name: value for name, value in channels.items() if value is not None}
+        logits = self(tokens, cache=cache, **step).logits[:, -1]
+        generated = []
+        done = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
+        for _ in range(max_new_tokens):
+            next_token = _sample(logits, temperature, top_p, generator)
+            if eos_id is not None:
+                next_token = torch.where(done, eos_id, next_token)
+                done |= next_token == eos_id
+            generated.append(next_token)
+            if eos_id is not None and done.all():
+                break
+            last = {name: value[:, -1:] for name, value in step.items()}
+            logits = self(next_token[:, None], cache=cache, **last).logits[:, -1]
+        return torch.cat([tokens, torch.stack(generated, dim=1)], dim=1)
+
+
+def _sample(logits: Tensor, temperature: float, top_p: float, generator) -> Tensor:
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = (logits.float() / temperature).softmax(dim=-1)
+    if top_p < 1.0:
+        sorted_probs, indices = probs.sort(dim=-1, descending=True)
+        keep = sorted_probs.cumsum(dim=-1) - sorted_probs < top_p
+        probs = torch.zeros_like(probs).scatter(-1, indices, sorted_probs * keep)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def next_token_targets(tokens: Tensor, segment: Tensor | None, pad_id: int | None = None) -> Tensor:
+    """Targets for next-token prediction in packed sequences: no target across a document
+    boundary, none for padding, none after the last position."""
+    targets = torch.full_like(tokens, IGNORE)
+    targets[:, :-1] = tokens[:, 1:]
+    if segment is not None:
+        crossing = segment[:, 1:] != segment[:, :-1]
+        targets[:, :-1] = targets[:, :-1].masked_fill(crossing | (segment[:, 1:] == 0), IGNORE)
+    if pad_id is not None:
+        targets = targets.masked_fill(targets == pad_id, IGNORE)
+    return targets
