@@ -9,12 +9,18 @@ For a synthetic repository of real code (synthetic_repo.py, mined first) and for
 
 Target: prepare at least 0.7x the tokens/s of `encode_batch`.
 
+Then the data loader (zen_coder.data.loader) streaming those packed sequences against the `tiny`
+model training on them (forward, backward and an AdamW step, techniques on): the loader must
+deliver at least 10x the tokens/s training consumes, so data never starves training.
+
     python benchmarks/prepare_throughput.py [--commits 3000] [--benchmarks DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import subprocess
 import sys
 import tempfile
@@ -76,6 +82,8 @@ def report(name: str, repo: Path, benchmarks: list[str]) -> None:
             encodings = tokenizer.encode_batch(texts[first : first + BATCH * 5])
             raw_tokens += sum(len(encoding.ids) for encoding in encodings)
         raw = time.perf_counter() - start
+        if name == "synthetic repository":
+            loader_against_training(reused.out)
     characters = sum(map(len, texts))
     print(f"\n== {name}: {repo} ==")
     print(f"samples' text: {characters / 1e6:,.1f} M characters, {raw_tokens:,} tokens")
@@ -91,6 +99,43 @@ def report(name: str, repo: Path, benchmarks: list[str]) -> None:
     print(f"prepare vs encode_batch: {ratio:.2f}x the tokens/s (target >= 0.7x)")
     sequences = reused.manifest["sequences"]
     print(f"prepared: {sequences} sequences of {reused.manifest['context_length']} tokens")
+
+
+def loader_against_training(prepared: Path, batches: int = 20, batch_size: int = 8) -> None:
+    import torch
+
+    from zen_coder.data.loader import PackedDataset, PackedLoader
+    from zen_coder.model.config import preset
+    from zen_coder.model.model import ZenCoder, next_token_targets
+
+    dataset = PackedDataset(prepared, "train", batch_size=batch_size)
+    loader = PackedLoader(dataset)
+    start = time.perf_counter()
+    loaded = 0
+    for batch in loader:
+        loaded += batch["tokens"].numel()
+    load_rate = loaded / (time.perf_counter() - start)
+    repos = len(json.loads((prepared / "repos.json").read_text()))
+    model = ZenCoder(dataclasses.replace(preset("tiny"), n_repos=repos)).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    stream = iter(PackedLoader(PackedDataset(prepared, "train", batch_size=batch_size)))
+    trained = 0
+    for step in range(batches + 2):
+        batch = next(stream)
+        if step == 2:  # after warm-up
+            start, trained = time.perf_counter(), 0
+        targets = next_token_targets(batch["tokens"], batch["segment"])
+        channels = {name: batch[name] for name in ("repo", "language", "time", "segment")}
+        loss = model(batch["tokens"], targets=targets, **channels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        trained += batch["tokens"].numel()
+    train_rate = trained / (time.perf_counter() - start)
+    print(f"\n== data loader against training ({prepared.name}) ==")
+    print(f"loader: {loaded:,} tokens at {load_rate:,.0f} tokens/s (one epoch, batch {batch_size})")
+    print(f"tiny model training: {train_rate:,.0f} tokens/s (forward, backward, AdamW)")
+    print(f"loader vs training: {load_rate / train_rate:,.0f}x (target >= 10x)")
 
 
 def main() -> None:
