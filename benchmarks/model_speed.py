@@ -53,7 +53,11 @@ BLOCK_NAMES = {
     "blocks.{i}.moe.router.weight": "model.layers.{i}.mlp.gate.weight",
     "blocks.{i}.moe.w2": "model.layers.{i}.mlp.experts.down_proj",
 }
-FUSED_GATE_UP = ("blocks.{i}.moe.w1", "blocks.{i}.moe.w3", "model.layers.{i}.mlp.experts.gate_up_proj")
+FUSED_GATE_UP = (
+    "blocks.{i}.moe.w1",
+    "blocks.{i}.moe.w3",
+    "model.layers.{i}.mlp.experts.gate_up_proj",
+)
 
 
 def cores() -> int:
@@ -171,7 +175,6 @@ def generate(impl: str, model, prompt: torch.Tensor, new_tokens: int) -> torch.T
         prompt,
         attention_mask=torch.ones_like(prompt),
         max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens,
         do_sample=False,
         use_cache=True,
         pad_token_id=0,
@@ -330,13 +333,16 @@ def report(config: ModelConfig, args: argparse.Namespace) -> None:
             f"same function: max |logits diff| {check['logits_diff']:.1e} (< 1e-3); next-token "
             f"loss ours {check['lm']:.6f}, hf {check['hf_lm']:.6f}"
         )
+        weight = config.balance_loss_weight
         print(
-            f"losses: both add {config.balance_loss_weight:g} x balance loss "
-            f"(hf: router_aux_loss_coef={config.balance_loss_weight:g}, "
-            "output_router_logits=True); ours "
-            f"{check['balance']:.6f} = mean of hf's per-layer aux {check['hf_per_layer_balance']:.6f}"
-            f" (hf's own pools layers first: {check['hf_aux']:.6f}); ours also adds "
-            f"{config.router_z_loss_weight:g} x router z-loss ({check['z']:.3f}), hf has none"
+            f"losses: both add {weight:g} x balance loss (hf: router_aux_loss_coef={weight:g}, "
+            f"output_router_logits=True); ours {check['balance']:.6f} = mean of hf's per-layer "
+            f"aux {check['hf_per_layer_balance']:.6f} (hf's own aux pools the layers first: "
+            f"{check['hf_aux']:.6f})"
+        )
+        print(
+            f"        ours also adds {config.router_z_loss_weight:g} x router z-loss "
+            f"({check['z']:.3f}); hf has none"
         )
         results: dict[str, list[dict]] = {"ours": [], "hf": []}
         for round_index in range(args.rounds):
@@ -353,7 +359,10 @@ def report(config: ModelConfig, args: argparse.Namespace) -> None:
         f"\ntraining: forward + backward, batch {args.batch} x {args.seq} random tokens, "
         f"{args.warmup} warm-up + {args.steps} timed steps, best of {args.rounds} rounds"
     )
-    print(f"{'':14}{'tokens/s':>10}{'ms/step':>10}{'peak RSS':>12}{'RSS growth':>13}")
+    print(
+        f"{'':14}{'tokens/s':>10}{'ms/step':>10}{'peak RSS':>12}{'RSS growth':>13}"
+        "   tokens/s of each round"
+    )
     rates = {}
     for impl, label in (("ours", "zen-coder"), ("hf", "transformers")):
         rate, best = best_rate(impl)
@@ -361,7 +370,8 @@ def report(config: ModelConfig, args: argparse.Namespace) -> None:
         peak = max(r["rss_peak_mb"] for r in results[impl])
         growth = max(r["rss_peak_mb"] - r["rss_before_mb"] for r in results[impl])
         step_ms = 1000 * best["train_seconds"] / args.steps
-        print(f"{label:14}{rate:10,.0f}{step_ms:10.1f}{peak:9,.0f} MB{growth:10,.0f} MB")
+        rounds = " ".join(f"{r['train_tokens'] / r['train_seconds']:,.0f}" for r in results[impl])
+        print(f"{label:14}{rate:10,.0f}{step_ms:10.1f}{peak:9,.0f} MB{growth:10,.0f} MB   {rounds}")
     train_ratio = rates["ours"] / rates["hf"]
     print(f"ratio ours/hf: {train_ratio:.2f}x tokens/s (target >= 1.0x)")
     print("(peak RSS: the worker's VmHWM after training; growth: that minus its RSS before)")
@@ -387,9 +397,7 @@ def report(config: ModelConfig, args: argparse.Namespace) -> None:
         print(f"{batch:>5}{rate['ours']:12,.0f}{rate['hf']:12,.0f}{gen_ratios[-1]:8.2f}x  {same}")
     print(
         f"\nratios ours/hf (target >= 1.0x): training {train_ratio:.2f}x; decoding "
-        + ", ".join(
-            f"batch {b} {r:.2f}x" for b, r in zip(args.gen_batch, gen_ratios, strict=True)
-        )
+        + ", ".join(f"batch {b} {r:.2f}x" for b, r in zip(args.gen_batch, gen_ratios, strict=True))
     )
 
 
@@ -404,7 +412,9 @@ def profile(config: ModelConfig, args: argparse.Namespace) -> None:
     torch.manual_seed(args.seed)
     ours = build_ours(config)
     state = {name: tensor.detach().clone() for name, tensor in ours.state_dict().items()}
-    model = ours if args.profile == "ours" else build_hf(config, to_hf_state(state, config.n_layers))
+    model = (
+        ours if args.profile == "ours" else build_hf(config, to_hf_state(state, config.n_layers))
+    )
     inputs = make_inputs(config, args)
     model.train()
     for _ in range(args.warmup):

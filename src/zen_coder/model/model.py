@@ -200,8 +200,12 @@ class MoE(nn.Module):
             "expert_bias", torch.zeros(E) if config.balancing == "bias" else None, persistent=True
         )
 
-    def forward(self, x: Tensor, language: Tensor | None) -> tuple[Tensor, RouterStats]:
-        E = self.w1.shape[0]  # x: [N, D], the batch's tokens flattened
+    def forward(
+        self, x: Tensor, language: Tensor | None, losses: bool = True
+    ) -> tuple[Tensor, RouterStats]:
+        """x [N, D], the batch's tokens flattened; `losses=False` skips the balance statistics
+        (generation needs none)."""
+        E = self.w1.shape[0]
         logits = self.router(x).float()  # [N, E], routing in fp32
         if self.language is not None and language is not None:
             logits = logits + self.language[language]
@@ -216,16 +220,19 @@ class MoE(nn.Module):
         tokens = order // self.top_k
         load = torch.bincount(flat, minlength=E)
         routed = x[tokens]  # [N*k, D], grouped by expert
-        outputs = []
-        start = 0
-        for expert, count in enumerate(load.tolist()):
-            if count:
-                part = routed[start : start + count]
-                hidden = F.silu(part @ self.w1[expert].T) * (part @ self.w3[expert].T)
-                outputs.append(hidden @ self.w2[expert].T)
-            start += count
+        # split() and unbind() give views whose gradients autograd gathers without a zeroed
+        # full-size buffer per expert (slicing would allocate one).
+        parts = routed.split(load.tolist())
+        experts = zip(parts, self.w1.unbind(0), self.w3.unbind(0), self.w2.unbind(0), strict=True)
+        outputs = [
+            (F.silu(part @ gate.T) * (part @ up.T)) @ down.T
+            for part, gate, up, down in experts
+            if part.shape[0]
+        ]
         combined = torch.cat(outputs) * weights.reshape(-1)[order, None].to(x.dtype)
         y = torch.zeros_like(x).index_add_(0, tokens, combined)
+        if not losses:
+            return y, RouterStats(logits.new_zeros(()), logits.new_zeros(()), load)
         # Switch/Mixtral balance loss: E * sum over (slot, expert) of the fraction of tokens
         # sent there times the mean router probability; k at perfect balance.
         fraction = F.one_hot(chosen, E).float().mean(dim=0)  # [k, E]
@@ -252,12 +259,17 @@ class Block(nn.Module):
         self.moe = MoE(config)
 
     def forward(
-        self, x: Tensor, context: AttentionContext, language: Tensor | None, cache: KVCache | None
+        self,
+        x: Tensor,
+        context: AttentionContext,
+        language: Tensor | None,
+        cache: KVCache | None,
+        losses: bool,
     ) -> tuple[Tensor, RouterStats]:
         x = x + self.attention(self.attention_norm(x), context, cache)
         B, T, D = x.shape
         flat_language = language.reshape(-1) if language is not None else None
-        moe, stats = self.moe(self.moe_norm(x).reshape(B * T, D), flat_language)
+        moe, stats = self.moe(self.moe_norm(x).reshape(B * T, D), flat_language, losses)
         return x + moe.view(B, T, D), stats
 
 
@@ -405,8 +417,12 @@ class ZenCoder(nn.Module):
         segment: Tensor | None = None,
         targets: Tensor | None = None,
         cache: KVCache | None = None,
+        last_only: bool = False,
     ) -> Output:
-        """tokens [B, T] and optional side channels [B, T]; targets [B, T] (IGNORE = no loss)."""
+        """tokens [B, T] and optional side channels [B, T]; targets [B, T] (IGNORE = no loss).
+
+        `last_only` computes the logits of the last position only (generation needs no others).
+        """
         x = self.embed(tokens)  # [B, T, D]
         if self.repo is not None and repo is not None:
             if self.training and self.config.repo_dropout > 0:
@@ -417,11 +433,13 @@ class ZenCoder(nn.Module):
         context = self._context(tokens, segment, time, cache)
         stats = []
         for block in self.blocks:
-            x, layer_stats = block(x, context, language, cache)
+            x, layer_stats = block(x, context, language, cache, targets is not None)
             stats.append(layer_stats)
         if cache is not None:
             cache.length += tokens.shape[1]
         hidden = self.norm(x)
+        if last_only:
+            hidden = hidden[:, -1:]
         logits = self.head(hidden)
         output = Output(logits=logits, load=[s.load for s in stats])
         if targets is not None:
@@ -518,7 +536,7 @@ class ZenCoder(nn.Module):
         cache = KVCache()
         channels = {"repo": repo, "language": language, "time": time}
         step = {name: value for name, value in channels.items() if value is not None}
-        logits = self(tokens, cache=cache, **step).logits[:, -1]
+        logits = self(tokens, cache=cache, last_only=True, **step).logits[:, -1]
         generated = []
         done = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
         for _ in range(max_new_tokens):
@@ -530,7 +548,7 @@ class ZenCoder(nn.Module):
             if eos_id is not None and done.all():
                 break
             last = {name: value[:, -1:] for name, value in step.items()}
-            logits = self(next_token[:, None], cache=cache, **last).logits[:, -1]
+            logits = self(next_token[:, None], cache=cache, last_only=True, **last).logits[:, -1]
         return torch.cat([tokens, torch.stack(generated, dim=1)], dim=1)
 
 
