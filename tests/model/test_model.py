@@ -17,7 +17,6 @@ from zen_coder.model.model import (
     ZenCoder,
     next_token_targets,
     rope_frequencies,
-    temporal_bucket,
 )
 from zen_coder.model.summary import parameter_counts
 
@@ -214,12 +213,32 @@ def test_next_token_targets_stop_at_documents_and_padding():
     assert targets.tolist() == [[6, IGNORE, 8, 9, IGNORE, IGNORE]]
 
 
-def test_temporal_buckets_are_signed_and_saturate():
-    distance = torch.tensor([0, 1, 3, 50, 5000, -1, -5000])
-    buckets = temporal_bucket(distance, 32, 1024)
-    assert buckets[:3].tolist() == [0, 1, 3]
-    assert 8 <= buckets[3] < 16 and buckets[4] == 15
-    assert buckets[5] == 17 and buckets[6] == 31
+def test_temporal_attention_depends_on_distances_only():
+    model, inputs = (
+        build(dataclasses.replace(TINY.without_techniques(), temporal_attention=True)),
+        channels(),
+    )
+    shifted = dict(inputs, time=inputs["time"] + 17)
+    assert torch.allclose(logits(model, inputs), logits(model, shifted), atol=1e-4)
+
+
+def test_the_temporal_bias_is_the_fourier_series_it_claims():
+    config = dataclasses.replace(
+        TINY.without_techniques(), temporal_attention=True, n_heads=1, n_kv_heads=1, d_model=32
+    )
+    model = build(config)
+    attention = model.blocks[0].attention
+    q = torch.zeros(1, 1, 2, attention.head_dim)
+    k = torch.zeros(1, 1, 2, attention.head_dim)
+    v = torch.zeros(1, 1, 2, attention.head_dim)
+    time = torch.tensor([[3.0, 10.0]])
+    phases = time[:, None, :, None] * model.time_frequencies
+    q2, k2, _ = attention._with_time(q, k, v, phases.cos(), phases.sin())
+    score = (q2[0, 0, 1] @ k2[0, 0, 0]) * attention.head_dim**-0.5  # query at 10, key at 3
+    c, s = attention.temporal[0, 0], attention.temporal[1, 0]
+    w = model.time_frequencies
+    expected = (c * torch.cos(w * 7) + s * torch.sin(w * 7)).sum()
+    assert score.item() == pytest.approx(expected.item(), abs=1e-4)
 
 
 def test_llama3_rope_scaling_stretches_only_low_frequencies():

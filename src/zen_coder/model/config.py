@@ -69,7 +69,7 @@ class ModelConfig:
     n_repos: int = 1  # rows of the repository table; id 0 = unknown, kept at zero
     repo_dropout: float = 0.1
     temporal_attention: bool = True
-    temporal_buckets: int = 32
+    temporal_frequencies: int = 8  # terms of the learned Fourier series over temporal distance
     temporal_max_distance: int = 1024
     language_routing: bool = True
     n_languages: int = len(LANGUAGES) + 1  # id 0 = unknown
@@ -92,7 +92,7 @@ class ModelConfig:
             (self.attention in ATTENTION, f"attention must be one of {ATTENTION}"),
             (self.head_dimension % 2 == 0, "the head dimension must be even (rotary embeddings)"),
             (self.n_repos >= 1 and self.n_languages >= 1, "n_repos and n_languages start at 1"),
-            (self.temporal_buckets >= 4, "temporal_buckets must be at least 4"),
+            (self.temporal_frequencies >= 1, "temporal_frequencies must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:

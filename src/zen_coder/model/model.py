@@ -8,7 +8,7 @@ Every token carries side channels from `zen-coder prepare`: repository id, langu
 temporal position (the history position of the change it belongs to) and segment (its document
 in a packed sequence). The card's four techniques use them, each behind a switch:
     repository embedding   h0 = embed(token) + R[repo],          R[0] = 0 (unknown repository)
-    temporal attention     score(q, k) += b_layer[head, bucket(time_q - time_k)]
+    temporal attention     score(q, k) += b_layer,head(time_q - time_k), a learned Fourier series
     language routing       router logits += G_layer[language],   G[0] = 0 (unknown language)
     contrastive loss       InfoNCE over documents' pooled states; same repository = positive
 """
@@ -61,24 +61,14 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 # -- attention ----------------------------------------------------------------------------------
 
 
-def temporal_bucket(distance: Tensor, buckets: int, max_distance: int) -> Tensor:
-    """Bucket of a signed temporal distance: exact near zero, log-spaced up to max_distance.
-
-    Half the buckets are for the query being newer than the key, half for older.
-    """
-    half = buckets // 2
-    exact = max(1, half // 2)
-    magnitude = distance.abs()
-    far = (
-        exact
-        + (
-            torch.log(magnitude.float().clamp(min=1) / exact)
-            / math.log(max(max_distance / exact, 2.0))
-            * (half - exact)
-        ).long()
+def temporal_frequencies(config: ModelConfig) -> Tensor:
+    """Angular frequencies of the temporal bias: periods from 3 to 4 x temporal_max_distance,
+    geometrically spaced, so near distances are told apart and far ones do not alias."""
+    count = config.temporal_frequencies
+    periods = torch.logspace(
+        math.log10(3.0), math.log10(4.0 * config.temporal_max_distance), count, dtype=torch.float64
     )
-    bucket = torch.where(magnitude < exact, magnitude, far.clamp(max=half - 1))
-    return bucket + (distance < 0).long() * half
+    return (2 * math.pi / periods).float()
 
 
 @dataclass
@@ -89,8 +79,9 @@ class AttentionContext:
     sin: Tensor
     mask: Tensor | None = None  # bool [B, 1, Tq, Tk]: True where a query may see a key
     causal: bool = False  # no mask needed: plain causal attention (the fast path)
-    buckets: Tensor | None = None  # long [B, Tq, Tk]: temporal buckets, for temporal attention
-    flex: dict | None = None  # FlexAttention's block mask and channels, when config.attention
+    time_cos: Tensor | None = None  # cos/sin(frequency * time) [B, 1, T, M], temporal attention
+    time_sin: Tensor | None = None
+    block_mask: object | None = None  # FlexAttention's document-causal mask, when attention="flex"
 
 
 class KVCache:
@@ -100,7 +91,6 @@ class KVCache:
         self.keys: list[Tensor | None] = []
         self.values: list[Tensor | None] = []
         self.length = 0
-        self.time: Tensor | None = None  # temporal positions of the cached tokens [B, T]
 
     def update(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
         while len(self.keys) <= layer:
@@ -114,6 +104,15 @@ class KVCache:
 
 
 class Attention(nn.Module):
+    """Grouped-query attention; with temporal attention, a learned bias on temporal distance.
+
+    The bias b_h(d) = sum_m c[h, m] cos(w_m d) + s[h, m] sin(w_m d) of the distance
+    d = time_q - time_k is a learned Fourier series per head. Since cos(w(a - b)) and
+    sin(w(a - b)) factor into functions of a and of b, it is added to the score by appending 2M
+    features to every query and key: q gets (c cos(w a) + s sin(w a), c sin(w a) - s cos(w a)),
+    k gets (cos(w b), sin(w b)). So SDPA and Flash Attention compute it with no T x T tensor.
+    """
+
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
@@ -125,7 +124,7 @@ class Attention(nn.Module):
         self.v = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=bias)
         self.o = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=False)
         self.temporal = (
-            nn.Parameter(torch.zeros(self.n_heads, config.temporal_buckets))
+            nn.Parameter(torch.zeros(2, self.n_heads, config.temporal_frequencies))
             if config.temporal_attention
             else None
         )
@@ -136,33 +135,46 @@ class Attention(nn.Module):
         k = self.k(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, K, T, Hd]
         v = self.v(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = rotate(q, context.cos, context.sin), rotate(k, context.cos, context.sin)
+        if self.temporal is not None and context.time_cos is not None:
+            q, k, v = self._with_time(q, k, v, context.time_cos, context.time_sin)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        if context.flex is not None:
-            y = self._flex(q, k, v, context.flex)
-        else:
-            mask = context.mask
-            if self.temporal is not None and context.buckets is not None:
-                bias = self.temporal[:, context.buckets].transpose(0, 1)  # [B, H, Tq, Tk]
-                mask = bias.masked_fill(~mask, float("-inf")).to(q.dtype)
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=context.causal, enable_gqa=True
+        scale = self.head_dim**-0.5
+        if context.block_mask is not None:
+            y = _flex_attention()(
+                q, k, v, block_mask=context.block_mask, scale=scale, enable_gqa=True
             )
+        else:
+            y = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=context.mask,
+                is_causal=context.causal,
+                scale=scale,
+                enable_gqa=True,
+            )
+        y = y[..., : self.head_dim]  # values were padded to the query width
         return self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
-    def _flex(self, q: Tensor, k: Tensor, v: Tensor, flex: dict) -> Tensor:
-        from torch.nn.attention.flex_attention import flex_attention
+    def _with_time(
+        self, q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        c, s = (table[None, :, None, :] for table in self.temporal)  # [1, H, 1, M]
+        # Scaled by sqrt(Hd) so that SDPA's 1/sqrt(Hd) leaves the bias itself in the score.
+        root = self.head_dim**0.5
+        q_time = torch.cat([c * cos + s * sin, c * sin - s * cos], dim=-1) * root  # [B, H, T, 2M]
+        k_time = torch.cat([cos, sin], dim=-1).expand(-1, k.shape[1], -1, -1)  # [B, K, T, 2M]
+        q = torch.cat([q, q_time.to(q.dtype)], dim=-1)
+        k = torch.cat([k, k_time.to(k.dtype)], dim=-1)
+        v = F.pad(v, (0, q_time.shape[-1]))  # SDPA kernels want one width for q, k and v
+        return q, k, v
 
-        score_mod = None
-        if self.temporal is not None:
-            table, time, buckets = self.temporal, flex["time"], flex["bucket"]
 
-            def score_mod(score, b, h, q_index, k_index):
-                return score + table[h, buckets(time[b, q_index] - time[b, k_index])]
+def _flex_attention():
+    from torch.nn.attention.flex_attention import flex_attention
 
-        return flex["attend"](flex_attention)(
-            q, k, v, score_mod=score_mod, block_mask=flex["block_mask"], enable_gqa=True
-        )
+    return torch.compile(flex_attention) if torch.cuda.is_available() else flex_attention
 
 
 # -- mixture of experts -------------------------------------------------------------------------
@@ -302,6 +314,7 @@ class ZenCoder(nn.Module):
             else None
         )
         self.register_buffer("inverse_frequencies", rope_frequencies(config), persistent=False)
+        self.register_buffer("time_frequencies", temporal_frequencies(config), persistent=False)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -347,33 +360,22 @@ class ZenCoder(nn.Module):
         angles = positions[..., None].float() * self.inverse_frequencies  # [B, T, Hd/2]
         angles = torch.cat([angles, angles], dim=-1)[:, None]  # [B, 1, T, Hd]
         context = AttentionContext(cos=angles.cos(), sin=angles.sin())
-        temporal = self.config.temporal_attention and time is not None
-        key_time = time
-        if cache is not None and time is not None:
-            key_time = time if cache.time is None else torch.cat([cache.time, time], dim=1)
-            cache.time = key_time
+        if self.config.temporal_attention and time is not None:
+            phases = time[:, None, :, None].float() * self.time_frequencies  # [B, 1, T, M]
+            context.time_cos, context.time_sin = phases.cos(), phases.sin()
         if self.config.attention == "flex" and cache is None:
-            context.flex = self._flex_context(segment if use_segments else None, time, T)
-            return context
-        if not use_segments and not temporal:
-            # Plain causal attention; with a cache, new queries see all cached keys.
-            context.causal = cache is None or past == 0
-            if cache is not None and past and T > 1:
-                context.causal = False
-                context.mask = self._causal(T, past + T, device).expand(B, 1, T, past + T)
-            return context
-        allowed = self._causal(T, past + T, device).expand(B, 1, T, past + T)
-        if use_segments:
+            context.block_mask = self._block_mask(segment if use_segments else None, B, T)
+        elif use_segments:
+            allowed = self._causal(T, T, device).expand(B, 1, T, T)
             same = segment[:, None, :, None] == segment[:, None, None, :]
             diagonal = torch.eye(T, dtype=torch.bool, device=device)
             # Padding (segment 0) attends to itself only, so no row is empty.
-            allowed = allowed & (same & (segment[:, None, None, :] > 0) | diagonal)
-        context.mask = allowed
-        if temporal:
-            distance = time[:, :, None] - key_time[:, None, :]  # [B, Tq, Tk]
-            context.buckets = temporal_bucket(
-                distance, self.config.temporal_buckets, self.config.temporal_max_distance
-            )
+            context.mask = allowed & (same & (segment[:, None, None, :] > 0) | diagonal)
+        elif cache is not None and past and T > 1:
+            context.mask = self._causal(T, past + T, device).expand(B, 1, T, past + T)
+        else:
+            # Plain causal attention; one new query with a cache sees every cached key.
+            context.causal = cache is None or past == 0
         return context
 
     @staticmethod
@@ -381,8 +383,8 @@ class ZenCoder(nn.Module):
         past = keys - queries
         return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(past)
 
-    def _flex_context(self, segment: Tensor | None, time: Tensor | None, T: int) -> dict:
-        """FlexAttention's block-sparse document-causal mask: no T x T tensor is materialized."""
+    def _block_mask(self, segment: Tensor | None, B: int, T: int):
+        """FlexAttention's block-sparse (document-)causal mask: no T x T tensor is materialized."""
         from torch.nn.attention.flex_attention import create_block_mask
 
         def causal(b, h, q_index, k_index):
@@ -392,18 +394,11 @@ class ZenCoder(nn.Module):
             same = segment[b, q_index] == segment[b, k_index]
             return (q_index >= k_index) & (same | (q_index == k_index))
 
-        mask = document_causal if segment is not None else causal
-        B = segment.shape[0] if segment is not None else None
+        mask = causal if segment is None else document_causal
         device = self.inverse_frequencies.device
-        config = self.config
-        return {
-            "block_mask": create_block_mask(mask, B, None, T, T, device=device),
-            "time": time,
-            "bucket": lambda d: temporal_bucket(
-                d, config.temporal_buckets, config.temporal_max_distance
-            ),
-            "attend": torch.compile if device.type == "cuda" else (lambda function: function),
-        }
+        return create_block_mask(
+            mask, B if segment is not None else None, None, T, T, device=device
+        )
 
     # -- forward and losses ---------------------------------------------------------------------
 
