@@ -145,3 +145,14 @@ def test_prepare_prints_a_summary_and_errors_in_one_line(tmp_path):
         f"{tmp_path / 'nothing' / 'manifest.json'} not found: {tmp_path / 'nothing'} is not a "
         "mined dataset; run `zen-coder mine` first",
     )
+
+
+def test_config_prints_the_card_preset_counts():
+    result = zen_coder("config", "--preset", "zen-coder-70b", "--set", "contrastive_loss=false")
+    assert result.returncode == 0, result.stderr
+    assert "(70.56B)" in result.stdout and "(28.28B)" in result.stdout
+    assert_one_line_error(
+        zen_coder("config", "--preset", "huge"),
+        2,
+        "unknown model preset 'huge'; choose one of tiny, small, zen-coder-70b",
+    )
