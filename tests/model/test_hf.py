@@ -226,7 +226,7 @@ def test_export_warns_about_non_zero_technique_tensors(tmp_path):
         for block in model.blocks:
             block.moe.language.zero_()
     with pytest.warns(
-        UserWarning, match=r"temporal attention \(blocks\.\*\.attention\.temporal\)"
+        UserWarning, match=r"temporal attention \(blocks\.\*\.attention\.temporal\.weight\)"
     ) as record:
         save_pretrained(model, tmp_path)
     assert "language routing" not in str(record[0].message)

@@ -29,7 +29,7 @@ def build(config: ModelConfig = TINY, seed: int = 0, randomize_techniques: bool 
     if randomize_techniques:  # technique tables start at zero (a no-op); make them matter
         with torch.no_grad():
             for name, parameter in model.named_parameters():
-                if name.endswith(("temporal", "language")) or name.startswith("repo."):
+                if name.endswith(("temporal.weight", "language")) or name.startswith("repo."):
                     parameter.normal_(std=0.5)
     return model
 
@@ -235,7 +235,7 @@ def test_the_temporal_bias_is_the_fourier_series_it_claims():
     phases = time[:, None, :, None] * model.time_frequencies
     q2, k2, _ = attention._with_time(q, k, v, phases.cos(), phases.sin())
     score = (q2[0, 0, 1] @ k2[0, 0, 0]) * attention.head_dim**-0.5  # query at 10, key at 3
-    c, s = attention.temporal[0, 0], attention.temporal[1, 0]
+    c, s = attention.temporal.weight.view(2, -1)
     w = model.time_frequencies
     expected = (c * torch.cos(w * 7) + s * torch.sin(w * 7)).sum()
     assert score.item() == pytest.approx(expected.item(), abs=1e-4)

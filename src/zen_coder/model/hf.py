@@ -102,7 +102,7 @@ FEED_FORWARD_WEIGHTS: dict[str, dict[str, str | tuple[str, str]]] = {
 # The contrastive projection (projection.weight) only shapes training, so dropping it is silent.
 NATIVE_ONLY = {
     "repo.weight": "repository embeddings",
-    "blocks.{i}.attention.temporal": "temporal attention",
+    "blocks.{i}.attention.temporal.weight": "temporal attention",
     "blocks.{i}.moe.language": "language routing",
     "blocks.{i}.moe.expert_bias": "expert bias",
 }

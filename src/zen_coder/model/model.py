@@ -116,24 +116,28 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
-        self.n_heads, self.n_kv_heads = config.n_heads, config.n_kv_heads
         self.head_dim = config.head_dimension
+        heads, kv_heads, width = config.n_heads, config.n_kv_heads, config.head_dimension
         bias = config.attention_bias
-        self.q = nn.Linear(config.d_model, self.n_heads * self.head_dim, bias=bias)
-        self.k = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=bias)
-        self.v = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=bias)
-        self.o = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=False)
+        self.q = nn.Linear(config.d_model, heads * width, bias=bias)
+        self.k = nn.Linear(config.d_model, kv_heads * width, bias=bias)
+        self.v = nn.Linear(config.d_model, kv_heads * width, bias=bias)
+        self.o = nn.Linear(heads * width, config.d_model, bias=False)
+        # The Fourier coefficients (c, s) of every head, head-major, as the weight of a linear
+        # map of a constant: split by heads like q, so tensor parallelism shards both alike.
+        self.frequencies = config.temporal_frequencies
         self.temporal = (
-            nn.Parameter(torch.zeros(2, self.n_heads, config.temporal_frequencies))
+            nn.Linear(1, heads * 2 * config.temporal_frequencies, bias=False)
             if config.temporal_attention
             else None
         )
 
     def forward(self, x: Tensor, context: AttentionContext, cache: KVCache | None) -> Tensor:
         B, T, _ = x.shape
-        q = self.q(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, Hd]
-        k = self.k(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, K, T, Hd]
-        v = self.v(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        # -1: the heads this module computes (all of them, or a tensor-parallel share).
+        q = self.q(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, H, T, Hd]
+        k = self.k(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, K, T, Hd]
+        v = self.v(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         q, k = rotate(q, context.cos, context.sin), rotate(k, context.cos, context.sin)
         if self.temporal is not None and context.time_cos is not None:
             q, k, v = self._with_time(q, k, v, context.time_cos, context.time_sin)
@@ -155,12 +159,13 @@ class Attention(nn.Module):
                 enable_gqa=True,
             )
         y = y[..., : self.head_dim]  # values were padded to the query width
-        return self.o(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
     def _with_time(
         self, q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        c, s = (table[None, :, None, :] for table in self.temporal)  # [1, H, 1, M]
+        table = self.temporal(q.new_ones(1, dtype=self.temporal.weight.dtype))
+        c, s = table.view(-1, 2, 1, self.frequencies).unbind(1)  # each [H, 1, M]
         # Scaled by sqrt(Hd) so that SDPA's 1/sqrt(Hd) leaves the bias itself in the score.
         root = self.head_dim**0.5
         q_time = torch.cat([c * cos + s * sin, c * sin - s * cos], dim=-1) * root  # [B, H, T, 2M]
@@ -323,16 +328,14 @@ class ZenCoder(nn.Module):
         each technique starts as a no-op and is learned."""
         std = self.config.init_std
         residual = std / math.sqrt(2 * self.config.n_layers)
+        zero = ("attention.temporal.weight", "moe.language", ".bias")
         for name, parameter in self.named_parameters():
-            if parameter.dim() < 2 or name.endswith(("temporal", "language")):
-                if name.endswith(("temporal", "language", ".bias")):
-                    parameter.zero_()
-                else:
-                    parameter.fill_(1.0)  # norm weights
+            if name.endswith(zero) or name.startswith("repo."):
+                parameter.zero_()
+            elif parameter.dim() < 2:
+                parameter.fill_(1.0)  # norm weights
             elif name.endswith(("attention.o.weight", "moe.w2")):
                 nn.init.normal_(parameter, std=residual)
-            elif name.startswith("repo."):
-                parameter.zero_()
             else:
                 nn.init.normal_(parameter, std=std)
 
