@@ -259,6 +259,91 @@ def run_config(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+TRAIN_HELP = """\
+Train (or fine-tune) the model on data written by `zen-coder prepare`: AdamW with warmup and
+cosine decay, gradient accumulation to the global batch, clipping, bf16 autocast, validation on
+the temporal split (overall and per language), checkpoints every N steps (a killed run resumes
+exactly when started again into the same --out), metrics as JSON lines and TensorBoard, and the
+final model exported as a zen-coder folder and a Hugging Face checkpoint. Under `torchrun` it
+shards with FSDP2 and tensor parallelism: torchrun --nproc-per-node N -m zen_coder.training ...
+"""
+
+
+def print_train_summary(console: Console, report) -> None:
+    table = Table(title=f"zen-coder train → {report.out}", title_justify="left")
+    table.add_column("")
+    table.add_column("", justify="right")
+    rows = [("steps", f"{report.steps:,}"), ("tokens", f"{report.tokens:,}")]
+    if report.resumed_from is not None:
+        rows.append(("resumed from", f"step {report.resumed_from:,}"))
+    if report.train_loss is not None:
+        rows.append(("training loss (last step)", f"{report.train_loss:.4f}"))
+    if report.initial_validation:
+        rows.append(("validation loss, untrained", f"{report.initial_validation['loss']:.4f}"))
+    if report.validation:
+        rows.append(("validation loss", f"{report.validation['loss']:.4f}"))
+    rows.append(("skipped steps (non-finite)", f"{report.skipped_steps:,}"))
+    rows.append(("time", f"{report.elapsed:,.1f} s"))
+    for label, value in rows:
+        table.add_row(label, value)
+    console.print(table)
+    for warning in report.warnings:
+        console.print(Text.assemble(("warning: ", "yellow"), warning), soft_wrap=True)
+    if report.model_dir is not None:
+        console.print(Text(f"model: {report.model_dir}"), soft_wrap=True)
+    if report.hf_dir is not None:
+        console.print(Text(f"Hugging Face checkpoint: {report.hf_dir}"), soft_wrap=True)
+    console.print(Text(f"metrics: {report.out / 'metrics.jsonl'}"), soft_wrap=True)
+
+
+def _train_progress(console: Console, quiet: bool):
+    if quiet:
+        return None, None
+    bar = Progress(
+        TextColumn("[bold]training[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("steps {task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+    def start(total: int):
+        task = bar.add_task("", total=total, info="")
+
+        def advance(step: int, values: dict) -> None:
+            info = bar.tasks[task].fields["info"]
+            if values:
+                info = (
+                    f"loss {values['loss']:.3f} lr {values['lr']:.2e} "
+                    f"{values['tokens_per_second']:,.0f} tok/s"
+                )
+            bar.update(task, completed=step, info=info)
+
+        return advance
+
+    return bar, start
+
+
+def run_train(args: argparse.Namespace, console: Console) -> int:
+    from zen_coder.training.config import load_run_config
+    from zen_coder.training.trainer import train
+
+    model_config, train_config = load_run_config(args.config, args.set)
+    bar, start = _train_progress(console, args.quiet)
+    if bar is not None:
+        bar.start()
+    try:
+        report = train(args.data, args.out, model_config, train_config, progress=start)
+    finally:
+        if bar is not None:
+            bar.stop()
+    if report is not None and (os.environ.get("RANK", "0") == "0"):
+        print_train_summary(console, report)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zen-coder",
@@ -356,6 +441,26 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("--config", type=Path, help="recipe (TOML) whose [model] table is used")
     config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     config.set_defaults(handler=run_config)
+
+    training = commands.add_parser(
+        "train",
+        help="train or fine-tune on prepared data; FSDP2 + tensor parallel under torchrun",
+        description=TRAIN_HELP,
+    )
+    training.add_argument("--data", type=Path, required=True, help="a `zen-coder prepare` folder")
+    training.add_argument("--out", type=Path, required=True, help="the run folder (resumed)")
+    training.add_argument(
+        "--config", type=Path, help="recipe (TOML) with [model] and [train] tables"
+    )
+    training.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one setting, e.g. --set train.lr=3e-4 --set model.n_layers=2",
+    )
+    training.add_argument("--quiet", action="store_true", help="no progress bar")
+    training.set_defaults(handler=run_train)
     return parser
 
 

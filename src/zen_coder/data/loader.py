@@ -209,6 +209,9 @@ class PackedLoader:
             batch_size=None,
             num_workers=self.num_workers,
             pin_memory=torch.cuda.is_available(),
+            # Its own generator: a DataLoader iterator otherwise draws its worker seed from the
+            # global one, and a resumed run would then see other random numbers (dropout).
+            generator=torch.Generator().manual_seed(dataset.seed),
         )
         for batch in loader:
             dataset.batch += 1

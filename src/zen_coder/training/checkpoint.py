@@ -1,0 +1,181 @@
+"""Training checkpoints with `torch.distributed.checkpoint`, and the model a run exports.
+
+A checkpoint holds everything a resumed run needs to continue exactly where the interrupted one
+stood: model and optimizer (sharded as they are, when FSDP shards them), scheduler, the data
+loader's position, the step counters and every rank's random-number generator states. It is
+written under a temporary name and renamed when every rank is done, so a run killed mid-write
+resumes from the previous one; only the newest `keep` are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pickle
+import random
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as torch_distributed
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.checkpoint.stateful import Stateful
+
+from zen_coder.errors import ZenCoderError
+from zen_coder.history.store import write_json_atomic
+from zen_coder.model.config import ModelConfig
+from zen_coder.model.model import ZenCoder
+
+PREFIX = "step-"
+NATIVE_CONFIG = "zen_coder_config.json"
+NATIVE_WEIGHTS = "model.safetensors"
+
+
+def _rng_state() -> bytes:
+    """Every random generator's state, pickled: its size varies, which DCP allows for bytes."""
+    return pickle.dumps(
+        {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": np.random.get_state(),
+            "python": random.getstate(),
+        }
+    )
+
+
+def _set_rng_state(saved: bytes) -> None:
+    state = pickle.loads(saved)  # our own checkpoint: trusted
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+class TrainState(Stateful):
+    """The checkpointed state of a run, gathered and restored through DCP."""
+
+    def __init__(self, model, optimizer, scheduler, loader, counters: dict, rank: int) -> None:
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.loader, self.counters, self.rank = loader, counters, rank
+
+    def state_dict(self) -> dict:
+        model_state, optimizer_state = get_state_dict(self.model, self.optimizer)
+        return {
+            "model": model_state,
+            "optimizer": optimizer_state,
+            "scheduler": self.scheduler.state_dict(),
+            "data": self.loader.state_dict(),
+            "counters": dict(self.counters),
+            f"rng_rank{self.rank}": _rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        set_state_dict(
+            self.model,
+            self.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optimizer"],
+        )
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.loader.load_state_dict(state["data"])
+        self.counters.update(state["counters"])
+        _set_rng_state(state[f"rng_rank{self.rank}"])
+
+
+def _barrier() -> None:
+    if torch_distributed.is_initialized():
+        torch_distributed.barrier()
+
+
+@contextlib.contextmanager
+def _single_process_is_intended():
+    """DCP warns that it assumes a single process when no process group exists: it is right."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def latest(directory: Path) -> Path | None:
+    """The newest complete checkpoint in `directory`, if any."""
+    done = sorted(path for path in directory.glob(f"{PREFIX}*") if path.is_dir())
+    return done[-1] if done else None
+
+
+def save(directory: Path, state: TrainState, step: int, keep: int, is_main: bool) -> Path:
+    """Write a checkpoint of `state` at `step` (collective: every rank calls it)."""
+    target = directory / f"{PREFIX}{step:09d}"
+    partial = directory / f".{PREFIX}{step:09d}.partial"
+    if is_main:
+        shutil.rmtree(partial, ignore_errors=True)
+        directory.mkdir(parents=True, exist_ok=True)
+    _barrier()
+    with _single_process_is_intended():
+        dcp.save({"run": state}, checkpoint_id=partial)
+    _barrier()
+    if is_main:
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
+        for old in sorted(directory.glob(f"{PREFIX}*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    _barrier()
+    return target
+
+
+def load(path: Path, state: TrainState) -> None:
+    """Restore `state` from the checkpoint at `path` (collective)."""
+    try:
+        # Parameters that never received a gradient have no optimizer state to restore.
+        with _single_process_is_intended():
+            dcp.load(
+                {"run": state},
+                checkpoint_id=path,
+                planner=DefaultLoadPlanner(allow_partial_load=True),
+            )
+    except (RuntimeError, ValueError, OSError, pickle.UnpicklingError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ZenCoderError(
+            f"checkpoint {path} cannot be loaded ({reason}); remove it to resume from an "
+            "earlier one, or train into a new --out folder"
+        ) from None
+
+
+def export_native(model: torch.nn.Module, config: ModelConfig, directory: Path) -> None:
+    """The trained model as one safetensors file plus its config (collective under FSDP)."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    if not torch_distributed.is_initialized() or torch_distributed.get_rank() == 0:
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {name: tensor.contiguous() for name, tensor in weights.items()}
+        temporary = directory / f".{NATIVE_WEIGHTS}.tmp"
+        save_file(tensors, str(temporary))
+        temporary.rename(directory / NATIVE_WEIGHTS)
+        write_json_atomic(directory / NATIVE_CONFIG, config.to_dict())
+    _barrier()
+
+
+def load_native(directory: Path) -> ZenCoder:
+    """A model exported by `export_native` (a zen-coder run's `model/` folder)."""
+    config_path = directory / NATIVE_CONFIG
+    if not config_path.exists():
+        raise ZenCoderError(
+            f"{config_path} not found: {directory} is not a zen-coder model; pass a run's model "
+            "folder"
+        )
+    config = ModelConfig(**json.loads(config_path.read_text()))
+    model = ZenCoder(config)
+    missing, unexpected = model.load_state_dict(load_file(directory / NATIVE_WEIGHTS), strict=False)
+    if missing or unexpected:
+        name = (missing or unexpected)[0]
+        raise ZenCoderError(f"{directory / NATIVE_WEIGHTS}: tensor {name} does not fit the model")
+    return model.eval()

@@ -1,0 +1,88 @@
+"""Every setting of `zen-coder train`, and reading a run's recipe.
+
+A recipe (configs/*.toml) is the single source of truth: its `[model]` table picks a preset and
+changes fields, its `[train]` table sets the training fields below. `--set train.lr=3e-4` or
+`--set model.n_layers=2` override single fields (a key without a section is a train setting).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zen_coder.errors import ZenCoderError
+from zen_coder.files import read_toml
+from zen_coder.model.config import ModelConfig, preset
+from zen_coder.settings import apply_overrides, parse_assignments
+
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 300  # optimizer steps in the whole run
+    global_batch: int = 16  # sequences per optimizer step, all data-parallel ranks together
+    micro_batch: int = 8  # sequences per forward/backward on one rank
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr * min_lr_ratio
+    warmup_steps: int = 30
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    dtype: str = "float32"  # autocast dtype; master weights stay float32
+    eval_every: int = 100
+    eval_batches: int = 20
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    max_bad_steps: int = 5  # non-finite losses or gradients in a row before the run stops
+    seed: int = 0
+    init_from: str = ""  # a base model: a zen-coder run folder or a Hugging Face model folder
+    upcycle_experts: int = 0  # with a dense base: experts to upcycle it into (0: keep dense)
+    upcycle: str = "copy"  # "copy" or "slice"
+    tensor_parallel: int = 1  # tensor-parallel degree; data parallel takes the other ranks
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        positive = ("steps", "global_batch", "micro_batch", "eval_batches", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ZenCoderError(f"train setting {name} must be at least 1")
+        if self.dtype not in DTYPES:
+            raise ZenCoderError(f"train setting dtype must be one of {', '.join(DTYPES)}")
+        if self.upcycle not in ("copy", "slice"):
+            raise ZenCoderError("train setting upcycle must be copy or slice")
+        if self.global_batch % self.micro_batch:
+            raise ZenCoderError(
+                "train setting global_batch must be a multiple of micro_batch "
+                f"(got {self.global_batch} and {self.micro_batch})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_run_config(
+    recipe: Path | None, assignments: list[str] | None = None
+) -> tuple[ModelConfig, TrainConfig]:
+    """The recipe's model and training settings, then `--set section.key=value` overrides."""
+    document = read_toml(recipe, "recipe") if recipe is not None else {}
+    model_table = dict(document.get("model", {}))
+    train_table = dict(document.get("train", {}))
+    overrides: dict[str, dict[str, str]] = {"model": {}, "train": {}}
+    for key, value in parse_assignments(assignments or []).items():
+        section, _, name = key.rpartition(".")
+        section = section or "train"
+        if section not in overrides:
+            raise ZenCoderError(f"--set {key}: the section must be model or train")
+        overrides[section][name] = value
+    name = str(overrides["model"].pop("preset", model_table.pop("preset", "tiny")))
+    model = apply_overrides(preset(name), "model", model_table)
+    model = apply_overrides(model, "model", overrides["model"])
+    train = apply_overrides(TrainConfig(), "train", train_table)
+    train = apply_overrides(train, "train", overrides["train"])
+    return model, train

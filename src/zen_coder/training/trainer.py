@@ -1,0 +1,412 @@
+"""`zen-coder train`: the training loop, from one CPU to FSDP2 + tensor parallel clusters.
+
+One process, or one per GPU under `torchrun`: each data-parallel rank streams its share of the
+packed sequences, accumulates gradients up to the global batch, clips them and steps AdamW on a
+warmup-then-cosine schedule. A non-finite loss or gradient skips the step; too many in a row stop
+the run with a checkpoint. Validation runs on the temporal split. Checkpoints (model, optimizer,
+scheduler, data position, random states) make a killed run resume exactly; the final model is
+exported as a zen-coder model folder and as a Hugging Face checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_distributed
+import torch.nn.functional as F
+
+from zen_coder.data.loader import PackedDataset, PackedLoader
+from zen_coder.errors import ZenCoderError
+from zen_coder.history.store import write_json_atomic
+from zen_coder.model import hf
+from zen_coder.model.config import ModelConfig
+from zen_coder.model.model import IGNORE, ZenCoder, next_token_targets
+from zen_coder.training import checkpoint
+from zen_coder.training.config import TrainConfig
+from zen_coder.training.metrics import MetricsWriter
+from zen_coder.training.optim import build_optimizer, build_scheduler
+from zen_coder.training.parallelize import Distributed, init_distributed, parallelize, shutdown
+
+CHANNELS = ("repo", "language", "time", "segment")
+# Settings a resumed run may change: how long, how often to look, how to load data.
+RESUMABLE = {"steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints"}
+RESUMABLE |= {"log_every", "num_workers"}
+# What a base checkpoint cannot say: the data's tables and the run's chosen techniques.
+FROM_RECIPE = (
+    "n_repos",
+    "n_languages",
+    "repo_embeddings",
+    "repo_dropout",
+    "temporal_attention",
+    "temporal_frequencies",
+    "temporal_max_distance",
+    "language_routing",
+    "contrastive_loss",
+    "contrastive_weight",
+    "contrastive_temperature",
+    "balancing",
+    "balance_loss_weight",
+    "router_z_loss_weight",
+    "expert_bias_rate",
+    "document_masking",
+    "attention",
+)
+
+Progress = Callable[[int], Callable[[int, dict], None]]
+
+
+@dataclass
+class TrainReport:
+    out: Path
+    steps: int
+    tokens: int
+    elapsed: float
+    initial_validation: dict | None = None
+    validation: dict | None = None
+    train_loss: float | None = None
+    skipped_steps: int = 0
+    resumed_from: int | None = None
+    model_dir: Path | None = None
+    hf_dir: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _prepared(data: Path) -> dict:
+    try:
+        manifest = json.loads((data / "manifest.json").read_text())
+        repos = json.loads((data / "repos.json").read_text())
+        languages = json.loads((data / "languages.json").read_text())
+    except FileNotFoundError as exc:
+        raise ZenCoderError(
+            f"{exc.filename} not found: {data} is not prepared data; run `zen-coder prepare` first"
+        ) from None
+    except (OSError, ValueError):
+        raise ZenCoderError(
+            f"{data} has unreadable metadata; run `zen-coder prepare` again"
+        ) from None
+    return {**manifest, "repo_names": repos, "language_names": languages}
+
+
+def _fit_to_data(config: ModelConfig, prepared: dict) -> ModelConfig:
+    return dataclasses.replace(
+        config,
+        vocab_size=prepared["vocab_size"],
+        context_length=prepared["context_length"],
+        n_repos=len(prepared["repo_names"]),
+        n_languages=len(prepared["language_names"]),
+    )
+
+
+def _check_run_folder(out: Path, effective: dict) -> None:
+    """A run folder is resumed only with the settings it was started with (but RESUMABLE)."""
+    path = out / "config.json"
+    if not path.exists():
+        return
+    previous = json.loads(path.read_text())
+    changed = sorted(
+        f"model.{key}"
+        for key, value in effective["model"].items()
+        if previous["model"].get(key) != value
+    ) + sorted(
+        f"train.{key}"
+        for key, value in effective["train"].items()
+        if key not in RESUMABLE and previous["train"].get(key) != value
+    )
+    if previous.get("data") != effective["data"]:
+        changed.append("data")
+    if changed:
+        raise ZenCoderError(
+            f"{out} holds a run with other settings ({', '.join(changed)}); resume it with the "
+            "same recipe, or train into a new --out folder"
+        )
+
+
+def _build_model(config: ModelConfig, train: TrainConfig, prepared: dict) -> ZenCoder:
+    if not train.init_from:
+        return ZenCoder(config)
+    base = Path(train.init_from)
+    if (base / checkpoint.NATIVE_CONFIG).exists():
+        model = checkpoint.load_native(base)
+        if model.config.vocab_size != config.vocab_size:
+            raise ZenCoderError(
+                f"base model {base} has a vocabulary of {model.config.vocab_size}, the data "
+                f"{prepared['vocab_size']}; prepare the data with --tokenizer {base}"
+            )
+        return model.train()
+    overrides = {name: getattr(config, name) for name in FROM_RECIPE}
+    experts = train.upcycle_experts or None
+    model = hf.load_pretrained(base, experts=experts, upcycle=train.upcycle, **overrides)
+    if model.config.vocab_size != config.vocab_size:
+        raise ZenCoderError(
+            f"base model {base} has a vocabulary of {model.config.vocab_size}, the data "
+            f"{prepared['vocab_size']}; prepare the data with --tokenizer {base}"
+        )
+    return model.train()
+
+
+def _batches(loader: PackedLoader) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches forever: epoch after epoch, from wherever the loader stands."""
+    while True:
+        yield from loader
+
+
+def _autocast(device: torch.device, dtype: str):
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _reduce(values: torch.Tensor, dist: Distributed) -> torch.Tensor:
+    """Sum over the data-parallel ranks (tensor-parallel ranks hold the same numbers)."""
+    if dist.mesh is not None and dist.dp_size > 1:
+        torch_distributed.all_reduce(values, group=dist.mesh["dp"].get_group())
+    return values
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    data: Path,
+    config: TrainConfig,
+    dist: Distributed,
+    pad_id: int,
+    languages: list[str],
+) -> dict:
+    """Mean next-token loss on the validation split, overall and per language."""
+    dataset = PackedDataset(
+        data,
+        "validation",
+        batch_size=config.micro_batch,
+        rank=dist.dp_rank,
+        world_size=dist.dp_size,
+        shuffle=False,
+    )
+    loss_sum = torch.zeros(len(languages), dtype=torch.float64, device=dist.device)
+    count = torch.zeros(len(languages), dtype=torch.float64, device=dist.device)
+    model.eval()
+    for index, batch in enumerate(PackedLoader(dataset)):
+        if index >= config.eval_batches:
+            break
+        batch = {name: value.to(dist.device) for name, value in batch.items()}
+        targets = next_token_targets(batch["tokens"], batch["segment"], pad_id)
+        with _autocast(dist.device, config.dtype):
+            logits = model(batch["tokens"], **{name: batch[name] for name in CHANNELS}).logits
+        losses = F.cross_entropy(
+            logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="none"
+        )
+        scored = targets.flatten() != IGNORE
+        language = batch["language"].flatten()[scored]
+        loss_sum.index_add_(0, language, losses[scored].double())
+        count.index_add_(0, language, torch.ones_like(language, dtype=torch.float64))
+    model.train()
+    loss_sum, count = _reduce(loss_sum, dist), _reduce(count, dist)
+    total = float(count.sum())
+    return {
+        "loss": float(loss_sum.sum()) / total if total else float("nan"),
+        "tokens": int(total),
+        "by_language": {
+            languages[index]: float(loss_sum[index] / count[index])
+            for index in torch.nonzero(count).flatten().tolist()
+        },
+    }
+
+
+def train(
+    data: Path,
+    out: Path,
+    model_config: ModelConfig,
+    config: TrainConfig,
+    *,
+    progress: Progress | None = None,
+) -> TrainReport:
+    """Train on the prepared data at `data`, into the run folder `out` (resumed if it exists)."""
+    started = time.monotonic()
+    prepared = _prepared(data)
+    model_config = _fit_to_data(model_config, prepared)
+    dist = init_distributed(config.tensor_parallel)
+    try:
+        return _train(data, out, model_config, config, prepared, dist, started, progress)
+    finally:
+        shutdown(dist)
+
+
+def _train(data, out, model_config, config, prepared, dist, started, progress) -> TrainReport:
+    effective = {
+        "data": str(data.resolve()),
+        "model": model_config.to_dict(),
+        "train": config.to_dict(),
+    }
+    _check_run_folder(out, effective)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "config.json", effective)
+    accumulation = config.global_batch // (config.micro_batch * dist.dp_size)
+    if accumulation < 1 or config.global_batch % (config.micro_batch * dist.dp_size):
+        raise ZenCoderError(
+            f"train setting global_batch ({config.global_batch}) must be a multiple of "
+            f"micro_batch x data-parallel ranks ({config.micro_batch} x {dist.dp_size})"
+        )
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
+    model = _build_model(model_config, config, prepared).to(dist.device)
+    torch.manual_seed(config.seed + dist.dp_rank)  # but each data-parallel rank its own dropout
+    model_config = model.config
+    model = parallelize(model, dist, torch.bfloat16 if config.dtype == "bfloat16" else None)
+    optimizer = build_optimizer(model, config, dist.device)
+    scheduler = build_scheduler(optimizer, config)
+    dataset = PackedDataset(
+        data,
+        "train",
+        batch_size=config.micro_batch,
+        seed=config.seed,
+        rank=dist.dp_rank,
+        world_size=dist.dp_size,
+    )
+    loader = PackedLoader(dataset, num_workers=config.num_workers)
+    counters = {"step": 0, "tokens": 0, "bad_steps": 0, "skipped": 0}
+    state = checkpoint.TrainState(model, optimizer, scheduler, loader, counters, dist.rank)
+    report = TrainReport(out=out, steps=config.steps, tokens=0, elapsed=0.0)
+    checkpoints = out / "checkpoints"
+    resume = checkpoint.latest(checkpoints)
+    if resume is not None:
+        checkpoint.load(resume, state)
+        report.resumed_from = counters["step"]
+    metrics = MetricsWriter(out, dist.is_main)
+    pad_id = prepared["special_tokens"]["<|pad|>"]
+    languages = prepared["language_names"]
+    if resume is None:
+        report.initial_validation = evaluate(model, data, config, dist, pad_id, languages)
+        metrics.write("validation", 0, report.initial_validation)
+    advance = progress(config.steps) if progress and dist.is_main else None
+    if advance is not None and counters["step"]:
+        advance(counters["step"], {})
+    stream = _batches(loader)
+    window_tokens, window_start, last_train = 0, time.monotonic(), None
+    try:
+        while counters["step"] < config.steps:
+            step = counters["step"]
+            parts, loads, tokens_in_step, finite = _accumulate(
+                model, stream, accumulation, config, dist, pad_id
+            )
+            grad_norm = float(_clip(model, config.grad_clip))
+            if not finite or not math.isfinite(grad_norm):
+                optimizer.zero_grad(set_to_none=True)
+                counters["bad_steps"] += 1
+                counters["skipped"] += 1
+                metrics.write("skipped", step, {"grad_norm": grad_norm, **parts})
+                if counters["bad_steps"] > config.max_bad_steps:
+                    saved = checkpoint.save(
+                        checkpoints, state, step, config.keep_checkpoints, dist.is_main
+                    )
+                    raise ZenCoderError(
+                        f"training diverged: {counters['bad_steps']} non-finite steps in a row "
+                        f"at step {step}; lower train.lr or raise train.warmup_steps (checkpoint "
+                        f"saved at {saved})"
+                    )
+                continue
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            model.update_expert_biases(loads)
+            counters["bad_steps"] = 0
+            counters["step"] = step = step + 1
+            counters["tokens"] += tokens_in_step
+            window_tokens += tokens_in_step
+            last_train = parts["loss"]
+            if step % config.log_every == 0 or step == config.steps:
+                now = time.monotonic()
+                rate = window_tokens / max(now - window_start, 1e-9)
+                lr = scheduler.get_last_lr()[0]
+                values = {**parts, "lr": lr, "grad_norm": grad_norm, "tokens_per_second": rate}
+                metrics.write("train", step, {**values, "tokens": counters["tokens"]})
+                window_tokens, window_start = 0, now
+                if advance is not None:
+                    advance(step, values)
+            elif advance is not None:
+                advance(step, {})
+            if step % config.eval_every == 0 or step == config.steps:
+                report.validation = evaluate(model, data, config, dist, pad_id, languages)
+                metrics.write("validation", step, report.validation)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                checkpoint.save(checkpoints, state, step, config.keep_checkpoints, dist.is_main)
+        if report.validation is None:
+            report.validation = evaluate(model, data, config, dist, pad_id, languages)
+        report.model_dir, report.hf_dir = _export(model, model_config, data, out, dist, report)
+    finally:
+        metrics.close()
+    report.tokens = counters["tokens"]
+    report.skipped_steps = counters["skipped"]
+    report.train_loss = last_train
+    report.elapsed = time.monotonic() - started
+    return report
+
+
+def _accumulate(model, stream, accumulation: int, config: TrainConfig, dist, pad_id: int):
+    """Forward and backward over the micro-batches of one optimizer step."""
+    totals: dict[str, float] = {}
+    loads = None
+    tokens = 0
+    finite = True
+    sync = getattr(model, "set_requires_gradient_sync", None)
+    for micro in range(accumulation):
+        batch = {name: value.to(dist.device) for name, value in next(stream).items()}
+        targets = next_token_targets(batch["tokens"], batch["segment"], pad_id)
+        if sync is not None:
+            sync(micro == accumulation - 1)  # reduce gradients once, after the last micro-batch
+        with _autocast(dist.device, config.dtype):
+            output = model(
+                batch["tokens"], targets=targets, **{name: batch[name] for name in CHANNELS}
+            )
+        (output.loss / accumulation).backward()
+        finite &= bool(torch.isfinite(output.loss.detach()))
+        for name, value in {"loss": output.loss, **output.losses}.items():
+            totals[name] = totals.get(name, 0.0) + float(value.detach()) / accumulation
+        step_load = torch.stack(output.load)
+        loads = step_load if loads is None else loads + step_load
+        tokens += batch["tokens"].numel() * dist.dp_size
+    # Every rank logs and decides on the same numbers: the mean over data-parallel ranks.
+    names = sorted(totals)
+    shared = torch.tensor(
+        [totals[name] for name in names] + [float(not finite)], dtype=torch.float64
+    )
+    shared = _reduce(shared.to(dist.device), dist).cpu() / dist.dp_size
+    totals = dict(zip(names, shared[:-1].tolist(), strict=True))
+    return totals, list(_reduce(loads, dist).unbind(0)), tokens, bool(shared[-1] == 0)
+
+
+def _clip(model: torch.nn.Module, max_norm: float) -> float:
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    full = getattr(norm, "full_tensor", None)  # a DTensor under FSDP
+    return float(full() if full is not None else norm)
+
+
+def _export(model, config: ModelConfig, data: Path, out: Path, dist, report: TrainReport):
+    """The trained model as a zen-coder folder and a Hugging Face one, each with the tokenizer."""
+    model_dir, hf_dir = out / "model", out / "hf"
+    checkpoint.export_native(model, config, model_dir)
+    if not dist.is_main:
+        return model_dir, hf_dir
+    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+    native = checkpoint.load_native(model_dir)
+    exported = [model_dir]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            hf.save_pretrained(native, hf_dir)
+            exported.append(hf_dir)
+        except ZenCoderError as exc:  # a model Hugging Face's formats cannot hold
+            report.warnings.append(f"no Hugging Face export: {exc}")
+    report.warnings += [str(warning.message) for warning in caught]
+    for folder in exported:
+        for name in tokenizer_files:
+            shutil.copyfile(data / name, folder / name)
+    return model_dir, hf_dir if hf_dir in exported else None

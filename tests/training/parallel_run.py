@@ -1,0 +1,162 @@
+"""A few training steps of a shrunk tiny model under torchrun, reported as JSON by rank 0.
+
+test_parallelize.py launches it (`torchrun --nproc-per-node N parallel_run.py --tensor-parallel
+TP OUT`), with GPUs hidden so that it runs on CPU with gloo, and runs `train` on the same model
+and batches in its own process as the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed as torch_dist
+from torch import Tensor
+from torch.distributed.tensor import DTensor
+
+from zen_coder.model.config import preset
+from zen_coder.model.model import ZenCoder, next_token_targets
+from zen_coder.training.parallelize import Distributed, init_distributed, parallelize, shutdown
+
+# Every technique on. No repository dropout: it draws random numbers per sequence, so a rank
+# holding half the batch would draw different ones than the single-process reference.
+CONFIG = dataclasses.replace(
+    preset("tiny"),
+    vocab_size=256,
+    n_layers=2,
+    d_model=64,
+    n_heads=4,
+    n_kv_heads=2,
+    n_experts=4,
+    experts_per_token=2,
+    expert_dim=32,
+    n_repos=5,
+    repo_dropout=0.0,
+)
+BATCH, LENGTH, STEPS = 4, 16, 3
+
+Batch = dict[str, Tensor]
+
+
+def build_model() -> ZenCoder:
+    """The same weights in every process; technique tables randomized (they start at zero, a
+    no-op), so that splitting the temporal coefficients by head is actually exercised."""
+    torch.manual_seed(0)
+    model = ZenCoder(CONFIG)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("temporal.weight", "language")) or name.startswith("repo."):
+                parameter.normal_(std=0.5)
+    return model
+
+
+def global_batches() -> list[Batch]:
+    """One global batch per step: two packed documents per sequence, each sequence from one
+    repository, so every half of a batch has contrastive positives."""
+    generator = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(STEPS):
+        tokens = torch.randint(0, CONFIG.vocab_size, (BATCH, LENGTH), generator=generator)
+        cut = torch.randint(4, LENGTH - 4, (BATCH, 1), generator=generator)
+        segment = 1 + (torch.arange(LENGTH) >= cut).long()
+        repo = torch.randint(1, CONFIG.n_repos, (BATCH, 1), generator=generator)
+        language = torch.randint(1, CONFIG.n_languages, (BATCH, 1), generator=generator)
+        time = torch.randint(0, 200, (BATCH, LENGTH), generator=generator).sort(dim=1).values
+        batches.append(
+            {
+                "tokens": tokens,
+                "targets": next_token_targets(tokens, segment),
+                "repo": repo.expand(BATCH, LENGTH),
+                "language": language.expand(BATCH, LENGTH),
+                "time": time,
+                "segment": segment,
+            }
+        )
+    return batches
+
+
+def share(batch: Batch, part: int, parts: int) -> Batch:
+    """The `part`-th of `parts` equal slices of a batch's sequences."""
+    size = BATCH // parts
+    return {name: value[part * size : (part + 1) * size] for name, value in batch.items()}
+
+
+def train(model: ZenCoder, steps: list[list[Batch]]) -> list[Tensor]:
+    """AdamW over the steps; a step's loss is the mean of its parts' losses, which is what data
+    parallelism computes when each rank holds one part."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    losses = []
+    for parts in steps:
+        loss = sum(model(**part).loss for part in parts) / len(parts)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    return losses
+
+
+def describe(model: ZenCoder) -> dict[str, dict]:
+    """Each parameter's sharding: its mesh dimensions, placements and local shape."""
+    plan = {}
+    for name, parameter in model.named_parameters():
+        entry = {"shape": list(parameter.shape), "local_shape": list(parameter.shape)}
+        if isinstance(parameter, DTensor):
+            entry["mesh"] = list(parameter.device_mesh.mesh_dim_names)
+            entry["placements"] = [repr(placement) for placement in parameter.placements]
+            entry["local_shape"] = list(parameter.to_local().shape)
+        plan[name] = entry
+    return plan
+
+
+def bfloat16_step(dist: Distributed) -> dict:
+    """One step with param_dtype=bfloat16: blocks compute with bfloat16 weights, while the
+    sharded weights and their gradients stay float32."""
+    model = parallelize(build_model(), dist, param_dtype=torch.bfloat16)
+    seen = []
+    model.blocks[0].attention.q.register_forward_pre_hook(
+        lambda module, args: seen.append(str(module.weight.dtype))
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(**share(global_batches()[0], dist.dp_rank, dist.dp_size)).loss
+    loss.backward()
+    weight = model.blocks[0].attention.q.weight
+    return {
+        "loss": loss.item(),
+        "compute_dtype": seen[0],
+        "weight_dtype": str(weight.dtype),
+        "grad_dtype": str(weight.grad.dtype),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tensor-parallel", type=int, default=1)
+    parser.add_argument("--bfloat16", action="store_true", help="also run one bfloat16 step")
+    parser.add_argument("out", type=Path)
+    args = parser.parse_args()
+
+    dist = init_distributed(args.tensor_parallel)
+    model = parallelize(build_model(), dist)
+    steps = [[share(batch, dist.dp_rank, dist.dp_size)] for batch in global_batches()]
+    losses = torch.stack(train(model, steps))
+    torch_dist.all_reduce(losses)  # tensor-parallel ranks hold equal losses: mean over "dp"
+    ranks = [None] * dist.world_size
+    fields = ("rank", "world_size", "local_rank", "dp_rank", "dp_size", "tp_size", "is_main")
+    torch_dist.all_gather_object(ranks, {name: getattr(dist, name) for name in fields})
+    report = {
+        "losses": (losses / dist.world_size).tolist(),
+        "plan": describe(model),
+        "ranks": ranks,
+        "mesh": list(dist.mesh.mesh_dim_names),
+        "bfloat16": bfloat16_step(dist) if args.bfloat16 else None,
+    }
+    if dist.is_main:
+        args.out.write_text(json.dumps(report))
+    shutdown(dist)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""`zen-coder train` on prepared data from a real git history: loss, checkpoints, resume, export."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.data.test_prepare import build_history, mined
+from zen_coder.data.config import PrepareConfig
+from zen_coder.data.pipeline import prepare
+from zen_coder.errors import ZenCoderError
+from zen_coder.training.checkpoint import load_native
+from zen_coder.training.config import TrainConfig, load_run_config
+from zen_coder.training.metrics import read_metrics
+from zen_coder.training.optim import learning_rate_factor, parameter_groups
+from zen_coder.training.trainer import train
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL_DATA = PrepareConfig(vocab_size=600, context_length=64, tokenizer_train_chars=1_000_000)
+MODEL = [
+    "model.n_layers=2",
+    "model.d_model=64",
+    "model.n_heads=4",
+    "model.n_kv_heads=2",
+    "model.n_experts=4",
+    "model.experts_per_token=2",
+    "model.expert_dim=32",
+]
+FAST = [
+    *MODEL,
+    "train.global_batch=8",
+    "train.micro_batch=4",
+    "train.lr=0.003",
+    "train.warmup_steps=2",
+    "train.eval_every=4",
+    "train.eval_batches=4",
+    "train.log_every=1",
+    "train.checkpoint_every=4",
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("train-data")
+    repo = build_history(root / "repo", commits=30)
+    out = root / "prepared"
+    prepare(mined(root, repo), out, SMALL_DATA, benchmarks=[])
+    return out
+
+
+def configs(*extra: str):
+    return load_run_config(ROOT / "configs" / "tiny.toml", [*FAST, *extra])
+
+
+def losses(run: Path) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in read_metrics(run) if e["kind"] == "train"}
+
+
+def test_training_lowers_the_loss_and_exports(data, tmp_path):
+    out = tmp_path / "run"
+    report = train(data, out, *configs("train.steps=12"))
+    assert report.steps == 12 and report.tokens == 12 * 8 * 64
+    assert report.validation["loss"] < report.initial_validation["loss"] - 0.5
+    assert set(report.validation["by_language"]) == {"Python"}
+    events = read_metrics(out)
+    assert {e["kind"] for e in events} == {"train", "validation"}
+    train_events = [e for e in events if e["kind"] == "train"]
+    assert {"loss", "lm", "balance", "z", "contrastive", "lr", "grad_norm"} <= set(train_events[0])
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(list((out / "checkpoints").glob("step-*"))) == 2  # keep_checkpoints
+    model = load_native(out / "model")
+    vocabulary = json.loads((data / "manifest.json").read_text())["vocab_size"]
+    assert model.config.vocab_size == vocabulary and model.config.n_repos == 2
+    assert (out / "model" / "tokenizer.json").exists()
+    assert json.loads((out / "config.json").read_text())["train"]["steps"] == 12
+    transformers = pytest.importorskip("transformers")
+    exported = transformers.AutoModelForCausalLM.from_pretrained(out / "hf")
+    tokens = torch.randint(0, vocabulary, (1, 16))
+    # Without side channels our model is what the export holds: the techniques stay silent.
+    assert torch.allclose(exported(tokens).logits, model(tokens).logits, atol=1e-4)
+
+
+def test_resuming_from_a_checkpoint_reaches_the_same_losses(data, tmp_path):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    train(data, whole, *configs("train.steps=8"))
+    # The run as it stood after step 4: its config and its step-4 checkpoint.
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copy(whole / "config.json", resumed / "config.json")
+    step_4 = whole / "checkpoints" / "step-000000004"
+    shutil.copytree(step_4, resumed / "checkpoints" / step_4.name)
+    report = train(data, resumed, *configs("train.steps=8"))
+    assert report.resumed_from == 4
+    assert losses(resumed) == {step: loss for step, loss in losses(whole).items() if step > 4}
+
+
+def test_a_killed_run_resumes_exactly(data, tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    train(data, whole, *configs("train.steps=12", "train.checkpoint_every=2"))
+    arguments = ["--data", str(data), "--out", str(killed), "--quiet"]
+    arguments += ["--config", str(ROOT / "configs" / "tiny.toml")]
+    for setting in [*FAST, "train.steps=12", "train.checkpoint_every=2"]:
+        arguments += ["--set", setting]
+    command = [sys.executable, "-m", "zen_coder.training", *arguments]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not list((killed / "checkpoints").glob("step-*")) and time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(process.stderr.read().decode())
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    resumed = subprocess.run(command, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert losses(killed) == losses(whole)
+
+
+def test_non_finite_steps_are_skipped_then_stop_the_run(data, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ZenCoderError, match="training diverged: 3 non-finite steps in a row"):
+        train(data, out, *configs("train.steps=20", "train.lr=1e30", "train.max_bad_steps=2"))
+    assert list((out / "checkpoints").glob("step-*"))
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert sum(json.loads(line)["kind"] == "skipped" for line in lines) == 3
+
+
+def test_a_run_folder_resumes_only_with_its_settings(data, tmp_path):
+    out = tmp_path / "run"
+    train(data, out, *configs("train.steps=2"))
+    with pytest.raises(ZenCoderError, match=r"other settings \(train.lr\)"):
+        train(data, out, *configs("train.steps=4", "train.lr=0.01"))
+    with pytest.raises(ZenCoderError, match="not prepared data"):
+        train(tmp_path / "nothing", tmp_path / "other", *configs())
+
+
+def test_recipes_and_overrides():
+    model, config = load_run_config(ROOT / "configs" / "zen-coder-70b.toml")
+    assert (model.d_model, model.n_layers, model.n_experts, model.experts_per_token) == (
+        8192,
+        80,
+        16,
+        4,
+    )
+    assert (config.lr, config.warmup_steps, config.steps) == (2e-5, 10_000, 500_000)
+    assert (config.beta1, config.beta2, config.weight_decay, config.grad_clip) == (
+        0.9,
+        0.999,
+        0.01,
+        1.0,
+    )
+    assert config.dtype == "bfloat16" and config.global_batch == 256
+    model, config = load_run_config(None, ["lr=0.5", "model.n_layers=3"])
+    assert config.lr == 0.5 and model.n_layers == 3
+    with pytest.raises(ZenCoderError, match="the section must be model or train"):
+        load_run_config(None, ["optimizer.lr=1"])
+    with pytest.raises(ZenCoderError, match="global_batch must be a multiple of micro_batch"):
+        TrainConfig(global_batch=10, micro_batch=4)
+
+
+def test_schedule_and_weight_decay_groups():
+    config = TrainConfig(steps=110, warmup_steps=10, min_lr_ratio=0.1)
+    factors = [learning_rate_factor(step, config) for step in range(111)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[60] == pytest.approx(0.55) and factors[110] == pytest.approx(0.1)
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))
+    from zen_coder.model.model import ZenCoder
+
+    model = ZenCoder(configs()[0])
+    decay, no_decay = parameter_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in decay["params"]} >= {"blocks.0.attention.q.weight", "head.weight"}
+    skipped = {names[id(p)] for p in no_decay["params"]}
+    assert {"embed.weight", "repo.weight", "norm.weight", "blocks.0.moe.language"} <= skipped
+
+
+@pytest.mark.skipif(os.cpu_count() < 2, reason="needs two cores for two processes")
+def test_two_data_parallel_processes_match_one(data, tmp_path):
+    single, double = tmp_path / "single", tmp_path / "double"
+    extra = ["train.steps=3", "model.contrastive_loss=false", "model.repo_dropout=0"]
+    train(data, single, *configs(*extra))
+    arguments = ["--data", str(data), "--out", str(double), "--quiet"]
+    arguments += ["--config", str(ROOT / "configs" / "tiny.toml")]
+    for setting in [*FAST, *extra]:
+        arguments += ["--set", setting]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", "2", "-m", "zen_coder.training", *arguments]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    one, two = losses(single), losses(double)
+    assert one.keys() == two.keys()
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=1e-3)
