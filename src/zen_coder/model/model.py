@@ -483,7 +483,7 @@ class ZenCoder(nn.Module):
         valid = (segment > 0) & (repo > 0)
         ids, inverse = torch.unique(document[valid], return_inverse=True)
         if ids.numel() < 2:
-            return hidden.sum() * 0.0
+            return self.no_contrast(hidden)
         pooled = torch.zeros(ids.numel(), D, dtype=hidden.dtype, device=hidden.device)
         pooled.index_add_(0, inverse, hidden[valid])
         counts = torch.bincount(inverse, minlength=ids.numel()).clamp(min=1)
@@ -493,15 +493,22 @@ class ZenCoder(nn.Module):
         similarity = pooled @ pooled.T / self.config.contrastive_temperature
         eye = torch.eye(ids.numel(), dtype=torch.bool, device=hidden.device)
         similarity = similarity.masked_fill(eye, float("-inf"))
-        positive = (doc_repo[:, None] == doc_repo[None, :]) & ~eye
-        anchors = positive.any(dim=1)
+        same = doc_repo[:, None] == doc_repo[None, :]
+        positive = same & ~eye
+        # An anchor needs a positive to pull and a negative to push: with one repository in the
+        # batch the loss would only collapse every document onto one point.
+        anchors = positive.any(dim=1) & (~same).any(dim=1)
         if not anchors.any():
-            return hidden.sum() * 0.0
+            return self.no_contrast(hidden)
         log_prob = similarity.log_softmax(dim=1)
-        per_anchor = -(log_prob.masked_fill(~positive, 0.0).sum(dim=1)) / positive.sum(dim=1).clamp(
-            min=1
-        )
+        positives = positive.sum(dim=1).clamp(min=1)
+        per_anchor = -log_prob.masked_fill(~positive, 0.0).sum(dim=1) / positives
         return per_anchor[anchors].mean()
+
+    def no_contrast(self, hidden: Tensor) -> Tensor:
+        """A zero loss that still reaches the projection: under data parallelism every rank must
+        produce the same gradients to reduce, whatever its own batch holds."""
+        return self.projection(hidden[:, 0]).sum() * 0.0
 
     @torch.no_grad()
     def update_expert_biases(self, loads: list[Tensor]) -> None:
