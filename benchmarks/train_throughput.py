@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--techniques", choices=["on", "off"], default="on")
+    parser.add_argument("--attention", choices=["sdpa", "flex"], default="sdpa")
     parser.add_argument("--matmul-size", type=int, default=0, help="0: 8192 on GPU, 2048 on CPU")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -81,7 +82,7 @@ def main() -> None:
     if args.techniques == "off":
         config = config.without_techniques()
     length = args.length or config.context_length
-    config = dataclasses.replace(config, context_length=length)
+    config = dataclasses.replace(config, context_length=length, attention=args.attention)
     torch.manual_seed(0)
     model = ZenCoder(config).to(device).train()
     optimizer = build_optimizer(model, TrainConfig(), device)
@@ -117,7 +118,8 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {args.dtype}"
     )
     print(
-        f"model: {args.preset}, techniques {args.techniques}, {counts['total']:,} parameters "
+        f"model: {args.preset}, techniques {args.techniques}, {args.attention} attention, "
+        f"{counts['total']:,} parameters "
         f"({counts['active']:,} active), batch {args.batch} x {length} tokens"
     )
     print(
