@@ -11,3 +11,7 @@ def private_home(tmp_path_factory):
     patch.setenv("XDG_CONFIG_HOME", str(home / "config"))
     yield home
     patch.undo()
+
+
+# Tiny real models (native and Hugging Face) shared by the inference and evaluation tests.
+pytest_plugins = ["tests.models"]

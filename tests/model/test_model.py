@@ -278,3 +278,28 @@ def test_bad_settings_are_one_line_errors():
         dataclasses.replace(TINY, n_heads=4, n_kv_heads=3)
     with pytest.raises(ZenCoderError, match="unknown model preset 'huge'"):
         preset("huge")
+
+
+def test_left_padded_prompts_generate_what_each_generates_alone():
+    model, lengths = build(), [5, 12, 9]
+    prompts = [channels(B=1, T=length, seed=length) for length in lengths]
+    width = max(lengths)
+
+    def left_pad(value: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(value, (width - value.shape[1], 0))
+
+    batch = {name: torch.cat([left_pad(p[name]) for p in prompts]) for name in prompts[0]}
+    segment = torch.cat([left_pad(torch.ones(1, length, dtype=torch.long)) for length in lengths])
+    batched = model.generate(batch.pop("tokens"), 8, segment=segment, **batch)[:, width:]
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(prompt.pop("tokens"), 8, **prompt)
+        assert torch.equal(batched[row], alone[0, lengths[row] :])
+
+
+def test_generation_ends_once_every_row_is_finished():
+    model, tokens = build(), channels(B=2, T=6)["tokens"]
+
+    def finished(generated: torch.Tensor) -> torch.Tensor:  # rows done after 3 and 5 tokens
+        return torch.tensor([generated.shape[1] >= 3, generated.shape[1] >= 5])
+
+    assert model.generate(tokens, 20, finished=finished).shape == (2, 6 + 5)

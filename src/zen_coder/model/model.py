@@ -16,6 +16,7 @@ in a packed sequence). The card's four techniques use them, each behind a switch
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -56,6 +57,16 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+def document_positions(segment: Tensor) -> Tensor:
+    """Each token's position within its document (segment) [B, T]: documents start at 0."""
+    B, T = segment.shape
+    starts = torch.ones_like(segment, dtype=torch.bool)
+    starts[:, 1:] = segment[:, 1:] != segment[:, :-1]
+    index = torch.arange(T, device=segment.device).expand(B, T)
+    start_index = torch.cummax(torch.where(starts, index, 0), dim=1).values
+    return index - start_index
 
 
 # -- attention ----------------------------------------------------------------------------------
@@ -351,15 +362,13 @@ class ZenCoder(nn.Module):
         B, T = tokens.shape
         device = tokens.device
         past = cache.length if cache is not None else 0
-        positions = torch.arange(past, past + T, device=device).expand(B, T)
-        use_segments = self.config.document_masking and segment is not None and cache is None
+        # With a cache, `segment` covers the cached positions too [B, past + T], and is always
+        # honoured: generation's left padding (segment 0) must stay invisible to the prompt.
+        use_segments = segment is not None and (self.config.document_masking or cache is not None)
         if use_segments:
-            # Each document starts again at position 0.
-            starts = torch.ones_like(segment, dtype=torch.bool)
-            starts[:, 1:] = segment[:, 1:] != segment[:, :-1]
-            index = torch.arange(T, device=device).expand(B, T)
-            start_index = torch.cummax(torch.where(starts, index, 0), dim=1).values
-            positions = index - start_index
+            positions = document_positions(segment)[:, past:]
+        else:
+            positions = torch.arange(past, past + T, device=device).expand(B, T)
         angles = positions[..., None].float() * self.inverse_frequencies  # [B, T, Hd/2]
         angles = torch.cat([angles, angles], dim=-1)[:, None]  # [B, 1, T, Hd]
         context = AttentionContext(cos=angles.cos(), sin=angles.sin())
@@ -369,11 +378,13 @@ class ZenCoder(nn.Module):
         if self.config.attention == "flex" and cache is None:
             context.block_mask = self._block_mask(segment if use_segments else None, B, T)
         elif use_segments:
-            allowed = self._causal(T, T, device).expand(B, 1, T, T)
-            same = segment[:, None, :, None] == segment[:, None, None, :]
-            diagonal = torch.eye(T, dtype=torch.bool, device=device)
+            keys = past + T
+            allowed = self._causal(T, keys, device).expand(B, 1, T, keys)
+            same = segment[:, None, past:, None] == segment[:, None, None, :]
+            index = torch.arange(keys, device=device)
+            own = index == index[past:, None]  # each query's own key
             # Padding (segment 0) attends to itself only, so no row is empty.
-            context.mask = allowed & (same & (segment[:, None, None, :] > 0) | diagonal)
+            context.mask = allowed & (same & (segment[:, None, None, :] > 0) | own)
         elif cache is not None and past and T > 1:
             context.mask = self._causal(T, past + T, device).expand(B, 1, T, past + T)
         else:
@@ -531,17 +542,22 @@ class ZenCoder(nn.Module):
         repo: Tensor | None = None,
         language: Tensor | None = None,
         time: Tensor | None = None,
+        segment: Tensor | None = None,
+        finished: Callable[[Tensor], Tensor] | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Continue `tokens` [B, T] with a key/value cache; greedy when temperature is 0.
 
         Side channels, when given for the prompt, are carried over to the new tokens from the
-        prompt's last position.
+        prompt's last position. Prompts of different lengths go in one batch left-padded, the
+        padding in `segment` 0 and the prompt in segment 1: each row then computes what it would
+        alone. `finished`, given the tokens generated so far [B, t], marks rows that need no
+        more (a stop sequence appeared); generation ends when every row is finished or at EOS.
         """
         cache = KVCache()
         channels = {"repo": repo, "language": language, "time": time}
         step = {name: value for name, value in channels.items() if value is not None}
-        logits = self(tokens, cache=cache, last_only=True, **step).logits[:, -1]
+        logits = self(tokens, cache=cache, last_only=True, segment=segment, **step).logits[:, -1]
         generated = []
         done = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
         for _ in range(max_new_tokens):
@@ -550,10 +566,16 @@ class ZenCoder(nn.Module):
                 next_token = torch.where(done, eos_id, next_token)
                 done |= next_token == eos_id
             generated.append(next_token)
-            if eos_id is not None and done.all():
+            if finished is not None:
+                done |= finished(torch.stack(generated, dim=1))
+            if done.all():
                 break
             last = {name: value[:, -1:] for name, value in step.items()}
-            logits = self(next_token[:, None], cache=cache, last_only=True, **last).logits[:, -1]
+            if segment is not None:
+                segment = torch.cat([segment, segment[:, -1:]], dim=1)
+            logits = self(
+                next_token[:, None], cache=cache, last_only=True, segment=segment, **last
+            ).logits[:, -1]
         return torch.cat([tokens, torch.stack(generated, dim=1)], dim=1)
 
 

@@ -1,0 +1,153 @@
+"""A native zen-coder model folder (a run's `model/`) as a `Generator`.
+
+Prompts of different lengths share a batch, left-padded: the padding is segment 0 of the
+model's document masking, so each row computes exactly what it would alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer
+from torch import Tensor
+
+from zen_coder.data.tokenizer import load_tokenizer, special_ids
+from zen_coder.errors import ZenCoderError
+from zen_coder.history.languages import LANGUAGES
+from zen_coder.inference.generation import GenerationConfig, complete_in_batches, cut_at_stop
+from zen_coder.training.checkpoint import NATIVE_WEIGHTS, load_native
+
+# What tells two zen-coder models apart in a result: the fields the presets set, and the switches.
+IDENTITY_FIELDS = (
+    "vocab_size",
+    "context_length",
+    "d_model",
+    "n_layers",
+    "n_heads",
+    "n_kv_heads",
+    "n_experts",
+    "experts_per_token",
+    "expert_dim",
+    "rope_scaling",
+    "rope_factor",
+    "repo_embeddings",
+    "temporal_attention",
+    "language_routing",
+    "contrastive_loss",
+)
+# Decoding every row's text after every token would cost more than a small model's step.
+STOP_CHECK_EVERY = 8
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class NativeGenerator:
+    """Greedy or nucleus sampling from a zen-coder model with `ZenCoder.generate`.
+
+    Special tokens spelled out in a prompt ("<|repo|>", "<|after|>", ...) are encoded as those
+    tokens, as `prepare` inserts them by id, so prompts in the training format work; completions
+    end at <|endoftext|> and show any other special token as its text, where a caller can cut.
+    `config.extra["language"]`, a language name such as "Python", sets the language side channel
+    for language routing; without it, or for a language the model does not know, it is unknown.
+    """
+
+    def __init__(self, folder: str | Path, device: str = "cpu", dtype: str | None = None) -> None:
+        self.folder = Path(folder).resolve()
+        self.device = torch.device(device)
+        self.model = load_native(self.folder).to(device=self.device, dtype=torch_dtype(dtype))
+        self.tokenizer = load_tokenizer(self.folder)
+        # Prompts spell special tokens as text ("<|repo|>...<|after|>") where `prepare` put ids.
+        self.tokenizer.encode_special_tokens = False
+        ids = special_ids(self.tokenizer)
+        self.eos_id, self.pad_id = ids["<|endoftext|>"], ids["<|pad|>"]
+
+    def identity(self) -> dict[str, Any]:
+        config = self.model.config
+        return {
+            "backend": "native",
+            "path": str(self.folder),
+            "weights_sha256": self._weights_sha256,
+            "tokenizer_sha256": file_sha256(self.folder / "tokenizer.json"),
+            "dtype": str(self.model.embed.weight.dtype).removeprefix("torch."),
+            "config": {name: getattr(config, name) for name in IDENTITY_FIELDS},
+        }
+
+    @functools.cached_property
+    def _weights_sha256(self) -> str:
+        return file_sha256(self.folder / NATIVE_WEIGHTS)
+
+    def complete(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[str]]:
+        generator = torch.Generator(self.device).manual_seed(config.seed)
+        language = language_id(config.extra.get("language"), self.model.config.n_languages)
+        return complete_in_batches(
+            prompts, config, lambda rows: self._complete_rows(rows, config, generator, language)
+        )
+
+    def _complete_rows(
+        self, rows: list[str], config: GenerationConfig, generator: torch.Generator, language: int
+    ) -> list[str]:
+        encodings = self.tokenizer.encode_batch(rows, add_special_tokens=False)
+        encoded = [encoding.ids for encoding in encodings]
+        if not all(encoded):
+            raise ZenCoderError("a prompt is empty; a native model needs at least one token")
+        width = max(len(ids) for ids in encoded)
+        tokens = [[self.pad_id] * (width - len(ids)) + ids for ids in encoded]
+        segment = [[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded]
+        tokens_tensor = torch.tensor(tokens, device=self.device)
+        output = self.model.generate(
+            tokens_tensor,
+            config.max_new_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            eos_id=self.eos_id,
+            language=torch.full_like(tokens_tensor, language) if language else None,
+            segment=torch.tensor(segment, device=self.device),
+            finished=stop_detector(self.tokenizer, config.stop) if config.stop else None,
+            generator=generator,
+        )
+        return [cut_at_stop(self._decode(ids), config.stop) for ids in output[:, width:].tolist()]
+
+    def _decode(self, ids: list[int]) -> str:
+        if self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def stop_detector(tokenizer: Tokenizer, stop: Sequence[str]) -> Callable[[Tensor], Tensor]:
+    """`ZenCoder.generate`'s `finished`: the rows whose text so far holds a stop sequence, looked
+    for every STOP_CHECK_EVERY tokens (a row found late is cut at the same place)."""
+
+    def finished(generated: Tensor) -> Tensor:
+        rows = generated.shape[0]
+        if generated.shape[1] % STOP_CHECK_EVERY:
+            return torch.zeros(rows, dtype=torch.bool, device=generated.device)
+        texts = tokenizer.decode_batch(generated.tolist(), skip_special_tokens=False)
+        seen = [any(sequence and sequence in text for sequence in stop) for text in texts]
+        return torch.tensor(seen, dtype=torch.bool, device=generated.device)
+
+    return finished
+
+
+def language_id(name: str | None, n_languages: int) -> int:
+    """The id `prepare` gives the language (its place in LANGUAGES, from 1); 0 = unknown."""
+    ids = {language.lower(): number for number, language in enumerate(LANGUAGES, start=1)}
+    number = ids.get((name or "").lower(), 0)
+    return number if number < n_languages else 0
+
+
+def torch_dtype(name: str | None) -> torch.dtype | None:
+    """The torch dtype named `name`; None keeps the weights' own."""
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise ZenCoderError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    return getattr(torch, name)
+
+
+def file_sha256(path: Path) -> str:
+    with path.open("rb") as file:
+        return hashlib.file_digest(file, "sha256").hexdigest()

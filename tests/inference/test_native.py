@@ -1,0 +1,136 @@
+"""The native backend: greedy decoding is the model's argmax, sampling follows the seed, stop
+sequences cut and end generation, batches of different-length prompts change nothing."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from tests.inference.prompts import PROMPTS, ascii_piece
+from zen_coder.data.tokenizer import load_tokenizer, special_ids
+from zen_coder.errors import ZenCoderError
+from zen_coder.inference.generation import GenerationConfig, cut_at_stop
+from zen_coder.inference.native import NativeGenerator
+from zen_coder.training.checkpoint import load_native
+
+GREEDY = GenerationConfig(max_new_tokens=12)
+SAMPLED = GenerationConfig(n=4, temperature=1.0, top_p=0.95, max_new_tokens=12, seed=7)
+
+
+@pytest.fixture(scope="module")
+def native(native_folder) -> NativeGenerator:
+    return NativeGenerator(native_folder)
+
+
+def hand_rolled_greedy(folder, ids: list[int], steps: int) -> str:
+    """Greedy decoding the long way: the whole sequence through the model for every token."""
+    model, tokenizer = load_native(folder), load_tokenizer(folder)
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    new: list[int] = []
+    with torch.no_grad():
+        for _ in range(steps):
+            token = int(model(torch.tensor([ids + new])).logits[0, -1].argmax())
+            if token == eos:
+                break
+            new.append(token)
+    return tokenizer.decode(new, skip_special_tokens=False)
+
+
+def encode(folder, text: str) -> list[int]:
+    return load_tokenizer(folder).encode(text, add_special_tokens=False).ids
+
+
+def test_greedy_completions_are_the_models_argmax(native, native_folder):
+    completions = native.complete(PROMPTS, GREEDY)
+    expected = [
+        hand_rolled_greedy(native_folder, encode(native_folder, prompt), GREEDY.max_new_tokens)
+        for prompt in PROMPTS
+    ]
+    assert [texts[0] for texts in completions] == expected
+    assert any(expected)
+
+
+def test_special_tokens_spelled_in_a_prompt_are_those_tokens(native, native_folder):
+    ids = special_ids(load_tokenizer(native_folder))
+    prompt = "<|repo|>zen<|path|>a.py<|before|>x = 1\n<|after|>"
+    by_id = [ids["<|repo|>"], *encode(native_folder, "zen"), ids["<|path|>"]]
+    by_id += [*encode(native_folder, "a.py"), ids["<|before|>"], *encode(native_folder, "x = 1\n")]
+    by_id.append(ids["<|after|>"])
+    expected = hand_rolled_greedy(native_folder, by_id, GREEDY.max_new_tokens)
+    assert native.complete([prompt], GREEDY) == [[expected]]
+
+
+def test_greedy_gives_n_equal_completions(native):
+    completions = native.complete(PROMPTS[:1], GenerationConfig(n=3, max_new_tokens=8))
+    assert len(completions[0]) == 3 and len(set(completions[0])) == 1
+
+
+def test_batches_of_different_length_prompts_equal_one_by_one(native):
+    config = GenerationConfig(max_new_tokens=12, extra={"language": "Python"})
+    batched = native.complete(PROMPTS, config)
+    alone = [native.complete([prompt], config)[0] for prompt in PROMPTS]
+    assert batched == alone
+
+
+def test_sampling_follows_the_seed(native):
+    first, again = native.complete(PROMPTS, SAMPLED), native.complete(PROMPTS, SAMPLED)
+    other_seed = native.complete(PROMPTS, GenerationConfig(**{**SAMPLED.to_dict(), "seed": 8}))
+    assert first == again
+    assert first != other_seed
+    assert all(len(texts) == 4 and len(set(texts)) > 1 for texts in first)
+
+
+def test_batch_size_counts_rows(native):
+    small_batches = GenerationConfig(**{**SAMPLED.to_dict(), "batch_size": 3})
+    completions = native.complete(PROMPTS, small_batches)
+    assert [len(texts) for texts in completions] == [4, 4, 4]
+
+
+def test_stop_sequences_cut_and_end_generation_early(native, monkeypatch):
+    long = GenerationConfig(max_new_tokens=200)
+    full = native.complete(PROMPTS[:1], long)[0][0]
+    stop = ascii_piece(full)
+    generated = []
+    generate = native.model.generate
+
+    def spy(*args, **kwargs):
+        generated.append(out := generate(*args, **kwargs))
+        return out
+
+    monkeypatch.setattr(native.model, "generate", spy)
+    stopped = native.complete(PROMPTS[:1], GenerationConfig(max_new_tokens=200, stop=(stop,)))
+    assert stopped[0][0] == cut_at_stop(full, [stop]) == full[: full.index(stop)]
+    prompt_length = len(native.tokenizer.encode(PROMPTS[0], add_special_tokens=False).ids)
+    assert generated[0].shape[1] - prompt_length < 200
+
+
+def test_language_reaches_the_router(native):
+    python = native.complete(
+        PROMPTS, GenerationConfig(max_new_tokens=12, extra={"language": "python"})
+    )
+    unknown = native.complete(
+        PROMPTS, GenerationConfig(max_new_tokens=12, extra={"language": "Ada"})
+    )
+    assert python != unknown
+    assert unknown == native.complete(PROMPTS, GenerationConfig(max_new_tokens=12))
+
+
+def test_identity_names_the_exact_model(native, native_folder):
+    identity = native.identity()
+    weights = (native_folder / "model.safetensors").read_bytes()
+    assert identity["backend"] == "native"
+    assert identity["path"] == str(native_folder.resolve())
+    assert identity["weights_sha256"] == hashlib.sha256(weights).hexdigest()
+    assert identity["config"]["d_model"] == 64 and identity["config"]["language_routing"]
+    assert identity["dtype"] == "float32"
+
+
+def test_bad_inputs_are_one_line_errors(native_folder, native):
+    with pytest.raises(ZenCoderError, match="unknown dtype 'fp8'"):
+        NativeGenerator(native_folder, dtype="fp8")
+    with pytest.raises(ZenCoderError, match="not a zen-coder model"):
+        NativeGenerator(native_folder.parent)
+    with pytest.raises(ZenCoderError, match="prompt is empty"):
+        native.complete([""], GREEDY)
