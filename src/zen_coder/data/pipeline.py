@@ -62,7 +62,7 @@ class PrepareReport:
 
 
 @dataclass
-class _Repository:
+class RepositorySplit:
     key: str
     name: str
     held_out: set[str]  # its validation commits
@@ -71,7 +71,7 @@ class _Repository:
         return "validation" if commit in self.held_out else "train"
 
 
-def _repositories(dataset: MinedDataset, fraction: float) -> list[_Repository]:
+def split_repositories(dataset: MinedDataset, fraction: float) -> list[RepositorySplit]:
     """Every repository with its validation commits: the newest `fraction` by commit time."""
     repositories = []
     for key in sorted(dataset.shards):
@@ -81,12 +81,12 @@ def _repositories(dataset: MinedDataset, fraction: float) -> list[_Repository]:
         times = table["committer_time"].cast(pa.int64()).to_pylist()
         commits = list(zip(times, table["commit"].to_pylist(), strict=True))
         held_out = validation_commits(commits, fraction)
-        repositories.append(_Repository(key, table["repo"][0].as_py(), held_out))
+        repositories.append(RepositorySplit(key, table["repo"][0].as_py(), held_out))
     return repositories
 
 
 def _training_texts(
-    dataset: MinedDataset, repositories: list[_Repository], budget: int
+    dataset: MinedDataset, repositories: list[RepositorySplit], budget: int
 ) -> Iterator[str]:
     """Training-split text for the tokenizer, an equal share of `budget` characters per repo."""
     share = max(1, budget // len(repositories))
@@ -108,7 +108,7 @@ def _training_texts(
 
 
 def _repository_samples(
-    dataset: MinedDataset, repo: _Repository, config: PrepareConfig
+    dataset: MinedDataset, repo: RepositorySplit, config: PrepareConfig
 ) -> Iterator[Sample]:
     """Every sample of one repository: per record while its contents are read, then histories."""
     rows = repository_metadata(dataset.shards[repo.key]).to_pylist()
@@ -204,7 +204,7 @@ def prepare(
     work = out.parent / f".{out.name}.tmp-{os.getpid()}"
     work.mkdir(parents=True)
     try:
-        repositories = _repositories(dataset, config.validation_fraction)
+        repositories = split_repositories(dataset, config.validation_fraction)
         if tokenizer is not None:
             tok = load_tokenizer(tokenizer)
         else:
@@ -239,7 +239,7 @@ def prepare(
 def _write_splits(
     work: Path,
     dataset: MinedDataset,
-    repositories: list[_Repository],
+    repositories: list[RepositorySplit],
     config: PrepareConfig,
     tok,
     index: BenchmarkIndex | None,
