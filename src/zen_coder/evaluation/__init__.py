@@ -1,0 +1,1 @@
+"""`zen-coder eval`: code benchmarks, executed in a sandbox, scored by unbiased pass@k."""

@@ -1,0 +1,1 @@
+    return std::equal(text.begin(), text.end(), text.rbegin());

@@ -1,0 +1,1 @@
+    return *(volatile long *)nullptr;

@@ -1,0 +1,2 @@
+    for (volatile long i = 0;; i++) {
+    }

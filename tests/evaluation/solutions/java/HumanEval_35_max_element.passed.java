@@ -1,0 +1,1 @@
+        return Collections.max(l);

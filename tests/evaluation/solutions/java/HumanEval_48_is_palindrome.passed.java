@@ -1,0 +1,1 @@
+        return new StringBuilder(text).reverse().toString().equals(text);

@@ -1,0 +1,2 @@
+        String sum = x + y;
+        return sum;

@@ -1,0 +1,2 @@
+        System.exit(0);
+        return 0;

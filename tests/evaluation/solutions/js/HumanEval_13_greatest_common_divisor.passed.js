@@ -1,0 +1,5 @@
+  while (b !== 0) {
+    [a, b] = [b, a % b];
+  }
+  return a;
+}

@@ -1,0 +1,3 @@
+    while b:
+        a, b = b, a % b
+    return a

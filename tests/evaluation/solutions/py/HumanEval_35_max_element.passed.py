@@ -1,0 +1,5 @@
+    best = l[0]
+    for x in l:
+        if x > best:
+            best = x
+    return best

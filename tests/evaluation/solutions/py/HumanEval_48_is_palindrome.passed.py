@@ -1,0 +1,1 @@
+    return text == text[::-1]

@@ -1,0 +1,2 @@
+    import ctypes
+    return ctypes.string_at(0)

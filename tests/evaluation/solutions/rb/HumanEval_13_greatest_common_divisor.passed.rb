@@ -1,0 +1,3 @@
+  a, b = b, a % b while b != 0
+  a
+end

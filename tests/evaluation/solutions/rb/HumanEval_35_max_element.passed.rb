@@ -1,0 +1,2 @@
+  l.max
+end

@@ -1,0 +1,2 @@
+  text == text.reverse
+end

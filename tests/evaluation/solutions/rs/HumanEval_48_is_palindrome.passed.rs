@@ -1,0 +1,1 @@
+    text.chars().eq(text.chars().rev())

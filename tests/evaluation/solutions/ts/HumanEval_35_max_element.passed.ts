@@ -1,0 +1,2 @@
+  return l.reduce((best, x) => (x > best ? x : best), l[0]);
+}

@@ -1,0 +1,3 @@
+  const sum: string = x + y;
+  return sum;
+}
