@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from zen_coder import benchmarks
-from zen_coder.benchmarks import Problem, load_problems
+from zen_coder.benchmarks import Problem, load_problems, load_set
 from zen_coder.errors import ZenCoderError
 
 SHARED = Path("/work/shared/benchmarks")
@@ -69,6 +69,7 @@ FAKE_MBPP = Problem(
     prompt="Write a function to double a number.",
     solution="def double(x):\r\n  return 2 * x",
     tests="offset = 1\nassert double(2) == 4\nassert double(offset) == 2\n",
+    example_test="assert double(2) == 4",
 )
 FAKE_SANITIZED = Problem(
     benchmark="mbpp-sanitized",
@@ -77,6 +78,7 @@ FAKE_SANITIZED = Problem(
     prompt="Write a function to compute a square root.",
     solution="import math\ndef root(x):\n  return math.sqrt(x)",
     tests="import math\nassert math.isclose(root(4), 2)\n",
+    example_test="assert math.isclose(root(4), 2)",
 )
 FAKE_MULTIPL_E = Problem(
     benchmark="multipl-e/humaneval-go",
@@ -85,6 +87,7 @@ FAKE_MULTIPL_E = Problem(
     prompt=MULTIPL_E_ROW["prompt"],
     solution="",
     tests=MULTIPL_E_ROW["tests"],
+    stop=("\nfunc",),
 )
 
 
@@ -376,6 +379,29 @@ def test_shared_multipl_e_fields(shared_problems):
         prompt=raw["prompt"],
         solution="",
         tests=raw["tests"],
+        stop=tuple(raw["stop_tokens"]),
     )
     go = shared_problems["multipl-e/mbpp-go", "mbpp_100_next_smallest_palindrome"]
     assert go.language == "go"
+
+
+@pytest.mark.usefixtures("datasets")
+def test_one_set_by_name_from_the_hub(tmp_path, monkeypatch):
+    java_row = {**MULTIPL_E_ROW, "language": "java", "name": "HumanEval_0_add"}
+    configs = {"humaneval-java": {"test": [java_row]}, "mbpp-rs": {"test": [MULTIPL_E_ROW]}}
+    monkeypatch.setitem(
+        benchmarks.HUB_IDS, "multipl-e", str(write_hub_dataset(tmp_path / "m", configs))
+    )
+    (problem,) = load_set("humaneval-java")
+    assert (problem.benchmark, problem.language, problem.stop) == (
+        "multipl-e/humaneval-java",
+        "java",
+        ("\nfunc",),
+    )
+    with pytest.raises(ZenCoderError, match="unknown benchmark set 'apps'"):
+        load_set("apps")
+
+
+def test_one_set_from_a_folder_names_the_missing_file(tmp_path):
+    with pytest.raises(ZenCoderError, match=r"mbpp\.jsonl"):
+        load_set("mbpp", tmp_path)
