@@ -217,3 +217,13 @@ def test_history_benchmark_through_the_harness(tmp_path, native_folder):
     assert run["benchmarks"][name]["prompt_template"].startswith("<|repo|>")
     assert report.results[0].samples == 1
     assert 0 <= report.results[0].metrics["edit_similarity"] < 1
+
+
+@needs_shared
+def test_a_sample_whose_task_is_in_two_selected_benchmarks_needs_its_benchmark(tmp_path):
+    samples = write_jsonl(
+        tmp_path / "s.jsonl", [{"task_id": "HumanEval_53_add", "completion": "  return x + y;\n}"}]
+    )
+    settings = EvalSettings(benchmarks=("multipl-e/js", "multipl-e/ts"), data=str(SHARED))
+    with pytest.raises(ZenCoderError, match="several selected benchmarks"):
+        evaluate(settings, tmp_path / "out", samples_file=samples)

