@@ -357,6 +357,9 @@ def become_main(script):
         parent, _, child = name.rpartition(".")
         if parent in BASELINE and getattr(sys.modules[parent], child, None) is module:
             delattr(sys.modules[parent], child)
+    # `site` added the folders of .pth files as the host saw them; a new interpreter here adds
+    # only those the sandbox can see (a checkout under the host's /tmp is hidden, for one).
+    sys.path[:] = [entry for entry in sys.path if entry.endswith(".zip") or os.path.isdir(entry)]
     path = os.path.abspath(script)
     sys.argv = [script]
     sys.orig_argv = [*sys.orig_argv[: sys.orig_argv.index("-c")], script]
