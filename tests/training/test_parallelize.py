@@ -44,7 +44,7 @@ def launch(folder: Path, processes: int, tensor_parallel: int, *flags: str) -> d
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     if result.returncode != 0 and GLOO_ABORT in result.stderr:
-        # Rarely (about one CI run in three here) a gloo worker thread aborts a rank with
+        # Rarely (one of the last four CI runs here) a gloo worker thread aborts a rank with
         # std::terminate; the same launch then passes. Tracked as a follow-up, not hidden twice.
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
