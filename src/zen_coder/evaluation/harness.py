@@ -146,36 +146,52 @@ def evaluate(
             done, fresh = _run_history(
                 out, benchmark, history[benchmark], samples, results, template, settings, progress
             )
-            executed, reused = executed + fresh, reused + done
-            report_rows.append(_score(benchmark, benchmark_tasks, {}, samples, results))
-            continue
-        runnable, skipped = _runnable(benchmark_tasks)
-        if skipped:
-            say(f"{benchmark}: skipped, {skipped}")
-            report_rows.append(_skipped(benchmark, benchmark_tasks, skipped))
-            continue
-        excluded, limits = _exclusions(out, benchmark, runnable, settings.workers, say, progress)
-        jobs, keys = [], []
-        for task in runnable:
-            if task.task_id in excluded:
-                continue
-            for sample, completion in enumerate(samples.get((benchmark, task.task_id), [])):
-                key = (benchmark, task.task_id, sample)
-                if key in results:
-                    reused += 1
-                    continue
-                keys.append((key, task, completion))
-                jobs.append(Job(task.language, task.program(completion), limits.get(task.task_id)))
-        verdicts = execute(jobs, settings.workers, _progress(progress, benchmark, len(jobs)))
-        _append_results(out / RESULTS, keys, verdicts, results)
-        executed += len(jobs)
-        report_rows.append(_score(benchmark, runnable, excluded, samples, results))
+            row = _score(benchmark, benchmark_tasks, {}, samples, results)
+        else:
+            row, done, fresh = _run_programs(
+                out, benchmark, benchmark_tasks, samples, results, settings, say, progress
+            )
+        report_rows.append(row)
+        executed, reused = executed + fresh, reused + done
 
     report = EvalReport(
         out, report_rows, generated, executed, reused, time.perf_counter() - started
     )
     _write_json(out / SUMMARY, _summary(report))
     return report
+
+
+def _run_programs(
+    out: Path,
+    benchmark: str,
+    tasks: list[Task],
+    samples: dict[SampleKey, list[str]],
+    results: dict[ResultKey, dict[str, Any]],
+    settings: EvalSettings,
+    say: Say,
+    progress: Progress | None,
+) -> tuple[BenchmarkResult, int, int]:
+    """Execute the benchmark's samples not executed yet and score it. Returns the result, the
+    samples reused from an earlier run and the samples executed now."""
+    runnable, skipped = _runnable(tasks)
+    if skipped:
+        say(f"{benchmark}: skipped, {skipped}")
+        return _skipped(benchmark, tasks, skipped), 0, 0
+    excluded, limits = _exclusions(out, benchmark, runnable, settings.workers, say, progress)
+    jobs, keys, reused = [], [], 0
+    for task in runnable:
+        if task.task_id in excluded:
+            continue
+        for sample, completion in enumerate(samples.get((benchmark, task.task_id), [])):
+            key = (benchmark, task.task_id, sample)
+            if key in results:
+                reused += 1
+                continue
+            keys.append((key, task, completion))
+            jobs.append(Job(task.language, task.program(completion), limits.get(task.task_id)))
+    verdicts = execute(jobs, settings.workers, _progress(progress, benchmark, len(jobs)))
+    _append_results(out / RESULTS, keys, verdicts, results)
+    return _score(benchmark, runnable, excluded, samples, results), reused, len(jobs)
 
 
 def _load_all_tasks(
