@@ -154,11 +154,13 @@ Rerunning with the same inputs and settings reuses the output.
 """
 
 
-def _simple_progress(console: Console, quiet: bool, label: str, unit: str):
+def _progress_bars(console: Console, quiet: bool, unit: str = ""):
+    """A progress display and `start(label, total)`, which adds one bar and returns its
+    `advance(count)`; (None, None) when quiet."""
     if quiet:
         return None, None
     bar = Progress(
-        TextColumn(f"[bold]{label}[/]"),
+        TextColumn("[bold]{task.description}[/]"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn(unit),
@@ -167,11 +169,16 @@ def _simple_progress(console: Console, quiet: bool, label: str, unit: str):
         console=console,
     )
 
-    def start(total: int) -> Callable[[int], None]:
-        task = bar.add_task("", total=total)
+    def start(label: str, total: int) -> Callable[[int], None]:
+        task = bar.add_task(label, total=total)
         return lambda done: bar.update(task, advance=done)
 
     return bar, start
+
+
+def _simple_progress(console: Console, quiet: bool, label: str, unit: str):
+    bar, start = _progress_bars(console, quiet, unit)
+    return bar, (None if start is None else lambda total: start(label, total))
 
 
 def print_prepare_summary(console: Console, report) -> None:
@@ -388,25 +395,6 @@ settings) in --out; rerunning the same command resumes.
 """
 
 
-def _eval_progress(console: Console, quiet: bool):
-    if quiet:
-        return None, None
-    bar = Progress(
-        TextColumn("[bold]{task.description}[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
-
-    def start(label: str, total: int) -> Callable[[int], None]:
-        task = bar.add_task(label, total=total)
-        return lambda done: bar.update(task, advance=done)
-
-    return bar, start
-
-
 def _percent(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
@@ -482,7 +470,7 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
             dtype=args.dtype,
             served_model=args.served_model,
         )
-    bar, progress = _eval_progress(console, args.quiet)
+    bar, progress = _progress_bars(console, args.quiet)
     if bar is not None:
         bar.start()
     try:
