@@ -93,22 +93,23 @@ def test_greedy_generation_with_the_cache_equals_full_forward():
 def test_balance_and_z_losses_on_a_hand_computed_example():
     config = dataclasses.replace(
         TINY,
-        d_model=2,
+        d_model=8,
         n_heads=1,
         n_kv_heads=1,
         n_experts=2,
         experts_per_token=1,
-        expert_dim=2,
+        expert_dim=8,
         language_routing=False,
     )
     moe = MoE(config)
     with torch.no_grad():
-        moe.router.weight.copy_(
-            torch.tensor([[math.log(0.8), math.log(0.3)], [math.log(0.2), math.log(0.7)]])
+        moe.router.weight.zero_()
+        moe.router.weight[:, :2] = torch.tensor(
+            [[math.log(0.8), math.log(0.3)], [math.log(0.2), math.log(0.7)]]
         )
         for weight in (moe.w1, moe.w2, moe.w3):
             weight.normal_()
-    x = torch.eye(2)  # token 1 routes 0.8/0.2 (expert 0), token 2 0.3/0.7 (expert 1)
+    x = torch.eye(2, 8)  # token 1 routes 0.8/0.2 (expert 0), token 2 0.3/0.7 (expert 1)
     _, stats = moe(x, None)
     # fraction of tokens per expert [0.5, 0.5], mean probability [0.55, 0.45]:
     # 2 * (0.5 * 0.55 + 0.5 * 0.45) = 1.0; the probabilities sum to one, so logsumexp = 0.
@@ -117,14 +118,18 @@ def test_balance_and_z_losses_on_a_hand_computed_example():
     assert stats.load.tolist() == [1, 1]
 
 
-def test_top_k_routing_renormalizes_weights():
+def test_grouped_experts_compute_each_tokens_own_experts_and_their_gradients():
+    """The grouped product (sorted, padded groups, several experts with no token at all) gives
+    what each token's own k experts give, and the same gradients to every weight."""
     config = dataclasses.replace(TINY, language_routing=False)
     moe = MoE(config)
     torch.nn.init.normal_(moe.router.weight)
     for weight in (moe.w1, moe.w2, moe.w3):
         torch.nn.init.normal_(weight, std=0.1)
     x = torch.randn(5, config.d_model)
+    upstream = torch.randn(5, config.d_model)
     y, stats = moe(x, None)
+    grouped = torch.autograd.grad((y * upstream).sum(), [moe.w1, moe.w2, moe.w3])
     probs = (x @ moe.router.weight.T).softmax(-1)
     chosen = probs.topk(config.experts_per_token).indices
     expected = torch.zeros_like(x)
@@ -135,8 +140,16 @@ def test_top_k_routing_renormalizes_weights():
                 x[token] @ moe.w3[expert].T
             )
             expected[token] += weight * (hidden @ moe.w2[expert].T)
+    reference = torch.autograd.grad((expected * upstream).sum(), [moe.w1, moe.w2, moe.w3])
     assert torch.allclose(y, expected, atol=1e-5)
+    for mine, theirs in zip(grouped, reference, strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-5)
     assert int(stats.load.sum()) == 5 * config.experts_per_token
+    assert (stats.load == 0).any()  # empty groups were exercised
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low, _ = moe(x, None)
+    assert low.dtype == torch.float32
+    assert torch.allclose(low, expected, atol=0.05 * expected.abs().max().item())
 
 
 CHANNEL_OF = {
@@ -243,10 +256,9 @@ def test_the_temporal_bias_is_the_fourier_series_it_claims():
     attention = model.blocks[0].attention
     q = torch.zeros(1, 1, 2, attention.head_dim)
     k = torch.zeros(1, 1, 2, attention.head_dim)
-    v = torch.zeros(1, 1, 2, attention.head_dim)
     time = torch.tensor([[3.0, 10.0]])
     phases = time[:, None, :, None] * model.time_frequencies
-    q2, k2, _ = attention._with_time(q, k, v, phases.cos(), phases.sin())
+    q2, k2 = attention._with_time(q, k, phases.cos(), phases.sin())
     score = (q2[0, 0, 1] @ k2[0, 0, 0]) * attention.head_dim**-0.5  # query at 10, key at 3
     c, s = attention.temporal.weight.view(2, -1)
     w = model.time_frequencies
@@ -278,6 +290,8 @@ def test_bad_settings_are_one_line_errors():
         dataclasses.replace(TINY, n_heads=4, n_kv_heads=3)
     with pytest.raises(ZenCoderError, match="unknown model preset 'huge'"):
         preset("huge")
+    with pytest.raises(ZenCoderError, match="d_model and expert_dim must be multiples of 8"):
+        dataclasses.replace(TINY, expert_dim=60)
 
 
 def test_left_padded_prompts_generate_what_each_generates_alone():

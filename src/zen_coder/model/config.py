@@ -93,6 +93,11 @@ class ModelConfig:
             (self.head_dimension % 2 == 0, "the head dimension must be even (rotary embeddings)"),
             (self.n_repos >= 1 and self.n_languages >= 1, "n_repos and n_languages start at 1"),
             (self.temporal_frequencies >= 1, "temporal_frequencies must be at least 1"),
+            (
+                self.d_model % 8 == 0 and self.expert_dim % 8 == 0,
+                "d_model and expert_dim must be multiples of 8 (the grouped expert products "
+                "need rows of a multiple of 16 bytes)",
+            ),
         ]
         for ok, message in checks:
             if not ok:

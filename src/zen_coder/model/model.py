@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from zen_coder.model.config import ModelConfig
 
@@ -151,15 +152,18 @@ class Attention(nn.Module):
         v = self.v(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         q, k = rotate(q, context.cos, context.sin), rotate(k, context.cos, context.sin)
         if self.temporal is not None and context.time_cos is not None:
-            q, k, v = self._with_time(q, k, v, context.time_cos, context.time_sin)
+            q, k = self._with_time(q, k, context.time_cos, context.time_sin)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
         scale = self.head_dim**-0.5
         if context.block_mask is not None:
+            # FlexAttention takes values narrower than queries and keys.
             y = _flex_attention()(
                 q, k, v, block_mask=context.block_mask, scale=scale, enable_gqa=True
             )
         else:
+            # SDPA kernels want one width for q, k and v: pad the values, then drop the padding.
+            v = F.pad(v, (0, q.shape[-1] - v.shape[-1]))
             y = F.scaled_dot_product_attention(
                 q,
                 k,
@@ -168,13 +172,10 @@ class Attention(nn.Module):
                 is_causal=context.causal,
                 scale=scale,
                 enable_gqa=True,
-            )
-        y = y[..., : self.head_dim]  # values were padded to the query width
+            )[..., : self.head_dim]
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
-    def _with_time(
-        self, q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def _with_time(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
         table = self.temporal(q.new_ones(1, dtype=self.temporal.weight.dtype))
         c, s = table.view(-1, 2, 1, self.frequencies).unbind(1)  # each [H, 1, M]
         # Scaled by sqrt(Hd) so that SDPA's 1/sqrt(Hd) leaves the bias itself in the score.
@@ -183,14 +184,15 @@ class Attention(nn.Module):
         k_time = torch.cat([cos, sin], dim=-1).expand(-1, k.shape[1], -1, -1)  # [B, K, T, 2M]
         q = torch.cat([q, q_time.to(q.dtype)], dim=-1)
         k = torch.cat([k, k_time.to(k.dtype)], dim=-1)
-        v = F.pad(v, (0, q_time.shape[-1]))  # SDPA kernels want one width for q, k and v
-        return q, k, v
+        return q, k
+
+
+# FlexAttention fuses into one kernel only when compiled; uncompiled it materializes the scores.
+_compiled_flex_attention = torch.compile(flex_attention)
 
 
 def _flex_attention():
-    from torch.nn.attention.flex_attention import flex_attention
-
-    return torch.compile(flex_attention) if torch.cuda.is_available() else flex_attention
+    return _compiled_flex_attention if torch.cuda.is_available() else flex_attention
 
 
 # -- mixture of experts -------------------------------------------------------------------------
@@ -208,9 +210,14 @@ class RouterStats:
 class MoE(nn.Module):
     """SwiGLU experts behind a softmax top-k router; dropless (every token gets its k experts).
 
-    Tokens are sorted by expert and each expert runs one matmul over its tokens: the Python loop
-    is over the E experts, never over tokens.
+    Tokens are sorted by expert into groups and all experts run as one grouped matrix product
+    (`torch._grouped_mm`): no Python loop, no host synchronization, and shapes that depend only
+    on the number of tokens, so the block compiles to one graph. Each group is padded with zero
+    rows to a multiple of GROUP_ALIGN: the kernel wants every group's start 16-byte aligned
+    (the weight gradient reduces over a group's rows), and the padding adds nothing.
     """
+
+    GROUP_ALIGN = 16
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -243,22 +250,22 @@ class MoE(nn.Module):
         weights = probs.gather(-1, chosen)
         if self.renormalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)
-        flat = chosen.reshape(-1)
+        flat = chosen.reshape(-1)  # [N*k]
         order = flat.argsort(stable=True)
-        tokens = order // self.top_k
-        load = torch.bincount(flat, minlength=E)
-        routed = x[tokens]  # [N*k, D], grouped by expert
-        # split() and unbind() give views whose gradients autograd gathers without a zeroed
-        # full-size buffer per expert (slicing would allocate one).
-        parts = routed.split(load.tolist())
-        experts = zip(parts, self.w1.unbind(0), self.w3.unbind(0), self.w2.unbind(0), strict=True)
-        outputs = [
-            (F.silu(part @ gate.T) * (part @ up.T)) @ down.T
-            for part, gate, up, down in experts
-            if part.shape[0]
-        ]
-        combined = torch.cat(outputs) * weights.reshape(-1)[order, None].to(x.dtype)
-        y = torch.zeros_like(x).index_add_(0, tokens, combined)
+        tokens = order // self.top_k  # the token of each routed row, grouped by expert
+        load = torch.zeros(E, dtype=torch.long, device=x.device)
+        load.scatter_add_(0, flat, torch.ones_like(flat))  # bincount would synchronize on GPU
+        rows, ends, slot = self._groups(load, flat[order])
+        dtype = _compute_dtype(x)
+        grouped = x.new_zeros(rows, x.shape[1], dtype=dtype).index_copy(
+            0, slot, x[tokens].to(dtype)
+        )
+        gate = torch._grouped_mm(grouped, self.w1.to(dtype).transpose(1, 2), offs=ends)
+        up = torch._grouped_mm(grouped, self.w3.to(dtype).transpose(1, 2), offs=ends)
+        hidden = F.silu(gate) * up  # [rows, F]
+        out = torch._grouped_mm(hidden, self.w2.to(dtype).transpose(1, 2), offs=ends)[slot]
+        combined = out * weights.reshape(-1)[order, None].to(dtype)  # [N*k, D]
+        y = torch.zeros_like(x).index_add_(0, tokens, combined.to(x.dtype))
         if not losses:
             return y, RouterStats(logits.new_zeros(()), logits.new_zeros(()), load)
         # Switch/Mixtral balance loss: E * sum over (slot, expert) of the fraction of tokens
@@ -268,11 +275,34 @@ class MoE(nn.Module):
         z_loss = torch.logsumexp(logits, dim=-1).square().mean()
         return y, RouterStats(balance, z_loss, load)
 
+    def _groups(self, load: Tensor, expert: Tensor) -> tuple[int, Tensor, Tensor]:
+        """The padded layout of the routed rows: its row count (a bound that depends only on
+        how many rows there are), each group's end offset (int32, the last one at the bound),
+        and each routed row's place in it. `expert` [N*k] is each routed row's expert, sorted.
+
+        Every group gets 1 to GROUP_ALIGN rows of padding, so none is empty."""
+        align, E = self.GROUP_ALIGN, load.shape[0]
+        rows = expert.shape[0] + E * align
+        padded = (load // align + 1) * align
+        padded_ends = padded.cumsum(0)
+        rank = torch.arange(expert.shape[0], device=expert.device) - (load.cumsum(0) - load)[expert]
+        slot = (padded_ends - padded)[expert] + rank
+        ends = torch.cat([padded_ends[:-1], padded_ends.new_full((1,), rows)]).to(torch.int32)
+        return rows, ends, slot
+
     @torch.no_grad()
     def update_expert_bias(self, load: Tensor, rate: float) -> None:
         """Auxiliary-loss-free balancing: raise the bias of under-loaded experts, lower others."""
         load = load.float()
         self.expert_bias += rate * torch.sign(load.mean() - load)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype matrix products run in: autocast's where it is on (grouped products are not
+    on its list), else the input's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
 
 
 # -- the transformer ----------------------------------------------------------------------------
@@ -399,7 +429,6 @@ class ZenCoder(nn.Module):
 
     def _block_mask(self, segment: Tensor | None, B: int, T: int):
         """FlexAttention's block-sparse (document-)causal mask: no T x T tensor is materialized."""
-        from torch.nn.attention.flex_attention import create_block_mask
 
         def causal(b, h, q_index, k_index):
             return q_index >= k_index
