@@ -6,7 +6,11 @@ on) on random tokens with random side channels. MFU is the model's training FLOP
 (6N + 12·L·H·Hd·T, PaLM's accounting, N the active parameters) times tokens/s, over that peak.
 
     python benchmarks/train_throughput.py                                   # tiny, CPU
-    python benchmarks/train_throughput.py --preset small --device cuda --dtype bfloat16
+    python benchmarks/train_throughput.py --preset small --device cuda --dtype bfloat16 \
+        --attention flex --compile --accumulation 4
+
+`--accumulation N` runs N micro-batches per optimizer step, as training does (the card's batch
+is 256 sequences): the optimizer's fixed cost is then shared by N micro-batches.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from zen_coder.model.model import ZenCoder, next_token_targets
 from zen_coder.model.summary import flops_per_token, parameter_counts
 from zen_coder.training.config import TrainConfig
 from zen_coder.training.optim import build_optimizer
+from zen_coder.training.parallelize import compile_blocks
 
 
 def synchronize(device: torch.device) -> None:
@@ -71,7 +76,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="sequences per step")
     parser.add_argument("--length", type=int, default=0, help="tokens per sequence (0: context)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps (compiling, too)")
+    parser.add_argument("--accumulation", type=int, default=1, help="micro-batches per step")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each block")
+    parser.add_argument("--profile", type=int, default=0, help="then profile this many steps")
     parser.add_argument("--techniques", choices=["on", "off"], default="on")
     parser.add_argument("--attention", choices=["sdpa", "flex"], default="sdpa")
     parser.add_argument("--matmul-size", type=int, default=0, help="0: 8192 on GPU, 2048 on CPU")
@@ -85,23 +93,28 @@ def main() -> None:
     config = dataclasses.replace(config, context_length=length, attention=args.attention)
     torch.manual_seed(0)
     model = ZenCoder(config).to(device).train()
+    if args.compile:
+        compile_blocks(model)
     optimizer = build_optimizer(model, TrainConfig(), device)
     inputs = batch(config, args.batch, length, device)
     tokens = inputs.pop("tokens")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
 
     def step() -> float:
-        with autocast:
-            loss = model(tokens, **inputs).loss
-        loss.backward()
+        for _ in range(args.accumulation):
+            with autocast:
+                loss = model(tokens, **inputs).loss
+            (loss / args.accumulation).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return float(loss.detach())
 
+    start = time.perf_counter()
     for _ in range(args.warmup):
         step()
     synchronize(device)
+    print(f"{args.warmup} warm-up steps (compiling included): {time.perf_counter() - start:.1f} s")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -112,15 +125,16 @@ def main() -> None:
     peak = matmul_peak(device, dtype, args.matmul_size or (8192 if device.type == "cuda" else 2048))
     counts = parameter_counts(config)
     flops = flops_per_token(config, counts)["training"]
-    rate = args.steps * args.batch * length / seconds
+    rate = args.steps * args.accumulation * args.batch * length / seconds
     print(
         f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {args.dtype}"
     )
     print(
         f"model: {args.preset}, techniques {args.techniques}, {args.attention} attention, "
-        f"{counts['total']:,} parameters "
-        f"({counts['active']:,} active), batch {args.batch} x {length} tokens"
+        f"{'compiled' if args.compile else 'eager'}, {counts['total']:,} parameters "
+        f"({counts['active']:,} active), batch {args.batch} x {length} tokens, "
+        f"{args.accumulation} micro-batch(es) per optimizer step"
     )
     print(
         f"training: {rate:,.0f} tokens/s ({seconds / args.steps * 1000:,.1f} ms/step), "
@@ -133,6 +147,21 @@ def main() -> None:
     if device.type == "cuda":
         memory = torch.cuda.max_memory_allocated(device) / 2**30
         print(f"peak GPU memory: {memory:,.1f} GiB")
+    if args.profile:
+        profile(step, args.profile, device)
+
+
+def profile(step, steps: int, device: torch.device) -> None:
+    """Where the time of a few steps goes: the operators that take the most device time."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        for _ in range(steps):
+            step()
+        synchronize(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(profiler.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60))
 
 
 if __name__ == "__main__":

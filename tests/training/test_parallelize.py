@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from tests.training.parallel_run import build_model, global_batches, share, train
 from zen_coder.errors import ZenCoderError
@@ -154,6 +155,30 @@ def test_alone_it_is_rank_zero_of_one_and_changes_nothing(monkeypatch):
     assert parallelize(model, dist) is model
     assert not any(hasattr(parameter, "placements") for parameter in model.parameters())
     shutdown(dist)
+
+
+def test_compiled_blocks_compute_what_eager_blocks_do():
+    """Every block compiles whole (a graph break would fail), all share one graph, and the
+    compiled model's loss and gradients are the eager model's, under bfloat16 autocast."""
+    torch._dynamo.reset()
+    counters.clear()
+    eager, compiled = build_model(), build_model()
+    dist = Distributed(0, 1, 0, 0, 1, 1, torch.device("cpu"), mesh=None)
+    parallelize(compiled, dist, compile=True)
+    batch = dict(global_batches()[0])
+    tokens = batch.pop("tokens")
+    losses, gradients = [], []
+    for model in (eager, compiled):
+        torch.manual_seed(0)  # the same repository dropout
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(tokens, **batch).loss
+        loss.backward()
+        losses.append(loss.item())
+        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert counters["stats"]["unique_graphs"] == 1
+    assert losses[1] == pytest.approx(losses[0], rel=1e-2)
+    error = (gradients[0] - gradients[1]).norm() / gradients[0].norm()
+    assert error < 0.05
 
 
 @pytest.mark.parametrize("tensor_parallel", [0, 2])

@@ -90,6 +90,15 @@ def test_training_lowers_the_loss_and_exports(data, tmp_path):
     assert torch.allclose(exported(tokens).logits, model(tokens).logits, atol=1e-4)
 
 
+def test_a_compiled_bfloat16_run_trains_and_exports_plain_weights(data, tmp_path):
+    out = tmp_path / "run"
+    settings = configs("train.steps=8", "train.dtype=bfloat16", "train.compile=true")
+    report = train(data, out, *settings)
+    assert report.validation["loss"] < report.initial_validation["loss"] - 0.5
+    model = load_native(out / "model")  # compiling left the parameter names alone
+    assert model(torch.randint(0, model.config.vocab_size, (1, 8))).logits.isfinite().all()
+
+
 def test_resuming_from_a_checkpoint_reaches_the_same_losses(data, tmp_path):
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     train(data, whole, *configs("train.steps=8"))
@@ -164,6 +173,8 @@ def test_recipes_and_overrides():
         load_run_config(None, ["optimizer.lr=1"])
     with pytest.raises(ZenCoderError, match="global_batch must be a multiple of micro_batch"):
         TrainConfig(global_batch=10, micro_batch=4)
+    with pytest.raises(ZenCoderError, match="compile needs dtype bfloat16"):
+        TrainConfig(compile=True)
 
 
 def test_schedule_and_weight_decay_groups():

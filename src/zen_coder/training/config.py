@@ -34,6 +34,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     dtype: str = "float32"  # autocast dtype; master weights stay float32
+    compile: bool = False  # torch.compile each block (needs dtype bfloat16; for GPUs)
     eval_every: int = 100
     eval_batches: int = 20
     checkpoint_every: int = 100
@@ -54,6 +55,11 @@ class TrainConfig:
                 raise ZenCoderError(f"train setting {name} must be at least 1")
         if self.dtype not in DTYPES:
             raise ZenCoderError(f"train setting dtype must be one of {', '.join(DTYPES)}")
+        if self.compile and self.dtype != "bfloat16":
+            raise ZenCoderError(
+                "train setting compile needs dtype bfloat16 (the compiled grouped expert "
+                "products run in bfloat16); set dtype=bfloat16 or compile=false"
+            )
         if self.upcycle not in ("copy", "slice"):
             raise ZenCoderError("train setting upcycle must be copy or slice")
         if self.global_batch % self.micro_batch:

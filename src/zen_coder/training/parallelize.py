@@ -7,8 +7,10 @@ while data-parallel ranks exchange only parameters and gradients.
 Tensor parallelism (Megatron style) splits each block's attention by heads: q, k, v and the
 temporal-attention coefficients are split by output rows (column-wise), so each rank computes
 its own heads; o is split by input columns (row-wise) and its partial outputs are all-reduced.
-Then FSDP2 shards every parameter over "dp", one block at a time, so a block's parameters are
-gathered just before it runs and freed after.
+Then each block may be compiled (`torch.compile`): one graph per block, shared by all blocks,
+fuses the small elementwise kernels (norms, rotary embedding, casts, SwiGLU) and cuts kernel
+launches. Last, FSDP2 shards every parameter over "dp", one block at a time, so a block's
+parameters are gathered just before it runs and freed after.
 
 The current plan's limit: the mixture of experts (router and experts), the embeddings, the norms
 and the output head are replicated across tensor-parallel ranks, so every tp rank computes the
@@ -89,9 +91,13 @@ def init_distributed(tensor_parallel: int = 1) -> Distributed:
 
 
 def parallelize(
-    model: ZenCoder, dist: Distributed, param_dtype: torch.dtype | None = None
+    model: ZenCoder,
+    dist: Distributed,
+    param_dtype: torch.dtype | None = None,
+    compile: bool = False,
 ) -> ZenCoder:
-    """Apply tensor parallelism (tp_size > 1), then FSDP2 over "dp" (dp_size > 1), in place.
+    """Apply tensor parallelism (tp_size > 1), compile each block (`compile`), then FSDP2 over
+    "dp" (dp_size > 1), in place.
 
     Every rank must hold the same full weights (build the model from the same seed on
     dist.device): each rank keeps its own share of them. Tensor parallelism comes first because
@@ -109,6 +115,8 @@ def parallelize(
             raise ZenCoderError(f"tensor_parallel={dist.tp_size} must divide model {name}={heads}")
     if dist.tp_size > 1:
         _tensor_parallel(model, dist.mesh["tp"])
+    if compile:
+        compile_blocks(model)
     if dist.dp_size > 1:
         _fully_shard(model, dist.mesh["dp"], param_dtype)
     return model
@@ -128,6 +136,17 @@ def _tensor_parallel(model: ZenCoder, mesh: DeviceMesh) -> None:
         plan["temporal"] = ColwiseParallel()
     for block in model.blocks:
         parallelize_module(block.attention, mesh, plan)
+
+
+def compile_blocks(model: ZenCoder) -> None:
+    """Compile every block in place, each to one whole graph (no graph breaks).
+
+    Every block runs the same code on its own parameters, so they share one compiled graph:
+    compiling costs one block's time, not one per block. The grouped expert products compile
+    in bfloat16 only: run the compiled model under bfloat16 autocast.
+    """
+    for block in model.blocks:
+        block.compile(fullgraph=True)
 
 
 def _fully_shard(model: ZenCoder, mesh: DeviceMesh, param_dtype: torch.dtype | None) -> None:

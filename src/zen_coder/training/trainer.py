@@ -260,7 +260,8 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
     model = _build_model(model_config, config, prepared).to(dist.device)
     torch.manual_seed(config.seed + dist.dp_rank)  # but each data-parallel rank its own dropout
     model_config = model.config
-    model = parallelize(model, dist, torch.bfloat16 if config.dtype == "bfloat16" else None)
+    param_dtype = torch.bfloat16 if config.dtype == "bfloat16" else None
+    model = parallelize(model, dist, param_dtype, compile=config.compile)
     optimizer = build_optimizer(model, config, dist.device)
     scheduler = build_scheduler(optimizer, config)
     dataset = PackedDataset(

@@ -1,0 +1,83 @@
+"""The GPU paths CI cannot run: the grouped expert kernel and the compiled blocks on CUDA.
+
+Skipped without a GPU; benchmarks/gpu_check.sh's task runs them on one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from zen_coder.model.config import preset
+from zen_coder.model.model import MoE, ZenCoder, next_token_targets
+from zen_coder.training.parallelize import compile_blocks
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+SMALL = dataclasses.replace(preset("small"), n_layers=2, n_repos=8)
+
+
+def relative_error(mine: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((mine.float() - reference.float()).norm() / reference.float().norm())
+
+
+def test_grouped_experts_in_bfloat16_compute_each_experts_own_product():
+    """The bfloat16 grouped kernel with padded groups, against one fp32 product per expert
+    (the same routing: a bfloat16 router flips near-ties that an fp32 one would not)."""
+    torch.manual_seed(0)
+    moe = MoE(SMALL).cuda()
+    for weight in (moe.w1, moe.w2, moe.w3, moe.router.weight):
+        torch.nn.init.normal_(weight, std=0.02)
+    x = torch.randn(4096, SMALL.d_model, device="cuda")
+    upstream = torch.randn_like(x)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y, stats = moe(x, None)
+    grouped = torch.autograd.grad((y * upstream).sum(), [moe.w1, moe.w2, moe.w3])
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # route exactly as the module did
+        probs = moe.router(x).float().softmax(-1)
+    chosen = probs.topk(SMALL.experts_per_token).indices
+    weights = probs.gather(-1, chosen)
+    weights = weights / weights.sum(-1, keepdim=True)
+    expected = torch.zeros_like(x)
+    for expert in range(SMALL.n_experts):
+        token, slot = (chosen == expert).nonzero(as_tuple=True)
+        hidden = torch.nn.functional.silu(x[token] @ moe.w1[expert].T) * (
+            x[token] @ moe.w3[expert].T
+        )
+        expected.index_add_(0, token, weights[token, slot, None] * (hidden @ moe.w2[expert].T))
+    reference = torch.autograd.grad((expected * upstream).sum(), [moe.w1, moe.w2, moe.w3])
+    assert int(stats.load.sum()) == 4096 * SMALL.experts_per_token
+    assert relative_error(y, expected) < 2e-2
+    for mine, theirs in zip(grouped, reference, strict=True):
+        assert relative_error(mine, theirs) < 2e-2
+
+
+def test_compiled_blocks_with_flex_attention_train_like_eager_ones():
+    config = dataclasses.replace(SMALL, attention="flex")
+    torch.manual_seed(0)
+    eager = ZenCoder(config).cuda()
+    compiled = ZenCoder(config).cuda()
+    compiled.load_state_dict(eager.state_dict())
+    compile_blocks(compiled)
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, config.vocab_size, (2, 1024), generator=generator).cuda()
+    segment = torch.ones_like(tokens)
+    segment[:, 600:] = 2
+    inputs = {
+        "repo": torch.randint(1, 8, (2, 1), generator=generator).cuda().expand(2, 1024),
+        "language": torch.randint(1, 8, (2, 1024), generator=generator).cuda(),
+        "time": torch.randint(0, 64, (2, 1024), generator=generator).sort(dim=1).values.cuda(),
+        "segment": segment,
+        "targets": next_token_targets(tokens, segment),
+    }
+    losses, gradients = [], []
+    for model in (eager, compiled):
+        torch.manual_seed(0)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(tokens, **inputs).loss
+        loss.backward()
+        losses.append(loss.item())
+        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-2)
+    assert relative_error(gradients[1], gradients[0]) < 5e-2
