@@ -113,22 +113,30 @@ def describe(model: ZenCoder) -> dict[str, dict]:
 
 def bfloat16_step(dist: Distributed) -> dict:
     """One step with param_dtype=bfloat16: blocks compute with bfloat16 weights, while the
-    sharded weights and their gradients stay float32."""
+    sharded weights and their gradients stay float32. Then the same step with every block
+    compiled, which must compute the same loss."""
     model = parallelize(build_model(), dist, param_dtype=torch.bfloat16)
     seen = []
     model.blocks[0].attention.q.register_forward_pre_hook(
         lambda module, args: seen.append(str(module.weight.dtype))
     )
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = model(**share(global_batches()[0], dist.dp_rank, dist.dp_size)).loss
-    loss.backward()
+    loss = _bfloat16_loss(model, dist)
     weight = model.blocks[0].attention.q.weight
+    compiled = parallelize(build_model(), dist, param_dtype=torch.bfloat16, compile=True)
     return {
-        "loss": loss.item(),
+        "loss": loss,
+        "compiled_loss": _bfloat16_loss(compiled, dist),
         "compute_dtype": seen[0],
         "weight_dtype": str(weight.dtype),
         "grad_dtype": str(weight.grad.dtype),
     }
+
+
+def _bfloat16_loss(model: ZenCoder, dist: Distributed) -> float:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(**share(global_batches()[0], dist.dp_rank, dist.dp_size)).loss
+    loss.backward()
+    return loss.item()
 
 
 def main() -> None:

@@ -59,7 +59,7 @@ def data_parallel(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def tensor_parallel(tmp_path_factory) -> dict:
-    return launch(tmp_path_factory.mktemp("tp"), 2, 2)
+    return launch(tmp_path_factory.mktemp("tp"), 2, 2, "--bfloat16")
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +142,12 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_weights(data_parallel):
     assert step["compute_dtype"] == "torch.bfloat16"
     assert step["weight_dtype"] == step["grad_dtype"] == "torch.float32"
     assert torch.isfinite(torch.tensor(step["loss"]))
+
+
+@pytest.mark.parametrize("layout", ["data_parallel", "tensor_parallel"])
+def test_compiled_blocks_run_sharded_and_compute_the_same_loss(layout, request):
+    step = request.getfixturevalue(layout)["bfloat16"]
+    assert step["compiled_loss"] == pytest.approx(step["loss"], rel=1e-2)
 
 
 def test_alone_it_is_rank_zero_of_one_and_changes_nothing(monkeypatch):
