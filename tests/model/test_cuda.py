@@ -81,3 +81,20 @@ def test_compiled_blocks_with_flex_attention_train_like_eager_ones():
         gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert losses[1] == pytest.approx(losses[0], rel=1e-2)
     assert relative_error(gradients[1], gradients[0]) < 5e-2
+
+
+@pytest.mark.parametrize("tokens", [3, 1000])
+def test_inference_groups_unpadded_and_empty_compute_what_training_groups_do(tokens):
+    """Without gradients the groups are neither padded nor kept non-empty (decoding routes a
+    few tokens to a few of the experts): the output is the padded layout's."""
+    torch.manual_seed(0)
+    moe = MoE(SMALL).cuda()
+    for weight in (moe.w1, moe.w2, moe.w3, moe.router.weight):
+        torch.nn.init.normal_(weight, std=0.02)
+    x = torch.randn(tokens, SMALL.d_model, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        padded, _ = moe(x, None)
+        with torch.no_grad():
+            unpadded, stats = moe(x, None, losses=False)
+    assert (stats.load == 0).any() or tokens > 3
+    assert relative_error(unpadded, padded.detach()) < 1e-2

@@ -146,6 +146,9 @@ def test_grouped_experts_compute_each_tokens_own_experts_and_their_gradients():
         assert torch.allclose(mine, theirs, atol=1e-5)
     assert int(stats.load.sum()) == 5 * config.experts_per_token
     assert (stats.load == 0).any()  # empty groups were exercised
+    with torch.no_grad():  # inference's layout: no padding, empty groups
+        inference, _ = moe(x, None, losses=False)
+    assert torch.allclose(inference, y, atol=1e-6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low, _ = moe(x, None)
     assert low.dtype == torch.float32

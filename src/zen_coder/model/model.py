@@ -212,9 +212,10 @@ class MoE(nn.Module):
 
     Tokens are sorted by expert into groups and all experts run as one grouped matrix product
     (`torch._grouped_mm`): no Python loop, no host synchronization, and shapes that depend only
-    on the number of tokens, so the block compiles to one graph. Each group is padded with zero
-    rows to a multiple of GROUP_ALIGN: the kernel wants every group's start 16-byte aligned
-    (the weight gradient reduces over a group's rows), and the padding adds nothing.
+    on the number of tokens, so the block compiles to one graph. When gradients flow, each group
+    is padded with zero rows to a multiple of GROUP_ALIGN: the weight gradient reduces over a
+    group's rows and wants every group 16-byte aligned and non-empty; the padding adds nothing.
+    The forward product needs neither, so inference (decoding a few tokens) computes no padding.
     """
 
     GROUP_ALIGN = 16
@@ -255,15 +256,19 @@ class MoE(nn.Module):
         tokens = order // self.top_k  # the token of each routed row, grouped by expert
         load = torch.zeros(E, dtype=torch.long, device=x.device)
         load.scatter_add_(0, flat, torch.ones_like(flat))  # bincount would synchronize on GPU
-        rows, ends, slot = self._groups(load, flat[order])
         dtype = _compute_dtype(x)
-        grouped = x.new_zeros(rows, x.shape[1], dtype=dtype).index_copy(
-            0, slot, x[tokens].to(dtype)
-        )
-        gate = torch._grouped_mm(grouped, self.w1.to(dtype).transpose(1, 2), offs=ends)
-        up = torch._grouped_mm(grouped, self.w3.to(dtype).transpose(1, 2), offs=ends)
+        routed = x[tokens].to(dtype)  # [N*k, D]
+        if torch.is_grad_enabled():
+            rows, ends, slot = self._padded_groups(load, flat[order])
+            routed = routed.new_zeros(rows, x.shape[1]).index_copy(0, slot, routed)
+        else:
+            ends, slot = load.cumsum(0).to(torch.int32), None
+        gate = torch._grouped_mm(routed, self.w1.to(dtype).transpose(1, 2), offs=ends)
+        up = torch._grouped_mm(routed, self.w3.to(dtype).transpose(1, 2), offs=ends)
         hidden = F.silu(gate) * up  # [rows, F]
-        out = torch._grouped_mm(hidden, self.w2.to(dtype).transpose(1, 2), offs=ends)[slot]
+        out = torch._grouped_mm(hidden, self.w2.to(dtype).transpose(1, 2), offs=ends)
+        if slot is not None:
+            out = out[slot]
         combined = out * weights.reshape(-1)[order, None].to(dtype)  # [N*k, D]
         y = torch.zeros_like(x).index_add_(0, tokens, combined.to(x.dtype))
         if not losses:
@@ -275,7 +280,7 @@ class MoE(nn.Module):
         z_loss = torch.logsumexp(logits, dim=-1).square().mean()
         return y, RouterStats(balance, z_loss, load)
 
-    def _groups(self, load: Tensor, expert: Tensor) -> tuple[int, Tensor, Tensor]:
+    def _padded_groups(self, load: Tensor, expert: Tensor) -> tuple[int, Tensor, Tensor]:
         """The padded layout of the routed rows: its row count (a bound that depends only on
         how many rows there are), each group's end offset (int32, the last one at the bound),
         and each routed row's place in it. `expert` [N*k] is each routed row's expert, sorted.
