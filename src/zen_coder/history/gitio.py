@@ -216,7 +216,7 @@ class BlobReader:
                 process.stdin.write(("\n".join(chunk) + "\n").encode())
                 process.stdin.flush()
             except BrokenPipeError:
-                process.kill()
+                self._discard(mode)
                 failures += 1
                 if failures > 2:
                     raise ZenCoderError(
@@ -229,7 +229,7 @@ class BlobReader:
                 result[oid] = None if answer is _DIED else answer
                 pending.pop(0)
                 if answer is _DIED:
-                    process.kill()
+                    self._discard(mode)
                     break
         return result
 
@@ -240,6 +240,13 @@ class BlobReader:
     def contents(self, oids: list[str]) -> dict[str, bytes | None]:
         """Content of each blob; None for an object that is missing or unreadable."""
         return self._ask("--batch", oids, _read_content)
+
+    def _discard(self, mode: str) -> None:
+        """End a process that died mid-answer and forget it, so the next request starts a new
+        one: killed but not yet reaped, it would still look alive and answer nothing."""
+        process = self._processes.pop(mode)
+        process.kill()
+        self._stop(process)
 
     @staticmethod
     def _stop(process: subprocess.Popen) -> None:
