@@ -94,6 +94,7 @@ class AttentionContext:
     time_cos: Tensor | None = None  # cos/sin(frequency * time) [B, 1, T, M], temporal attention
     time_sin: Tensor | None = None
     block_mask: object | None = None  # FlexAttention's document-causal mask, when attention="flex"
+    flex_attention: Callable | None = None  # and the FlexAttention to apply it with
 
 
 class KVCache:
@@ -158,7 +159,7 @@ class Attention(nn.Module):
         scale = self.head_dim**-0.5
         if context.block_mask is not None:
             # FlexAttention takes values narrower than queries and keys.
-            y = _flex_attention()(
+            y = context.flex_attention(
                 q, k, v, block_mask=context.block_mask, scale=scale, enable_gqa=True
             )
         else:
@@ -187,12 +188,18 @@ class Attention(nn.Module):
         return q, k
 
 
-# FlexAttention fuses into one kernel only when compiled; uncompiled it materializes the scores.
-_compiled_flex_attention = torch.compile(flex_attention)
+_compiled_flex_attention: Callable | None = None
 
 
-def _flex_attention():
-    return _compiled_flex_attention if torch.cuda.is_available() else flex_attention
+def _flex_attention() -> Callable:
+    """FlexAttention fuses into one kernel only when compiled (uncompiled, it materializes the
+    scores). Compiled once, on first use: wrapping it costs a second and a half at import."""
+    global _compiled_flex_attention
+    if not torch.cuda.is_available():
+        return flex_attention  # no CPU backward either way; eager keeps CPU runs uncompiled
+    if _compiled_flex_attention is None:
+        _compiled_flex_attention = torch.compile(flex_attention)
+    return _compiled_flex_attention
 
 
 # -- mixture of experts -------------------------------------------------------------------------
@@ -412,6 +419,7 @@ class ZenCoder(nn.Module):
             context.time_cos, context.time_sin = phases.cos(), phases.sin()
         if self.config.attention == "flex" and cache is None:
             context.block_mask = self._block_mask(segment if use_segments else None, B, T)
+            context.flex_attention = _flex_attention()
         elif use_segments:
             keys = past + T
             allowed = self._causal(T, keys, device).expand(B, 1, T, keys)
