@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from zen_coder import __version__
-from zen_coder.benchmarks import Problem
 from zen_coder.errors import ZenCoderError
 from zen_coder.evaluation.execution import Job, execute, in_slots
 from zen_coder.evaluation.history import (
@@ -485,22 +484,9 @@ def _uncompilable(benchmark: str, tasks: list[Task], workers: int) -> dict[str, 
     cache = user_cache_dir() / "uncompilable" / f"{benchmark.replace('/', '_')}-{digest}.json"
     if cache.exists():
         return json.loads(cache.read_text())
-    problems = [_as_problem(task) for task in tasks]
-    found = uncompilable(problems, slots=workers)
+    found = uncompilable(tasks, slots=workers)
     _write_json(cache, found)
     return found
-
-
-def _as_problem(task: Task) -> Problem:
-    return Problem(
-        benchmark=task.benchmark,
-        task_id=task.task_id,
-        language=task.language,
-        prompt=task.prompt,
-        solution="",
-        tests=task.tests,
-        stop=task.stop,
-    )
 
 
 def _verdict_fields(verdict: Verdict) -> dict[str, Any]:

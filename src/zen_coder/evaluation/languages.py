@@ -28,8 +28,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
-from zen_coder.benchmarks import Problem
 from zen_coder.errors import ZenCoderError
 from zen_coder.evaluation.sandbox import PYTHON_FLAGS, Completed, Limits, Sandbox
 
@@ -413,7 +413,20 @@ def placeholder_completion(language: str) -> str:
     return runner_for(language).placeholder
 
 
-def uncompilable(problems: Sequence[Problem], slots: int = 2) -> dict[str, str]:
+class Compilable(Protocol):
+    """What the compile check reads of a problem: a benchmark Problem or an evaluation Task."""
+
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def language(self) -> str: ...
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def tests(self) -> str: ...
+
+
+def uncompilable(problems: Sequence[Compilable], slots: int = 2) -> dict[str, str]:
     """task_id -> reason, for each problem whose prompt and tests do not compile (or parse) around
     the placeholder completion: translation defects that no completion could pass, which the
     harness excludes and lists. Problems need a code prompt (HumanEval, MultiPL-E).
