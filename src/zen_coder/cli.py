@@ -482,6 +482,20 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _recipe_arguments(
+    parser: argparse.ArgumentParser, tables: str, example: str, metavar: str = "KEY=VALUE"
+) -> None:
+    """--config RECIPE and repeatable --set overrides: every command reads its settings so."""
+    parser.add_argument("--config", type=Path, help=f"recipe (TOML) with the {tables} to use")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar=metavar,
+        help=f"override one setting, e.g. --set {example} (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zen-coder",
@@ -503,14 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--manifest", type=Path, help="TOML file of [[repo]] tables: source, name, branch, range"
     )
     mine.add_argument("--out", type=Path, required=True, help="dataset directory to create/extend")
-    mine.add_argument("--config", type=Path, help="TOML file whose [mine] table sets options")
-    mine.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one mine setting, e.g. --set max_files_per_commit=32 (repeatable)",
-    )
+    _recipe_arguments(mine, "[mine] table", "max_files_per_commit=32")
     mine.add_argument(
         "--workers", type=int, default=None, help="worker processes (default: number of cores)"
     )
@@ -540,16 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     prep.add_argument("mined", type=Path, help="a dataset directory written by `zen-coder mine`")
     prep.add_argument("--out", type=Path, required=True, help="folder for the prepared data")
-    prep.add_argument(
-        "--config", type=Path, help="recipe (TOML) whose [prepare] table sets options"
-    )
-    prep.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one prepare setting, e.g. --set context_length=1024 (repeatable)",
-    )
+    _recipe_arguments(prep, "[prepare] table", "context_length=1024")
     prep.add_argument(
         "--tokenizer",
         type=Path,
@@ -576,8 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument(
         "--preset", default="tiny", help="tiny, small or zen-coder-70b (default tiny)"
     )
-    config.add_argument("--config", type=Path, help="recipe (TOML) whose [model] table is used")
-    config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _recipe_arguments(config, "[model] table", "n_layers=2")
     config.set_defaults(handler=run_config)
 
     training = commands.add_parser(
@@ -587,16 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     training.add_argument("--data", type=Path, required=True, help="a `zen-coder prepare` folder")
     training.add_argument("--out", type=Path, required=True, help="the run folder (resumed)")
-    training.add_argument(
-        "--config", type=Path, help="recipe (TOML) with [model] and [train] tables"
-    )
-    training.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one setting, e.g. --set train.lr=3e-4 --set model.n_layers=2",
-    )
+    _recipe_arguments(training, "[model] and [train] tables", "train.lr=3e-4", "SECTION.KEY=VALUE")
     training.add_argument("--quiet", action="store_true", help="no progress bar")
     training.set_defaults(handler=run_train)
 
