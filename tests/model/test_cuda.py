@@ -10,6 +10,7 @@ import dataclasses
 import pytest
 import torch
 
+from tests.model.test_model import experts_by_hand
 from zen_coder.model.config import preset
 from zen_coder.model.model import MoE, ZenCoder, next_token_targets
 from zen_coder.training.parallelize import compile_blocks
@@ -36,16 +37,7 @@ def test_grouped_experts_in_bfloat16_compute_each_experts_own_product():
     grouped = torch.autograd.grad((y * upstream).sum(), [moe.w1, moe.w2, moe.w3])
     with torch.autocast("cuda", dtype=torch.bfloat16):  # route exactly as the module did
         probs = moe.router(x).float().softmax(-1)
-    chosen = probs.topk(SMALL.experts_per_token).indices
-    weights = probs.gather(-1, chosen)
-    weights = weights / weights.sum(-1, keepdim=True)
-    expected = torch.zeros_like(x)
-    for expert in range(SMALL.n_experts):
-        token, slot = (chosen == expert).nonzero(as_tuple=True)
-        hidden = torch.nn.functional.silu(x[token] @ moe.w1[expert].T) * (
-            x[token] @ moe.w3[expert].T
-        )
-        expected.index_add_(0, token, weights[token, slot, None] * (hidden @ moe.w2[expert].T))
+    expected = experts_by_hand(moe, x, probs)
     reference = torch.autograd.grad((expected * upstream).sum(), [moe.w1, moe.w2, moe.w3])
     assert int(stats.load.sum()) == 4096 * SMALL.experts_per_token
     assert relative_error(y, expected) < 2e-2

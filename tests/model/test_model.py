@@ -118,6 +118,22 @@ def test_balance_and_z_losses_on_a_hand_computed_example():
     assert stats.load.tolist() == [1, 1]
 
 
+def experts_by_hand(moe: MoE, x: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Each token's own top-k experts, weighted by their renormalized router probabilities:
+    one plain product per expert over the tokens that chose it."""
+    chosen = probs.topk(moe.top_k).indices
+    weights = probs.gather(-1, chosen)
+    weights = weights / weights.sum(-1, keepdim=True)
+    expected = torch.zeros_like(x)
+    for expert in range(moe.w1.shape[0]):
+        token, slot = (chosen == expert).nonzero(as_tuple=True)
+        hidden = torch.nn.functional.silu(x[token] @ moe.w1[expert].T) * (
+            x[token] @ moe.w3[expert].T
+        )
+        expected.index_add_(0, token, weights[token, slot, None] * (hidden @ moe.w2[expert].T))
+    return expected
+
+
 def test_grouped_experts_compute_each_tokens_own_experts_and_their_gradients():
     """The grouped product (sorted, padded groups, several experts with no token at all) gives
     what each token's own k experts give, and the same gradients to every weight."""
@@ -130,16 +146,7 @@ def test_grouped_experts_compute_each_tokens_own_experts_and_their_gradients():
     upstream = torch.randn(5, config.d_model)
     y, stats = moe(x, None)
     grouped = torch.autograd.grad((y * upstream).sum(), [moe.w1, moe.w2, moe.w3])
-    probs = (x @ moe.router.weight.T).softmax(-1)
-    chosen = probs.topk(config.experts_per_token).indices
-    expected = torch.zeros_like(x)
-    for token in range(5):
-        weights = probs[token, chosen[token]] / probs[token, chosen[token]].sum()
-        for weight, expert in zip(weights, chosen[token], strict=True):
-            hidden = torch.nn.functional.silu(x[token] @ moe.w1[expert].T) * (
-                x[token] @ moe.w3[expert].T
-            )
-            expected[token] += weight * (hidden @ moe.w2[expert].T)
+    expected = experts_by_hand(moe, x, (x @ moe.router.weight.T).softmax(-1))
     reference = torch.autograd.grad((expected * upstream).sum(), [moe.w1, moe.w2, moe.w3])
     assert torch.allclose(y, expected, atol=1e-5)
     for mine, theirs in zip(grouped, reference, strict=True):
