@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.gitrepo import GitRepo
+from tests.shared import BENCHMARKS
 from zen_coder.data.config import PrepareConfig
 from zen_coder.data.loader import PackedDataset, open_split
 from zen_coder.data.pipeline import prepare
@@ -24,14 +25,6 @@ from zen_coder.history.sources import RepoSpec
 SALT = b"prepare-tests"
 MARKER = "zz_validation_only_marker_9f27"
 SMALL = PrepareConfig(vocab_size=1024, context_length=128, tokenizer_train_chars=2_000_000)
-
-
-def shared_benchmarks() -> Path | None:
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "shared" / "benchmarks"
-        if (candidate / "multipl-e").is_dir():
-            return candidate
-    return None
 
 
 def build_history(path: Path, commits: int = 24, extra: dict[str, str] | None = None) -> GitRepo:
@@ -127,14 +120,17 @@ def test_rerun_reuses_and_changed_settings_rebuild(prepared, tmp_path):
     assert rebuilt.manifest["config"]["seed"] == 1
 
 
-def test_planted_benchmark_content_never_reaches_a_training_shard(tmp_path):
-    source = shared_benchmarks()
-    if source is not None:
-        rows = [json.loads(line) for line in (source / "multipl-e" / "humaneval-java.jsonl").open()]
+@pytest.mark.parametrize(
+    "source", ["invented", pytest.param("multipl-e", marks=pytest.mark.shared_data)]
+)
+def test_planted_benchmark_content_never_reaches_a_training_shard(tmp_path, source):
+    if source == "multipl-e":
+        java = BENCHMARKS / "multipl-e" / "humaneval-java.jsonl"
+        rows = [json.loads(line) for line in java.open()]
         planted = rows[0]["prompt"] + rows[0]["tests"]
-        benchmarks = [str(source / "multipl-e" / "humaneval-java.jsonl")]
+        benchmarks = [str(java)]
         needle = rows[0]["prompt"].strip().splitlines()[-1]
-    else:  # no local benchmark copy: an invented problem in HumanEval's format shows the same
+    else:  # an invented problem in HumanEval's format shows the mechanism without the copy
         folder = fake_benchmarks(tmp_path)
         problem = json.loads(gzip.decompress((folder / "HumanEval.jsonl.gz").read_bytes()))
         planted = problem["prompt"] + problem["canonical_solution"]
