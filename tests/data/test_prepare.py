@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from tokenizers import Tokenizer
 
 from tests.gitrepo import GitRepo
 from tests.shared import BENCHMARKS
@@ -178,3 +179,22 @@ def test_a_tokenizer_can_be_reused(prepared, tmp_path):
     assert json.loads((out / "tokenizer.json").read_text())["model"]["vocab"] == original
     table = pq.read_table(next((mined_dir / "data").rglob("*.parquet")))
     assert table.num_rows > 0
+
+
+def test_a_given_tokenizer_is_compared_by_content(prepared, tmp_path):
+    """A copy of the same tokenizer elsewhere is reused; another tokenizer written over the same
+    path is not. (Compared by path, both failed: the copy rebuilt, the changed file reused.)"""
+    mined_dir = Path(json.loads((prepared / "manifest.json").read_text())["mined"])
+    first, copy = tmp_path / "first", tmp_path / "copy"
+    for folder in (first, copy):
+        folder.mkdir()
+        shutil.copy(prepared / "tokenizer.json", folder / "tokenizer.json")
+    out = tmp_path / "out"
+    report = prepare(mined_dir, out, SMALL, tokenizer=first, benchmarks=[])
+    assert prepare(mined_dir, out, SMALL, tokenizer=copy, benchmarks=[]).reused
+    changed = Tokenizer.from_file(str(first / "tokenizer.json"))
+    changed.add_tokens(["zz_added_token"])
+    changed.save(str(first / "tokenizer.json"))
+    rebuilt = prepare(mined_dir, out, SMALL, tokenizer=first, benchmarks=[])
+    assert not rebuilt.reused
+    assert rebuilt.manifest["vocab_size"] == report.manifest["vocab_size"] + 1

@@ -9,6 +9,7 @@ settings reuses it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -39,7 +40,13 @@ from zen_coder.data.samples import (
     history_sample,
     validation_commits,
 )
-from zen_coder.data.tokenizer import load_tokenizer, save_tokenizer, special_ids, train_tokenizer
+from zen_coder.data.tokenizer import (
+    load_tokenizer,
+    save_tokenizer,
+    special_ids,
+    tokenizer_file,
+    train_tokenizer,
+)
 from zen_coder.errors import ZenCoderError
 from zen_coder.files import user_cache_dir
 from zen_coder.history.languages import LANGUAGES
@@ -144,6 +151,14 @@ def _batches(samples: Iterator[Sample], size: int) -> Iterator[list[Sample]]:
         yield batch
 
 
+def _tokenizer_identity(tokenizer: Path | None) -> str:
+    """The given tokenizer by content: the same file copied elsewhere is the same tokenizer, and
+    another one written over the old path is not."""
+    if tokenizer is None:
+        return "trained"
+    return "sha256:" + hashlib.sha256(tokenizer_file(tokenizer).read_bytes()).hexdigest()
+
+
 def _previous_output(out: Path, identity: dict) -> dict | None:
     try:
         manifest = json.loads((out / "manifest.json").read_text())
@@ -193,7 +208,7 @@ def prepare(
         "format_version": FORMAT_VERSION,
         "mined": dataset.fingerprint,
         "config": config.to_dict(),
-        "tokenizer": str(tokenizer.resolve()) if tokenizer else "trained",
+        "tokenizer": _tokenizer_identity(tokenizer),
         "benchmarks": [str(source) for source in sources],
     }
     out = out.resolve()
@@ -223,7 +238,7 @@ def prepare(
                 "identity": identity,
                 "zen_coder_version": __version__,
                 "mined": str(Path(mined).resolve()),
-                "tokenizer_source": identity["tokenizer"],
+                "tokenizer_source": str(tokenizer.resolve()) if tokenizer else "trained",
                 "benchmarks": identity["benchmarks"],
                 "seconds": round(time.monotonic() - started, 2),
             }
