@@ -5,7 +5,7 @@ compiled (or, in an interpreted language, syntax-checked) with the language's pl
 exactly as `zen-coder eval` does before excluding them; the excluded task ids are printed with
 the compiler's reason, and each set's check time, a measure of each language's compile time.
 
-    python benchmarks/multipl_e_uncompilable.py [--data /work/shared/benchmarks] [--slots 2]
+    python benchmarks/multipl_e_uncompilable.py [--data ../shared/benchmarks] [--slots 2]
         [--languages js cpp ...]
 """
 
@@ -18,6 +18,7 @@ from pathlib import Path
 from zen_coder.benchmarks import load_problems
 from zen_coder.evaluation.languages import runner_for, uncompilable
 
+ROOT = Path(__file__).resolve().parents[1]
 LANGUAGES = ("py", "js", "ts", "go", "rs", "java", "cpp", "php", "rb", "sh")
 SOURCES = ("humaneval", "mbpp")
 
@@ -45,7 +46,12 @@ def check_set(path: Path, slots: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/benchmarks"))
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT.parent / "shared" / "benchmarks",
+        help="benchmark folder (default: ../shared/benchmarks)",
+    )
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--languages", nargs="+", default=LANGUAGES, choices=LANGUAGES)
     args = parser.parse_args()

@@ -1,6 +1,24 @@
-"""Keep every test away from the user's home: caches and the author salt live in a temp folder."""
+"""Keep every test away from the user's home: caches and the author salt live in a temp folder.
+
+Tests marked `shared_data` read the shared benchmark copy; tests/shared.py finds it, and skips or
+(under CI's `ZEN_CODER_REQUIRE_SHARED=1`) fails them without it."""
 
 import pytest
+
+from tests.shared import MARKER, require_shared
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", f"{MARKER}: reads the shared benchmark copy (tests/shared.py)"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """Before the test's fixtures, which may already read the data."""
+    if item.get_closest_marker(MARKER) is not None:
+        require_shared()
 
 
 @pytest.fixture(autouse=True, scope="session")

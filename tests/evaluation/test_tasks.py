@@ -1,9 +1,8 @@
 """Benchmark tasks: the prompts and stop sequences of the established harnesses, and programs."""
 
-from pathlib import Path
-
 import pytest
 
+from tests.shared import BENCHMARKS
 from zen_coder.errors import ZenCoderError
 from zen_coder.evaluation.tasks import (
     HUMANEVAL_STOP,
@@ -11,9 +10,6 @@ from zen_coder.evaluation.tasks import (
     benchmark_names,
     load_tasks,
 )
-
-SHARED = Path("/work/shared/benchmarks")
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"no benchmark copy at {SHARED}")
 
 
 def test_humaneval_prompts_are_verbatim_with_their_trailing_newline():
@@ -29,9 +25,9 @@ def test_humaneval_prompts_are_verbatim_with_their_trailing_newline():
     assert program.rstrip().endswith("check(has_close_elements)")
 
 
-@needs_shared
+@pytest.mark.shared_data
 def test_mbpp_uses_the_500_test_problems_and_the_docstring_prompt():
-    tasks = load_tasks("mbpp", SHARED)
+    tasks = load_tasks("mbpp", BENCHMARKS)
     assert [int(task.task_id) for task in tasks] == list(range(11, 511))
     task = tasks[0]
     assert task.prompt == (
@@ -42,9 +38,9 @@ def test_mbpp_uses_the_500_test_problems_and_the_docstring_prompt():
     assert task.tests.count("assert ") == 3
 
 
-@needs_shared
+@pytest.mark.shared_data
 def test_multipl_e_keeps_the_dataset_prompt_and_stop_tokens():
-    tasks = load_tasks("multipl-e/humaneval-rs", SHARED)
+    tasks = load_tasks("multipl-e/humaneval-rs", BENCHMARKS)
     assert len(tasks) == 156
     assert tasks[0].language == "rust"
     assert tasks[0].stop == ("\n}",)
@@ -61,7 +57,7 @@ def test_benchmark_names():
         benchmark_names(["apps"])
 
 
-@needs_shared
+@pytest.mark.shared_data
 def test_a_missing_set_file_names_the_path_and_the_fix(tmp_path):
     with pytest.raises(ZenCoderError, match=r"multipl-e/humaneval-js\.jsonl"):
         load_tasks("multipl-e/humaneval-js", tmp_path)

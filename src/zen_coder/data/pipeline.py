@@ -9,6 +9,7 @@ settings reuses it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -39,13 +40,19 @@ from zen_coder.data.samples import (
     history_sample,
     validation_commits,
 )
-from zen_coder.data.tokenizer import load_tokenizer, save_tokenizer, special_ids, train_tokenizer
+from zen_coder.data.tokenizer import (
+    load_tokenizer,
+    save_tokenizer,
+    special_ids,
+    tokenizer_file,
+    train_tokenizer,
+)
 from zen_coder.errors import ZenCoderError
 from zen_coder.files import user_cache_dir
 from zen_coder.history.languages import LANGUAGES
 from zen_coder.history.store import write_json_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest records the split
 SPLITS = ("train", "validation")
 DEFAULT_BENCHMARKS = ("humaneval", "mbpp", "multipl-e")
 CHARS_PER_TOKEN = 3.0  # for cutting file histories into chunks of about one context
@@ -66,23 +73,87 @@ class RepositorySplit:
     key: str
     name: str
     held_out: set[str]  # its validation commits
+    validation_from: tuple[int, str] | None  # the oldest of them: (commit time, SHA)
 
     def split(self, commit: str) -> str:
         return "validation" if commit in self.held_out else "train"
 
+    def record(self) -> dict:
+        """The split as the manifest keeps it: how many commits are held out and the oldest of
+        them. The validation commits are exactly the repository's commits at or after that one
+        in (time, SHA) order, so the record stays small for any history."""
+        start = list(self.validation_from) if self.validation_from else None
+        return {"validation_commits": len(self.held_out), "validation_from": start}
 
-def split_repositories(dataset: MinedDataset, fraction: float) -> list[RepositorySplit]:
-    """Every repository with its validation commits: the newest `fraction` by commit time."""
-    repositories = []
+
+def _repository_commits(dataset: MinedDataset) -> Iterator[tuple[str, str, set[tuple[int, str]]]]:
+    """Each repository's shard key, name and commits: (commit time, SHA)."""
     for key in sorted(dataset.shards):
         table = pa.concat_tables(
             read_shard(path, ["repo", "commit", "committer_time"]) for path in dataset.shards[key]
         )
         times = table["committer_time"].cast(pa.int64()).to_pylist()
-        commits = list(zip(times, table["commit"].to_pylist(), strict=True))
-        held_out = validation_commits(commits, fraction)
-        repositories.append(RepositorySplit(key, table["repo"][0].as_py(), held_out))
+        commits = set(zip(times, table["commit"].to_pylist(), strict=True))
+        yield key, table["repo"][0].as_py(), commits
+
+
+def split_repositories(dataset: MinedDataset, fraction: float) -> list[RepositorySplit]:
+    """Every repository with its validation commits: the newest `fraction` by commit time."""
+    repositories = []
+    for key, name, commits in _repository_commits(dataset):
+        held_out = validation_commits(list(commits), fraction)
+        start = min((commit for commit in commits if commit[1] in held_out), default=None)
+        repositories.append(RepositorySplit(key, name, held_out, start))
     return repositories
+
+
+def prepared_split(prepared: Path) -> tuple[MinedDataset, list[RepositorySplit]]:
+    """The mined dataset a prepared folder was made from, split exactly as `prepare` split it.
+
+    Read from the prepared manifest rather than recomputed from a fraction, so whatever evaluates
+    on the validation commits (the history benchmark) holds out what training never saw."""
+    manifest = _prepared_manifest(prepared)
+    rerun = f"rerun `zen-coder prepare {manifest['mined']} --out {prepared}`"
+    if "split" not in manifest:
+        raise ZenCoderError(
+            f"{prepared} was prepared by an older zen-coder that did not record its "
+            f"train/validation split; {rerun}"
+        )
+    dataset = open_mined(Path(manifest["mined"]))
+    records = manifest["split"]["repositories"]
+    repositories = []
+    for key, name, commits in _repository_commits(dataset):
+        start = (records.get(name) or {}).get("validation_from")
+        held_out = {sha for time, sha in commits if start and (time, sha) >= tuple(start)}
+        repositories.append(RepositorySplit(key, name, held_out, tuple(start) if start else None))
+    recorded = {repository.name: repository.record() for repository in repositories}
+    if dataset.fingerprint != manifest["identity"]["mined"] or recorded != records:
+        raise ZenCoderError(
+            f"the mined dataset {dataset.root} changed after {prepared} was prepared from it; "
+            f"{rerun}"
+        )
+    return dataset, repositories
+
+
+def _prepared_manifest(prepared: Path) -> dict:
+    path = prepared / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ZenCoderError(
+            f"{path} not found: {prepared} is not a prepared dataset; run `zen-coder prepare` "
+            "and pass its --out folder"
+        ) from None
+    except (OSError, ValueError):
+        raise ZenCoderError(f"{path} is unreadable; rerun `zen-coder prepare`") from None
+    if "schema_version" in manifest and "identity" not in manifest:
+        raise ZenCoderError(
+            f"{prepared} is a mined dataset, not a prepared one: run `zen-coder prepare "
+            f"{prepared} --out PREPARED` and pass the PREPARED folder"
+        )
+    if "identity" not in manifest:
+        raise ZenCoderError(f"{prepared} is not a prepared dataset; run `zen-coder prepare`")
+    return manifest
 
 
 def _training_texts(
@@ -144,6 +215,14 @@ def _batches(samples: Iterator[Sample], size: int) -> Iterator[list[Sample]]:
         yield batch
 
 
+def _tokenizer_identity(tokenizer: Path | None) -> str:
+    """The given tokenizer by content: the same file copied elsewhere is the same tokenizer, and
+    another one written over the old path is not."""
+    if tokenizer is None:
+        return "trained"
+    return "sha256:" + hashlib.sha256(tokenizer_file(tokenizer).read_bytes()).hexdigest()
+
+
 def _previous_output(out: Path, identity: dict) -> dict | None:
     try:
         manifest = json.loads((out / "manifest.json").read_text())
@@ -193,7 +272,7 @@ def prepare(
         "format_version": FORMAT_VERSION,
         "mined": dataset.fingerprint,
         "config": config.to_dict(),
-        "tokenizer": str(tokenizer.resolve()) if tokenizer else "trained",
+        "tokenizer": _tokenizer_identity(tokenizer),
         "benchmarks": [str(source) for source in sources],
     }
     out = out.resolve()
@@ -223,7 +302,11 @@ def prepare(
                 "identity": identity,
                 "zen_coder_version": __version__,
                 "mined": str(Path(mined).resolve()),
-                "tokenizer_source": identity["tokenizer"],
+                "split": {
+                    "validation_fraction": config.validation_fraction,
+                    "repositories": {repo.name: repo.record() for repo in repositories},
+                },
+                "tokenizer_source": str(tokenizer.resolve()) if tokenizer else "trained",
                 "benchmarks": identity["benchmarks"],
                 "seconds": round(time.monotonic() - started, 2),
             }

@@ -141,17 +141,23 @@ def save_tokenizer(tokenizer: Tokenizer, directory: Path, context_length: int) -
     write_json_atomic(directory / "tokenizer_config.json", config)
 
 
+def tokenizer_file(path: Path) -> Path:
+    """The tokenizer.json that `path` (the file, or a directory holding it) names."""
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.is_file():
+        raise ZenCoderError(
+            f"tokenizer not found: {file}; pass a directory holding tokenizer.json or the file"
+        )
+    return file
+
+
 def load_tokenizer(path: Path) -> Tokenizer:
     """Read a tokenizer.json (or the directory holding it), ours or one trained elsewhere.
 
     A base model's tokenizer used for fine-tuning lacks some of SPECIAL_TOKENS; they are added as
     special tokens after its vocabulary, so `special_ids` works for any loaded tokenizer.
     """
-    file = path / "tokenizer.json" if path.is_dir() else path
-    if not file.is_file():
-        raise ZenCoderError(
-            f"tokenizer not found: {file}; pass a directory holding tokenizer.json or the file"
-        )
+    file = tokenizer_file(path)
     try:
         tokenizer = Tokenizer.from_file(str(file))
     except Exception as error:

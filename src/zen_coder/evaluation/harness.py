@@ -82,7 +82,6 @@ class EvalSettings:
     limit: int | None = None  # the first N problems of each benchmark, for a quick look
     workers: int = 2
     history_template: str | None = None  # None: "zen-coder" for a native model, else "plain"
-    history_fraction: float = 0.05  # the validation fraction the model was prepared with
 
 
 @dataclass
@@ -200,9 +199,7 @@ def _load_all_tasks(
     tasks, history = {}, {}
     for benchmark in benchmark_names(settings.benchmarks):
         if benchmark.startswith(HISTORY):
-            problems = load_history_problems(
-                Path(benchmark[len(HISTORY) :]), settings.history_fraction, settings.limit
-            )
+            problems = load_history_problems(Path(benchmark[len(HISTORY) :]), settings.limit)
             history[benchmark] = {problem.task_id: problem for problem in problems}
             tasks[benchmark] = [_history_task(benchmark, p, template) for p in problems]
             continue

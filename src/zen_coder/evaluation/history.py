@@ -1,7 +1,8 @@
 """The history benchmark: redo a repository's newest commits, given the file before and the message.
 
-Problems are the modified files of the commits `zen-coder prepare` holds out for validation (the
-newest of each repository), so a model trained on the prepared data has never seen them. A
+Problems are the modified files of the commits `zen-coder prepare` held out for validation (the
+newest of each repository), read from the prepared folder's manifest, so a model trained on the
+prepared data has never seen them. A
 proposed file is scored three ways:
 
 * exact match with the file the commit wrote (both normalized as `zen-coder mine` normalizes code);
@@ -27,8 +28,8 @@ from pathlib import Path, PurePosixPath
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from zen_coder.data.pipeline import split_repositories  # the split `zen-coder prepare` uses
-from zen_coder.data.records import open_mined, read_shard
+from zen_coder.data.pipeline import prepared_split
+from zen_coder.data.records import read_shard
 from zen_coder.data.tokenizer import SPECIAL_TOKENS
 from zen_coder.errors import ZenCoderError
 from zen_coder.evaluation.sandbox import Limits, Sandbox
@@ -104,8 +105,7 @@ class HistoryScore:
 
 
 def load_history_problems(
-    mined: Path,
-    fraction: float = 0.05,
+    prepared: Path,
     limit: int | None = None,
     max_chars: int = 16_000,
     *,
@@ -113,20 +113,19 @@ def load_history_problems(
 ) -> list[HistoryProblem]:
     """The benchmark's problems: every modified file of each repository's validation commits.
 
-    `fraction` must be the `validation_fraction` the model was prepared with, or the problems
-    are not held out. Files over `max_chars` (before or after) are skipped: they do not fit a
-    prompt. Problems are ordered by commit time within a repository and taken from the
-    repositories in turn, so a `limit` samples every repository rather than the first one.
+    `prepared` is the folder `zen-coder prepare` wrote for the model's training data: its
+    manifest names the mined dataset and the exact split. Files over `max_chars` (before or
+    after) are skipped: they do not fit a prompt. Problems are ordered by commit time within a
+    repository and taken from the repositories in turn, so a `limit` samples every repository
+    rather than the first one.
     With `tests`, each repository is opened (cloned or fetched for a URL) to find the test
-    command of its Python files; `tests=False` needs only the mined dataset.
+    command of its Python files; `tests=False` needs only the prepared and mined datasets.
     """
-    if not 0 < fraction < 1:
-        raise ZenCoderError(f"validation fraction {fraction} must be between 0 and 1")
-    dataset = open_mined(Path(mined))
+    dataset, repositories = prepared_split(Path(prepared))
     sources = {entry["name"]: entry["source"] for entry in dataset.manifest.get("inputs", [])}
     per_repository = [
         _validation_modifications(dataset.shards[repository.key], repository.held_out, max_chars)
-        for repository in split_repositories(dataset, fraction)
+        for repository in repositories
     ]
     rows = list(_in_turn(per_repository))[:limit]
     commands = {source: _TestCommands(source) for source in sources.values() if tests and source}

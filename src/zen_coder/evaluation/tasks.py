@@ -30,7 +30,7 @@ MBPP_TEST_IDS = range(11, 511)
 # The card's eight MultiPL-E languages are not named; these eight run on Debian packages.
 DEFAULT_MULTIPL_E = ("cpp", "go", "java", "js", "php", "rb", "rs", "ts")
 MULTIPL_E = "multipl-e"
-HISTORY = "history:"  # followed by a `zen-coder mine` folder: see evaluation/history.py
+HISTORY = "history:"  # followed by a `zen-coder prepare` folder: see evaluation/history.py
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def benchmark_names(requested: Sequence[str]) -> list[str]:
         else:
             raise ZenCoderError(
                 f"unknown benchmark {name!r}: use humaneval, mbpp, multipl-e, "
-                "multipl-e/LANG (e.g. multipl-e/js), multipl-e/mbpp-LANG or history:MINED_FOLDER"
+                "multipl-e/LANG (e.g. multipl-e/js), multipl-e/mbpp-LANG or history:PREPARED_FOLDER"
             )
     return list(dict.fromkeys(names))
 
