@@ -529,7 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     mine.add_argument(
         "--cache-dir",
         type=Path,
-        help="where clone URLs are mirrored (default ~/.cache/zen-coder/repos)",
+        help="where clone URLs are mirrored, on every node that mines them "
+        "(default $XDG_CACHE_HOME/zen-coder/repos, ~/.cache/zen-coder/repos)",
     )
     mine.add_argument(
         "--salt-file",

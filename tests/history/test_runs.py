@@ -224,12 +224,12 @@ def test_clone_urls_are_cached_and_fetched_incrementally(tmp_path):
     url = f"file://{origin.path}"
     first = mine([RepoSpec(url)], out, workers=1, salt=SALT, cache_dir=cache)
     assert first.new_commits == 2
-    assert len(list(cache.iterdir())) == 1
+    assert len(list(cache.glob("*.git"))) == 1
     origin.write("pkg/late.py", "LATE = True\n")
     origin.commit("Add a late module")
     second = mine([RepoSpec(url)], out, workers=1, salt=SALT, cache_dir=cache)
     assert second.new_commits == 1
-    assert len(list(cache.iterdir())) == 1
+    assert len(list(cache.glob("*.git"))) == 1
     assert all(r["repo"].endswith("/origin") for r in read_records(out))
 
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -28,16 +29,25 @@ import pyarrow as pa
 
 from zen_coder import __version__
 from zen_coder.errors import ZenCoderError
-from zen_coder.files import user_cache_dir
 from zen_coder.history import sources
 from zen_coder.history.config import MineConfig
 from zen_coder.history.dedup import finalize
 from zen_coder.history.extract import extract_batch, init_worker_process
 from zen_coder.history.sources import Repository, RepoSpec
-from zen_coder.history.store import RECORD_SCHEMA, SCHEMA_VERSION, DatasetDir, write_json_atomic
+from zen_coder.history.store import (
+    RECORD_SCHEMA,
+    SCHEMA_VERSION,
+    DatasetDir,
+    write_bytes_atomic,
+    write_json_atomic,
+)
 from zen_coder.history.walk import WalkPlan, walk
 
 Progress = Callable[[str, int], None]
+
+# The driver of a Ray run writes its run id to `_state/run`; a task that does not find it there
+# is on a node that does not share the output folder.
+RUN_MARKER = "run"
 
 
 @dataclass
@@ -194,8 +204,27 @@ def mine_repository(
     return mined
 
 
-def _mine_on_ray(repo: Repository, plan: WalkPlan) -> int:
-    return mine_repository(repo, plan, progress=lambda name, n: None)
+def _mine_on_ray(repo: Repository, plan: WalkPlan, cache_dir: Path | None) -> int:
+    """One repository as a Ray task, possibly on another machine than the driver.
+
+    The driver's clone cache is not there: the task checks that it sees the output folder the
+    driver claimed, then reaches the repository from its own node.
+    """
+    _check_output_shared(plan)
+    return mine_repository(sources.reach_here(repo, cache_dir), plan, lambda name, n: None)
+
+
+def _check_output_shared(plan: WalkPlan) -> None:
+    """Shards staged in a folder the driver cannot see would be lost without a word."""
+    try:
+        marker = (Path(plan.out) / "_state" / RUN_MARKER).read_text()
+    except OSError:
+        marker = None
+    if marker != plan.run:
+        raise ZenCoderError(
+            f"output folder {plan.out} on host {socket.gethostname()} is not the one the driver "
+            "writes; put --out on storage every Ray node reads and writes"
+        )
 
 
 @contextlib.contextmanager
@@ -244,15 +273,30 @@ def unexpected(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__}: {exc}; please report it with this message"
 
 
-def _run_ray(repos, plans, commits: dict[str, int], progress: Progress, report: RunReport) -> None:
+def _run_ray(
+    repos,
+    plans,
+    store: DatasetDir,
+    cache_dir: Path | None,
+    commits: dict[str, int],
+    progress: Progress,
+    report: RunReport,
+) -> None:
+    """Mine each repository as one Ray task, on whichever node Ray places it.
+
+    Tasks mirror clone URLs into `cache_dir` on their node (None: each node's user cache).
+    """
     try:
         import ray
     except ImportError:
         raise ZenCoderError("--executor ray needs Ray: pip install 'zen-coder[ray]'") from None
+    if not repos:
+        return
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+    write_bytes_atomic(store.state / RUN_MARKER, plans[repos[0].name].run.encode())
     task = ray.remote(_mine_on_ray)
-    pending = {task.remote(repo, plans[repo.name]): repo for repo in repos}
+    pending = {task.remote(repo, plans[repo.name], cache_dir): repo for repo in repos}
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         repo = pending.pop(done[0])
@@ -261,7 +305,9 @@ def _run_ray(repos, plans, commits: dict[str, int], progress: Progress, report: 
         except Exception as exc:  # Ray wraps the task's exception; report it as one line
             cause = getattr(exc, "cause", None) or exc
             message = str(cause) if isinstance(cause, ZenCoderError) else unexpected(cause)
-            report.errors.append(f"{repo.spec.shown}: {message}")
+            if not message.startswith(f"{repo.spec.shown}: "):
+                message = f"{repo.spec.shown}: {message}"
+            report.errors.append(message)
         progress(repo.name, commits[repo.name])
 
 
@@ -385,7 +431,7 @@ def mine(
         previous = _check_compatible(store, config, salt)
         store.recover()
         report = RunReport(out=store.root, manifest={}, elapsed=0.0)
-        repos = _resolve_all(specs, cache_dir or user_cache_dir() / "repos", report)
+        repos = _resolve_all(specs, cache_dir or sources.default_cache_dir(), report)
         plans = _plans(repos, store, config, salt, previous)
         counts = {repo.name: sources.commit_count(repo) for repo in repos}
         done_before = sum(len(plan.done) for plan in plans.values())
@@ -399,7 +445,7 @@ def mine(
 
         order = [repo.key for repo in repos]
         if executor == "ray":
-            _run_ray(repos, plans, counts, on_progress, report)
+            _run_ray(repos, plans, store, cache_dir, counts, on_progress, report)
             finalize(store, order, config)
         else:
             if sum(counts.values()) - done_before <= config.commits_per_batch:

@@ -11,16 +11,21 @@ A manifest is a TOML file with one `[[repo]]` table per repository:
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import fcntl
 import hashlib
 import os
 import re
 import shutil
+import socket
 import subprocess
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from zen_coder.errors import ZenCoderError
-from zen_coder.files import read_toml
+from zen_coder.files import read_toml, user_cache_dir
 from zen_coder.history.gitio import git
 from zen_coder.history.secrets import redact
 
@@ -64,11 +69,17 @@ class RepoSpec:
 
 @dataclass(frozen=True)
 class Repository:
-    """A spec resolved to a local git directory, ready to mine."""
+    """A spec resolved to a local git directory, ready to mine.
+
+    `revision` is the spec's revision with every branch or tag replaced by the commit it named at
+    resolution, so whatever mines the repository later, in this process or in a Ray task on
+    another machine, walks exactly the commits that were counted and checked for forks.
+    """
 
     spec: RepoSpec
     name: str
     git_dir: Path
+    revision: str
 
     @property
     def key(self) -> str:
@@ -112,15 +123,41 @@ def _local_git_dir(source: str) -> Path:
     return Path(result.stdout.strip())
 
 
-def _cached_clone(url: str, shown: str, cache_dir: Path) -> Path:
-    """Clone `url` once into the cache as a mirror; later calls fetch only what is new."""
+def default_cache_dir() -> Path:
+    """Where clone URLs are mirrored unless told otherwise: this machine's user cache."""
+    return user_cache_dir() / "repos"
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_path`, released on exit, even by `kill -9`."""
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _cached_clone(url: str, shown: str, cache_dir: Path, wanted: Sequence[str] = ()) -> Path:
+    """Clone `url` once into the cache as a mirror; later calls fetch only what is new.
+
+    A mirror that already holds every commit in `wanted` is used as it is, without asking the
+    remote. A lock beside each mirror makes processes sharing the cache (two Ray tasks on one
+    node, two runs) take turns, so none sees a half-made clone or collides in a fetch.
+    """
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", url.rstrip("/").rsplit("/", 1)[-1]) or "repo"
     target = cache_dir / f"{stem}-{digest}.git"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive(target.with_name(f"{stem}-{digest}.lock")):
+        if target.exists() and wanted and all(_has_commit(target, sha) for sha in wanted):
+            return target
+        _clone_or_fetch(url, shown, target)
+    return target
+
+
+def _clone_or_fetch(url: str, shown: str, target: Path) -> None:
     if target.exists():
         command = ["git", f"--git-dir={target}", "fetch", "--prune", "--quiet", "origin"]
     else:
-        cache_dir.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         command = ["git", "clone", "--mirror", "--quiet", url, str(partial)]
@@ -136,7 +173,6 @@ def _cached_clone(url: str, shown: str, cache_dir: Path) -> Path:
         raise ZenCoderError(f"{shown}: cannot clone or fetch ({reason}); check the URL and access")
     if not target.exists():
         partial.rename(target)
-    return target
 
 
 def resolve(spec: RepoSpec, cache_dir: Path) -> Repository:
@@ -145,15 +181,63 @@ def resolve(spec: RepoSpec, cache_dir: Path) -> Repository:
         git_dir = _cached_clone(spec.source, spec.shown, cache_dir)
     else:
         git_dir = _local_git_dir(spec.source)
-    repo = Repository(spec=spec, name=spec.display_name(), git_dir=git_dir)
-    tip = git(git_dir, "rev-parse", "--verify", "--quiet", f"{_tip(repo)}^{{commit}}", check=False)
-    if tip.returncode != 0:
-        if spec.revision == "HEAD":
-            raise EmptyRepository(f"{spec.shown}: repository has no commits; skipped")
-        raise ZenCoderError(
-            f"{spec.shown}: revision {spec.revision!r} not found; check the branch or range"
+    return Repository(spec, spec.display_name(), git_dir, _pinned(git_dir, spec))
+
+
+def reach_here(repo: Repository, cache_dir: Path | None = None) -> Repository:
+    """`repo` as this process reaches it, holding every commit its resolution pinned.
+
+    A Ray task may run on another machine than the one that resolved the inputs: a clone URL is
+    mirrored into this machine's cache (`cache_dir`, by default this machine's user cache), a
+    path must be on storage this machine reads as well.
+    """
+    wanted = _revision_commits(repo.revision)
+    if repo.spec.is_url:
+        git_dir = _cached_clone(
+            repo.spec.source, repo.spec.shown, cache_dir or default_cache_dir(), wanted
         )
-    return repo
+    else:
+        git_dir = repo.git_dir
+    missing = [sha for sha in wanted if not _has_commit(git_dir, sha)]
+    if not missing:
+        return dataclasses.replace(repo, git_dir=git_dir)
+    if repo.spec.is_url:
+        raise ZenCoderError(
+            f"{repo.spec.shown}: commit {missing[0]} is gone from the remote (history rewritten "
+            "during the run?); run again"
+        )
+    raise ZenCoderError(
+        f"{repo.spec.shown}: {git_dir} is not readable on host {socket.gethostname()} or lacks "
+        f"commit {missing[0][:12]}; put path inputs on storage every node reads, or pass a "
+        "clone URL"
+    )
+
+
+def _pinned(git_dir: Path, spec: RepoSpec) -> str:
+    """The spec's revision with each end of a range (or the single revision) as a commit id."""
+    separator = next((s for s in ("...", "..") if s in spec.revision), None)
+    ends = spec.revision.split(separator) if separator else [spec.revision]
+    commits = [_commit_id(git_dir, end or "HEAD", spec) for end in ends]
+    return separator.join(commits) if separator else commits[0]
+
+
+def _commit_id(git_dir: Path, revision: str, spec: RepoSpec) -> str:
+    found = git(git_dir, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}", check=False)
+    if found.returncode == 0:
+        return found.stdout.decode().strip()
+    if spec.revision == "HEAD":
+        raise EmptyRepository(f"{spec.shown}: repository has no commits; skipped")
+    raise ZenCoderError(
+        f"{spec.shown}: revision {spec.revision!r} not found; check the branch or range"
+    )
+
+
+def _revision_commits(revision: str) -> list[str]:
+    return [sha for sha in re.split(r"\.\.\.?", revision) if sha]
+
+
+def _has_commit(git_dir: Path, sha: str) -> bool:
+    return git(git_dir, "cat-file", "-e", f"{sha}^{{commit}}", check=False).returncode == 0
 
 
 def shallow_boundary(git_dir: Path) -> set[str]:
@@ -163,17 +247,19 @@ def shallow_boundary(git_dir: Path) -> set[str]:
 
 
 def root_commits(repo: Repository) -> set[str]:
-    out = git(repo.git_dir, "rev-list", "--max-parents=0", _tip(repo)).stdout
+    """Root commits reachable from any end of the revision.
+
+    They only decide which repositories are compared for shared commits, so counting the roots
+    of a range's excluded end too can cost a comparison but never change what is shared.
+    """
+    tips = _revision_commits(repo.revision)
+    out = git(repo.git_dir, "rev-list", "--max-parents=0", *tips, "--").stdout
     return set(out.decode().split())
 
 
 def commit_count(repo: Repository) -> int:
-    return int(git(repo.git_dir, "rev-list", "--count", repo.spec.revision, "--").stdout)
+    return int(git(repo.git_dir, "rev-list", "--count", repo.revision, "--").stdout)
 
 
 def all_commits(repo: Repository) -> set[str]:
-    return set(git(repo.git_dir, "rev-list", repo.spec.revision, "--").stdout.decode().split())
-
-
-def _tip(repo: Repository) -> str:
-    return repo.spec.revision.split("..")[-1] or "HEAD"
+    return set(git(repo.git_dir, "rev-list", repo.revision, "--").stdout.decode().split())

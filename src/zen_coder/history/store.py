@@ -5,6 +5,7 @@ Layout of an output directory (docs/mining.md describes the record schema):
     manifest.json                        inputs, config, schema version, counts
     data/<repo>/<shard>.parquet          the records (zstd Parquet)
     _state/lock                          held while a run writes
+    _state/run                           a Ray run's id: tasks check they see the driver's folder
     _state/staging/<repo>/<shard>.*      extracted shards waiting for deduplication
     _state/keys/<repo>/<shard>.parquet   dedup keys of every final record (kept or dropped)
     _state/ledgers/<repo>/<shard>.json   what a final shard covers: commits and counts

@@ -85,9 +85,7 @@ def walk(repo: Repository, plan: WalkPlan, on_skip=None) -> Iterator[BatchJob]:
     config = plan.config
     boundary = shallow_boundary(repo.git_dir)
     positions = HistoryPositions()
-    stream = LogStream(
-        repo.git_dir, repo.spec.revision, rename_limit=4 * config.max_files_per_commit
-    )
+    stream = LogStream(repo.git_dir, repo.revision, rename_limit=4 * config.max_files_per_commit)
     batch: list[CommitJob] = []
     first_index = 0
     try:
