@@ -1,6 +1,7 @@
 """Tiny real models for the generation backends, built once per session: a byte-level BPE
-tokenizer trained on the standard library, a native zen-coder model exported the way a run
-exports it, and a Hugging Face Llama saved with `save_pretrained`, both with that tokenizer."""
+tokenizer trained on the standard library, a native zen-coder model folder saved the way a run
+saves it (with the prepared data's language table), and a Hugging Face Llama saved with
+`save_pretrained`, both with that tokenizer."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import pytest
 import torch
 
 from zen_coder.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from zen_coder.history.languages import LANGUAGES
 from zen_coder.model.config import preset
+from zen_coder.model.folder import TOKENIZER_FILES, save_model
 from zen_coder.model.model import ZenCoder
-from zen_coder.training.checkpoint import export_native
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# The table `prepare` writes: the mining stage's list, after the unknown language.
+LANGUAGE_TABLE = ["<unknown>", *LANGUAGES]
 
 
 def _python_source(limit: int) -> list[str]:
@@ -61,8 +64,8 @@ def native_folder(tmp_path_factory, tokenizer_folder) -> Path:
         for block in model.blocks:
             block.moe.language.normal_(std=2.0)
     folder = tmp_path_factory.mktemp("native") / "model"
-    export_native(model, config, folder)
-    return _with_tokenizer(folder, tokenizer_folder)
+    save_model(folder, config, model.state_dict(), LANGUAGE_TABLE, tokenizer_folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ sequences cut and end generation, batches of different-length prompts change not
 from __future__ import annotations
 
 import hashlib
+import sys
 
 import pytest
 import torch
@@ -11,9 +12,10 @@ import torch
 from tests.inference.prompts import PROMPTS, ascii_piece
 from zen_coder.data.tokenizer import load_tokenizer, special_ids
 from zen_coder.errors import ZenCoderError
+from zen_coder.history.languages import LANGUAGES
 from zen_coder.inference.generation import GenerationConfig, cut_at_stop
 from zen_coder.inference.native import NativeGenerator
-from zen_coder.training.checkpoint import load_native
+from zen_coder.model.folder import load_model
 
 GREEDY = GenerationConfig(max_new_tokens=12)
 SAMPLED = GenerationConfig(n=4, temperature=1.0, top_p=0.95, max_new_tokens=12, seed=7)
@@ -26,7 +28,7 @@ def native(native_folder) -> NativeGenerator:
 
 def hand_rolled_greedy(folder, ids: list[int], steps: int) -> str:
     """Greedy decoding the long way: the whole sequence through the model for every token."""
-    model, tokenizer = load_native(folder), load_tokenizer(folder)
+    model, tokenizer = load_model(folder), load_tokenizer(folder)
     eos = tokenizer.token_to_id("<|endoftext|>")
     new: list[int] = []
     with torch.no_grad():
@@ -115,6 +117,32 @@ def test_language_reaches_the_router(native):
     )
     assert python != unknown
     assert unknown == native.complete(PROMPTS, GenerationConfig(max_new_tokens=12))
+
+
+def test_a_reordered_mining_list_leaves_the_models_language_ids_alone(native_folder, monkeypatch):
+    """A prompt's language reaches the router by the id the model was trained with, read from
+    the model folder's table, whatever later happens to the mining stage's list.
+
+    Checked by hand on the code before the folder carried its table (ids from the mining
+    stage's list): under the reversed list Python and Makefile completed differently, and the
+    test failed."""
+    trained_order = LANGUAGES  # the table of `native_folder`, after the unknown language
+    sample = ("Python", "Go", "Markdown", "Makefile")  # a completion costs, an id lookup not
+    settings = {
+        name: GenerationConfig(max_new_tokens=8, extra={"language": name}) for name in sample
+    }
+    generator = NativeGenerator(native_folder)
+    trained = {name: generator.complete(PROMPTS[:1], config) for name, config in settings.items()}
+    for module in list(sys.modules.values()):  # every module that holds the list by name
+        if getattr(module, "LANGUAGES", None) is trained_order:
+            monkeypatch.setattr(module, "LANGUAGES", trained_order[::-1])
+    reloaded = NativeGenerator(native_folder)
+    completions = {
+        name: reloaded.complete(PROMPTS[:1], config) for name, config in settings.items()
+    }
+    assert completions == trained
+    ids = [reloaded.language_id(name) for name in trained_order]
+    assert ids == list(range(1, len(trained_order) + 1))
 
 
 def test_identity_names_the_exact_model(native, native_folder):

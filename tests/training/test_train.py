@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -19,7 +20,8 @@ from tests.data.test_prepare import build_history, mined
 from zen_coder.data.config import PrepareConfig
 from zen_coder.data.pipeline import prepare
 from zen_coder.errors import ZenCoderError
-from zen_coder.training.checkpoint import load_native
+from zen_coder.model.folder import load_model, read_languages, save_model
+from zen_coder.model.model import ZenCoder
 from zen_coder.training.config import TrainConfig, load_run_config
 from zen_coder.training.metrics import read_metrics
 from zen_coder.training.optim import learning_rate_factor, parameter_groups
@@ -78,10 +80,11 @@ def test_training_lowers_the_loss_and_exports(data, tmp_path):
     assert {"loss", "lm", "balance", "z", "contrastive", "lr", "grad_norm"} <= set(train_events[0])
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert len(list((out / "checkpoints").glob("step-*"))) == 2  # keep_checkpoints
-    model = load_native(out / "model")
+    model = load_model(out / "model")
     vocabulary = json.loads((data / "manifest.json").read_text())["vocab_size"]
     assert model.config.vocab_size == vocabulary and model.config.n_repos == 2
     assert (out / "model" / "tokenizer.json").exists()
+    assert read_languages(out / "model") == json.loads((data / "languages.json").read_text())
     assert json.loads((out / "config.json").read_text())["train"]["steps"] == 12
     transformers = pytest.importorskip("transformers")
     exported = transformers.AutoModelForCausalLM.from_pretrained(out / "hf")
@@ -95,8 +98,42 @@ def test_a_compiled_bfloat16_run_trains_and_exports_plain_weights(data, tmp_path
     settings = configs("train.steps=8", "train.dtype=bfloat16", "train.compile=true")
     report = train(data, out, *settings)
     assert report.validation["loss"] < report.initial_validation["loss"] - 0.5
-    model = load_native(out / "model")  # compiling left the parameter names alone
+    model = load_model(out / "model")  # compiling left the parameter names alone
     assert model(torch.randint(0, model.config.vocab_size, (1, 8))).logits.isfinite().all()
+
+
+def test_fine_tuning_a_model_folder_keeps_each_languages_routing_rows(data, tmp_path):
+    """A base trained with another language table (the mining stage's list reordered since):
+    each language keeps its routing rows under the data's id, one the base never saw starts at
+    zero. (Broken by hand, loading the base's rows by id fails on the first language.)"""
+    table = json.loads((data / "languages.json").read_text())
+    base_table = [table[0], *reversed(table[2:]), "Ada"]  # no Python, and one the data lacks
+    manifest = json.loads((data / "manifest.json").read_text())
+    model_config, _ = configs()
+    base_config = dataclasses.replace(
+        model_config,
+        vocab_size=manifest["vocab_size"],
+        context_length=manifest["context_length"],
+        n_repos=len(json.loads((data / "repos.json").read_text())),
+        n_languages=len(base_table),
+    )
+    torch.manual_seed(0)
+    base = ZenCoder(base_config)
+    with torch.no_grad():
+        for block in base.blocks:
+            block.moe.language.normal_()
+    save_model(tmp_path / "base", base_config, base.state_dict(), base_table, tokenizer=data)
+    out = tmp_path / "run"
+    train(data, out, *configs("train.steps=1", f"train.init_from={tmp_path / 'base'}"))
+    assert read_languages(out / "model") == table
+    tuned = load_model(out / "model")
+    for block, before in zip(tuned.blocks, base.blocks, strict=True):
+        rows, base_rows = block.moe.language.detach(), before.moe.language.detach()
+        # One step of AdamW at the warmup's learning rate moves a value by about 0.002.
+        for name in table[2:]:
+            expected = base_rows[base_table.index(name)]
+            assert torch.allclose(rows[table.index(name)], expected, atol=0.01), name
+        assert rows[table.index("Python")].abs().max() < 0.01
 
 
 def test_resuming_from_a_checkpoint_reaches_the_same_losses(data, tmp_path):

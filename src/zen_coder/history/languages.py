@@ -11,7 +11,9 @@ import functools
 from pygments.lexer import Lexer
 from pygments.lexers import get_lexer_by_name
 
-# Later stages map these names to integer ids by position: append, never reorder or remove.
+# `prepare` numbers these names by position into the prepared data's languages.json, which
+# travels into the model folder; saved data and models keep their own table, so a change
+# here changes only what is prepared afterwards.
 LANGUAGES: tuple[str, ...] = (
     "Python",
     "TypeScript",

@@ -11,7 +11,7 @@ from zen_coder.inference.generation import Generator
 from zen_coder.inference.huggingface import HuggingFaceGenerator
 from zen_coder.inference.native import NativeGenerator
 from zen_coder.inference.remote import OpenAIGenerator
-from zen_coder.training.checkpoint import NATIVE_CONFIG
+from zen_coder.model.folder import CONFIG_FILE, is_model_folder
 
 BACKENDS = ("native", "huggingface", "openai")
 HUB_NAME = re.compile(r"[\w.-]+/[\w.-]+")  # owner/name
@@ -24,12 +24,12 @@ def detect_backend(model: str) -> str:
         return "openai"
     path = Path(model).expanduser()
     if path.is_dir():
-        if (path / NATIVE_CONFIG).is_file():
+        if is_model_folder(path):
             return "native"
         if (path / "config.json").is_file():
             return "huggingface"
         raise ZenCoderError(
-            f"{model} holds neither {NATIVE_CONFIG} (a zen-coder model) nor config.json (a Hugging "
+            f"{model} holds neither {CONFIG_FILE} (a zen-coder model) nor config.json (a Hugging "
             "Face model); pass a run's model/ or hf/ folder"
         )
     if path.exists():

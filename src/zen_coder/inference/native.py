@@ -18,9 +18,8 @@ from torch import Tensor
 
 from zen_coder.data.tokenizer import load_tokenizer, special_ids
 from zen_coder.errors import ZenCoderError
-from zen_coder.history.languages import LANGUAGES
 from zen_coder.inference.generation import GenerationConfig, complete_in_batches, cut_at_stop
-from zen_coder.training.checkpoint import NATIVE_WEIGHTS, load_native
+from zen_coder.model.folder import WEIGHTS_FILE, load_model, read_languages
 
 # What tells two zen-coder models apart in a result: the fields the presets set, and the switches.
 IDENTITY_FIELDS = (
@@ -51,14 +50,16 @@ class NativeGenerator:
     Special tokens spelled out in a prompt ("<|repo|>", "<|after|>", ...) are encoded as those
     tokens, as `prepare` inserts them by id, so prompts in the training format work; completions
     end at <|endoftext|> and show any other special token as its text, where a caller can cut.
-    `config.extra["language"]`, a language name such as "Python", sets the language side channel
-    for language routing; without it, or for a language the model does not know, it is unknown.
+    `config.extra["language"]`, a language name such as "Python" (any case), sets the language
+    side channel for language routing, by the id the model was trained with (the folder's
+    language table); without it, or for a language the model does not know, it is unknown.
     """
 
     def __init__(self, folder: str | Path, device: str = "cpu", dtype: str | None = None) -> None:
         self.folder = Path(folder).resolve()
         self.device = torch.device(device)
-        self.model = load_native(self.folder).to(device=self.device, dtype=torch_dtype(dtype))
+        self.model = load_model(self.folder).to(device=self.device, dtype=torch_dtype(dtype))
+        self.language_ids = language_ids(read_languages(self.folder))  # the ids it learned
         self.tokenizer = load_tokenizer(self.folder)
         # Prompts spell special tokens as text ("<|repo|>...<|after|>") where `prepare` put ids.
         self.tokenizer.encode_special_tokens = False
@@ -76,13 +77,17 @@ class NativeGenerator:
             "config": {name: getattr(config, name) for name in IDENTITY_FIELDS},
         }
 
+    def language_id(self, name: str | None) -> int:
+        """The id the model was trained with for the language `name` (any case); 0 = unknown."""
+        return self.language_ids.get((name or "").lower(), 0)
+
     @functools.cached_property
     def _weights_sha256(self) -> str:
-        return file_sha256(self.folder / NATIVE_WEIGHTS)
+        return file_sha256(self.folder / WEIGHTS_FILE)
 
     def complete(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[str]]:
         generator = torch.Generator(self.device).manual_seed(config.seed)
-        language = language_id(config.extra.get("language"), self.model.config.n_languages)
+        language = self.language_id(config.extra.get("language"))
         return complete_in_batches(
             prompts, config, lambda rows: self._complete_rows(rows, config, generator, language)
         )
@@ -132,11 +137,10 @@ def stop_detector(tokenizer: Tokenizer, stop: Sequence[str]) -> Callable[[Tensor
     return finished
 
 
-def language_id(name: str | None, n_languages: int) -> int:
-    """The id `prepare` gives the language (its place in LANGUAGES, from 1); 0 = unknown."""
-    ids = {language.lower(): number for number, language in enumerate(LANGUAGES, start=1)}
-    number = ids.get((name or "").lower(), 0)
-    return number if number < n_languages else 0
+def language_ids(table: list[str]) -> dict[str, int]:
+    """Lower-cased language name to the id a model's language table gives it (0, the unknown
+    language, is nobody's: a name missing from the table is unknown too)."""
+    return {name.lower(): number for number, name in enumerate(table) if number}
 
 
 def torch_dtype(name: str | None) -> torch.dtype | None:

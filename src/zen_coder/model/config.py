@@ -20,7 +20,6 @@ from typing import Any
 
 from zen_coder.errors import ZenCoderError
 from zen_coder.files import read_toml
-from zen_coder.history.languages import LANGUAGES
 from zen_coder.settings import apply_overrides, parse_assignments
 
 ROPE_SCALINGS = ("none", "linear", "llama3")
@@ -72,7 +71,9 @@ class ModelConfig:
     temporal_frequencies: int = 8  # terms of the learned Fourier series over temporal distance
     temporal_max_distance: int = 1024
     language_routing: bool = True
-    n_languages: int = len(LANGUAGES) + 1  # id 0 = unknown
+    # Rows of the language table, id 0 = unknown; train sets it from the data's table. The
+    # default is the size of that table when the mining stage knew 32 languages.
+    n_languages: int = 33
     contrastive_loss: bool = True
     contrastive_weight: float = 0.1
     contrastive_temperature: float = 0.05

@@ -1,4 +1,4 @@
-"""Training checkpoints with `torch.distributed.checkpoint`, and the model a run exports.
+"""Training checkpoints with `torch.distributed.checkpoint`, and the export of a run's model.
 
 A checkpoint holds everything a resumed run needs to continue exactly where the interrupted one
 stood: model and optimizer (sharded as they are, when FSDP shards them), scheduler, the data
@@ -10,18 +10,17 @@ resumes from the previous one; only the newest `keep` are kept.
 from __future__ import annotations
 
 import contextlib
-import json
 import pickle
 import random
 import shutil
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as torch_distributed
 import torch.distributed.checkpoint as dcp
-from safetensors.torch import load_file, save_file
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -32,13 +31,10 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.checkpoint.stateful import Stateful
 
 from zen_coder.errors import ZenCoderError
-from zen_coder.history.store import write_json_atomic
 from zen_coder.model.config import ModelConfig
-from zen_coder.model.model import ZenCoder
+from zen_coder.model.folder import save_model
 
 PREFIX = "step-"
-NATIVE_CONFIG = "zen_coder_config.json"
-NATIVE_WEIGHTS = "model.safetensors"
 
 
 def _rng_state() -> bytes:
@@ -150,32 +146,17 @@ def load(path: Path, state: TrainState) -> None:
         ) from None
 
 
-def export_native(model: torch.nn.Module, config: ModelConfig, directory: Path) -> None:
-    """The trained model as one safetensors file plus its config (collective under FSDP)."""
+def export_native(
+    model: torch.nn.Module,
+    config: ModelConfig,
+    directory: Path,
+    languages: Sequence[str],
+    tokenizer: Path,
+) -> None:
+    """The trained model as a zen-coder model folder (`zen_coder.model.folder`): every rank
+    gathers the full weights (collective under FSDP), the first writes them."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(model, options=options)
     if not torch_distributed.is_initialized() or torch_distributed.get_rank() == 0:
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {name: tensor.contiguous() for name, tensor in weights.items()}
-        temporary = directory / f".{NATIVE_WEIGHTS}.tmp"
-        save_file(tensors, str(temporary))
-        temporary.rename(directory / NATIVE_WEIGHTS)
-        write_json_atomic(directory / NATIVE_CONFIG, config.to_dict())
+        save_model(directory, config, weights, languages, tokenizer)
     _barrier()
-
-
-def load_native(directory: Path) -> ZenCoder:
-    """A model exported by `export_native` (a zen-coder run's `model/` folder)."""
-    config_path = directory / NATIVE_CONFIG
-    if not config_path.exists():
-        raise ZenCoderError(
-            f"{config_path} not found: {directory} is not a zen-coder model; pass a run's model "
-            "folder"
-        )
-    config = ModelConfig(**json.loads(config_path.read_text()))
-    model = ZenCoder(config)
-    missing, unexpected = model.load_state_dict(load_file(directory / NATIVE_WEIGHTS), strict=False)
-    if missing or unexpected:
-        name = (missing or unexpected)[0]
-        raise ZenCoderError(f"{directory / NATIVE_WEIGHTS}: tensor {name} does not fit the model")
-    return model.eval()

@@ -30,6 +30,7 @@ from zen_coder.errors import ZenCoderError
 from zen_coder.history.store import write_json_atomic
 from zen_coder.model import hf
 from zen_coder.model.config import ModelConfig
+from zen_coder.model.folder import TOKENIZER_FILES, is_model_folder, load_model
 from zen_coder.model.model import IGNORE, ZenCoder, next_token_targets
 from zen_coder.training import checkpoint
 from zen_coder.training.config import TrainConfig
@@ -135,8 +136,9 @@ def _build_model(config: ModelConfig, train: TrainConfig, prepared: dict) -> Zen
     if not train.init_from:
         return ZenCoder(config)
     base = Path(train.init_from)
-    if (base / checkpoint.NATIVE_CONFIG).exists():
-        model = checkpoint.load_native(base)
+    if is_model_folder(base):
+        # Its language rows follow the names of the data's table, whatever ids the base used.
+        model = load_model(base, languages=prepared["language_names"])
         if model.config.vocab_size != config.vocab_size:
             raise ZenCoderError(
                 f"base model {base} has a vocabulary of {model.config.vocab_size}, the data "
@@ -341,7 +343,9 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
                 checkpoint.save(checkpoints, state, step, config.keep_checkpoints, dist.is_main)
         if report.validation is None:
             report.validation = evaluate(model, data, config, dist, pad_id, languages)
-        report.model_dir, report.hf_dir = _export(model, model_config, data, out, dist, report)
+        report.model_dir, report.hf_dir = _export(
+            model, model_config, languages, data, out, dist, report
+        )
     finally:
         metrics.close()
     report.tokens = counters["tokens"]
@@ -390,24 +394,25 @@ def _clip(model: torch.nn.Module, max_norm: float) -> float:
     return float(full() if full is not None else norm)
 
 
-def _export(model, config: ModelConfig, data: Path, out: Path, dist, report: TrainReport):
-    """The trained model as a zen-coder folder and a Hugging Face one, each with the tokenizer."""
+def _export(
+    model, config: ModelConfig, languages: list[str], data: Path, out: Path, dist, report
+) -> tuple[Path, Path | None]:
+    """The trained model as a zen-coder folder (with the data's language table) and a Hugging
+    Face one, each with the data's tokenizer."""
     model_dir, hf_dir = out / "model", out / "hf"
-    checkpoint.export_native(model, config, model_dir)
+    checkpoint.export_native(model, config, model_dir, languages, tokenizer=data)
     if not dist.is_main:
         return model_dir, hf_dir
-    tokenizer_files = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-    native = checkpoint.load_native(model_dir)
-    exported = [model_dir]
+    native = load_model(model_dir)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             hf.save_pretrained(native, hf_dir)
-            exported.append(hf_dir)
         except ZenCoderError as exc:  # a model Hugging Face's formats cannot hold
             report.warnings.append(f"no Hugging Face export: {exc}")
+            hf_dir = None
     report.warnings += [str(warning.message) for warning in caught]
-    for folder in exported:
-        for name in tokenizer_files:
-            shutil.copyfile(data / name, folder / name)
-    return model_dir, hf_dir if hf_dir in exported else None
+    if hf_dir is not None:
+        for name in TOKENIZER_FILES:
+            shutil.copyfile(data / name, hf_dir / name)
+    return model_dir, hf_dir

@@ -1,0 +1,124 @@
+"""The zen-coder model folder: what it holds, what reads back, the language table it carries."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from zen_coder.errors import ZenCoderError
+from zen_coder.model.config import preset
+from zen_coder.model.folder import (
+    CONFIG_FILE,
+    LANGUAGES_FILE,
+    TABLE_BEFORE_LANGUAGES_FILE,
+    TOKENIZER_FILES,
+    WEIGHTS_FILE,
+    is_model_folder,
+    load_model,
+    read_languages,
+    save_model,
+)
+from zen_coder.model.model import ZenCoder
+
+TABLE = ["<unknown>", "Python", "Go", "Rust"]
+CONFIG = dataclasses.replace(
+    preset("tiny"), vocab_size=256, n_layers=2, n_experts=4, experts_per_token=2, n_languages=4
+)
+
+
+def one_line_error(function, *args, **kwargs) -> str:
+    with pytest.raises(ZenCoderError) as error:
+        function(*args, **kwargs)
+    assert "\n" not in str(error.value)
+    return str(error.value)
+
+
+def model_with_language_rows(config=CONFIG) -> ZenCoder:
+    """A model whose language rows all differ (a new model's are all zero)."""
+    torch.manual_seed(0)
+    model = ZenCoder(config)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.moe.language.normal_()
+    return model
+
+
+@pytest.fixture
+def folder(tmp_path, tokenizer_folder):
+    folder = tmp_path / "model"
+    save_model(folder, CONFIG, model_with_language_rows().state_dict(), TABLE, tokenizer_folder)
+    return folder
+
+
+def test_a_saved_model_reads_back_whole(folder):
+    files = sorted(path.name for path in folder.iterdir())
+    assert files == sorted([CONFIG_FILE, WEIGHTS_FILE, LANGUAGES_FILE, *TOKENIZER_FILES])
+    loaded = load_model(folder)
+    assert loaded.config == CONFIG and not loaded.training
+    expected = model_with_language_rows().state_dict()
+    assert all(torch.equal(tensor, expected[name]) for name, tensor in loaded.state_dict().items())
+    assert read_languages(folder) == TABLE
+
+
+def test_a_save_interrupted_midway_leaves_no_model(folder, tmp_path):
+    """Saving over a model stops after the weights (the tokenizer is missing): the folder no
+    longer claims to hold a model. (Broken by hand, keeping the old config until the end, the
+    folder still looked like a model.)"""
+    weights = model_with_language_rows().state_dict()
+    with pytest.raises(FileNotFoundError):
+        save_model(folder, CONFIG, weights, TABLE, tmp_path / "no-tokenizer")
+    assert (folder / WEIGHTS_FILE).exists() and not is_model_folder(folder)
+
+
+def test_language_rows_follow_their_names_into_another_table(folder):
+    """Fine-tuning on data with another table: each language keeps its row under its new id, a
+    new one starts at zero. (Broken by hand, loading the rows unchanged fails on row 1.)"""
+    rows = [block.moe.language for block in model_with_language_rows().blocks]
+    other = ["<unknown>", "Rust", "Zig", "Python", "Lua"]
+    moved = load_model(folder, languages=other)
+    assert moved.config.n_languages == len(other)
+    for block, before in zip(moved.blocks, rows, strict=True):
+        assert torch.equal(block.moe.language[0], before[0])
+        assert torch.equal(block.moe.language[1], before[TABLE.index("Rust")])
+        assert torch.equal(block.moe.language[3], before[TABLE.index("Python")])
+        assert not block.moe.language[[2, 4]].any()
+
+
+def test_a_folder_from_before_the_language_table_reads_the_table_of_its_time(
+    tmp_path, tokenizer_folder
+):
+    """Folders written before languages.json hold only the config, the weights and the
+    tokenizer; they were all trained with the prepared data's order of that time."""
+    config = dataclasses.replace(CONFIG, n_languages=len(TABLE_BEFORE_LANGUAGES_FILE))
+    folder = tmp_path / "old"
+    model = model_with_language_rows(config)
+    save_model(folder, config, model.state_dict(), TABLE_BEFORE_LANGUAGES_FILE, tokenizer_folder)
+    (folder / LANGUAGES_FILE).unlink()
+    with pytest.warns(UserWarning, match=f"{folder} has no languages.json .* Copy the"):
+        assert read_languages(folder) == list(TABLE_BEFORE_LANGUAGES_FILE)
+    assert torch.equal(load_model(folder).blocks[0].moe.language, model.blocks[0].moe.language)
+    config_path = folder / CONFIG_FILE
+    config_path.write_text(json.dumps(dict(json.loads(config_path.read_text()), n_languages=5)))
+    assert "has no languages.json and 5 language ids" in one_line_error(read_languages, folder)
+
+
+def test_damaged_folders_are_one_line_errors(folder, tokenizer_folder):
+    (folder / LANGUAGES_FILE).write_text(json.dumps(TABLE[:3]))
+    message = one_line_error(read_languages, folder)
+    assert f"{folder / LANGUAGES_FILE} does not fit the model: it needs 4 distinct" in message
+    (folder / LANGUAGES_FILE).write_text("[")
+    assert f"{folder / LANGUAGES_FILE} cannot be read" in one_line_error(read_languages, folder)
+    unknown_not_first = ["Python", *TABLE[1:]]
+    message = one_line_error(save_model, folder, CONFIG, {}, unknown_not_first, tokenizer_folder)
+    assert f"the language table for {folder} does not fit the model" in message
+    (folder / WEIGHTS_FILE).write_bytes(b"garbage")
+    assert f"{folder / WEIGHTS_FILE} cannot be read" in one_line_error(load_model, folder)
+    (folder / WEIGHTS_FILE).unlink()
+    assert f"{folder / WEIGHTS_FILE} not found" in one_line_error(load_model, folder)
+    (folder / CONFIG_FILE).write_text(json.dumps({"n_layers": 2, "colour": "blue"}))
+    assert "not a zen-coder model config" in one_line_error(load_model, folder)
+    (folder / CONFIG_FILE).unlink()
+    assert "is not a zen-coder model" in one_line_error(load_model, folder)
