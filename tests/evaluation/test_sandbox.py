@@ -23,7 +23,14 @@ import pytest
 
 from zen_coder.errors import ZenCoderError
 from zen_coder.evaluation import sandbox as sandbox_module
-from zen_coder.evaluation.sandbox import FIRST_ID, PYTHON_FLAGS, Limits, Sandbox, isolation
+from zen_coder.evaluation.sandbox import (
+    FIRST_ID,
+    PYTHON_FLAGS,
+    Limits,
+    Sandbox,
+    isolation,
+    weaknesses,
+)
 
 SLOT = 900  # far from the slots a harness running beside the tests would use
 PYTHON = sys.executable
@@ -91,9 +98,14 @@ def no_network() -> None:
 
 def test_isolation_names_each_protection():
     report = isolation()
-    assert set(report) >= {"network", "user", "filesystem", "limits"}
+    assert set(report) >= {"mode", "network", "user", "filesystem", "limits"}
     if os.geteuid() == 0:
         assert report["user"].startswith(f"uid {FIRST_ID}")
+    full = report["user"].startswith("uid") and report["network"].startswith("namespace")
+    if full:
+        assert (report["mode"], weaknesses()) == ("full", "")
+    else:
+        assert report["mode"] == "weak" and weaknesses()
 
 
 @pytest.mark.parametrize("method", PYTHON_RUNS)

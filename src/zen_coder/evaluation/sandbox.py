@@ -24,7 +24,9 @@ each program, applies the same setup in the fork and runs the script there as a 
 would.
 
 When the host lacks a piece (no namespaces in an unprivileged container, no user namespaces),
-runs go on without it and `isolation()` says which, so every result records it.
+runs go on without it and `isolation()` says which, so every result records it; `weaknesses()`
+says in one line what programs are then not isolated from, and `zen-coder eval` refuses to run
+them unless told to (`--allow-weak-sandbox`).
 """
 
 from __future__ import annotations
@@ -517,7 +519,8 @@ def _completed(
 
 def isolation() -> dict[str, str]:
     """What this host provides, recorded with every eval result: results from a host without
-    isolation are no less correct, but a program there could have harmed the host."""
+    isolation are no less correct, but a program there could have harmed the host. "mode" is
+    "full" or "weak" (see `weaknesses`)."""
     mode = _host_mode()
     missing = f"none: {mode.missing}" if mode.missing else "none"
     private = ", ".join(path for path in PRIVATE_TMP_DIRS if os.path.isdir(path))
@@ -528,6 +531,7 @@ def isolation() -> dict[str, str]:
         user = "same user: zen-coder does not run as root"
         elsewhere = "wherever this user may write"
     return {
+        "mode": "weak" if weaknesses() else "full",
         "network": "namespace: no interface up, not even loopback" if mode.unshare else missing,
         "user": user,
         "filesystem": (
@@ -537,6 +541,26 @@ def isolation() -> dict[str, str]:
         ),
         "limits": "wall clock, CPU time, address space, file size, processes, no core dumps",
     }
+
+
+def weaknesses() -> str:
+    """What programs are not isolated from on this host, one line for a human; "" where the
+    isolation is full: root, with network and mount namespaces. Without an own uid a program can
+    change this user's files and kill its processes, zen-coder's included."""
+    mode = _host_mode()
+    gaps = []
+    if not mode.own_uid:
+        gaps.append(
+            "programs run as this user, as zen-coder is not root (they can change or delete its "
+            "files and kill its processes, zen-coder's included)"
+        )
+    if not mode.unshare & CLONE_NEWNET:
+        gaps.append("the network is up")
+    if not mode.unshare & CLONE_NEWNS:
+        gaps.append("/tmp is shared")
+    if not gaps:
+        return ""
+    return ", ".join(gaps) + (f" ({mode.missing})" if mode.missing else "")
 
 
 @cache
