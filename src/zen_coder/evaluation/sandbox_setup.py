@@ -1,6 +1,6 @@
 """The steps that isolate one command, run in a fresh interpreter that then execs the command.
 
-`sandbox.py` runs this file by its path, never imports it into a program's reach:
+`sandbox.py` runs this file by its path, in a new interpreter:
 
     python -I -S sandbox_setup.py exec STATUS_FD KEY=VALUE... -- COMMAND...
     python -I -S sandbox_setup.py kill UID GID
@@ -14,11 +14,10 @@ Python server (`warm_python.py`) imports these steps to apply them in each fork.
 Settings come as KEY=VALUE items, a key given once or repeated (`parse_config`). This is not a
 `preexec_fn`: the host runs sandboxes from threads, where Python code between fork and exec is
 unsafe. It runs in the interpreter of the programs too (the warm server imports it), which may
-be any Python from 3.9 on, so it uses nothing newer and nothing outside the standard library,
-and imports little, to start fast: `-S` skips site-packages.
+be any Python from 3.9 on, so it uses nothing newer and nothing outside the standard library
+(annotations that 3.9 cannot evaluate are quoted), and imports little, to start fast: `-S` skips
+site-packages.
 """
-
-from __future__ import annotations
 
 import _signal
 import os
@@ -59,13 +58,13 @@ def libc_call(function: str, *arguments: object, what: str) -> None:
 
 
 def mount(
-    source: str | None, target: str, kind: str | None, flags: int, data: str | None = None
+    source: "str | None", target: str, kind: "str | None", flags: int, data: "str | None" = None
 ) -> None:
     encoded = (_encoded(source), _encoded(target), _encoded(kind), flags, _encoded(data))
     libc_call("mount", *encoded, what=f"mount {target}")
 
 
-def _encoded(text: str | None) -> bytes | None:
+def _encoded(text: "str | None") -> "bytes | None":
     return None if text is None else os.fsencode(text)
 
 

@@ -16,18 +16,18 @@ program's stdin, stdout and stderr attached as SCM_RIGHTS; each reply is framed 
 {"ended", "returncode", "seconds"} or {"error"}. The server exits when the channel closes.
 
 It runs in the interpreter of the programs, which may be any Python from 3.9 on (`run_python`'s
-`python`), so it uses nothing newer and nothing outside the standard library. Running it by path
-under `-I` keeps its folder, and zen-coder's package, off the programs' `sys.path`.
+`python`), so it uses nothing newer and nothing outside the standard library: annotations that
+3.9 cannot evaluate are quoted (`from __future__ import annotations` would import a module that a
+new interpreter does not have). Running it by path under `-I` keeps its folder, and zen-coder's
+package, off the programs' `sys.path`.
 """
 
 # BASELINE must be taken before this module imports anything:
 # ruff: noqa: E402
-from __future__ import annotations
-
 import sys
 
-# What `python -I SCRIPT` starts with (`from __future__` imported `__future__`, it does not).
-BASELINE = frozenset(sys.modules) - {"__future__"}
+BASELINE = frozenset(sys.modules)  # what `python -I SCRIPT` starts with
+FINDERS_AT_START = frozenset(sys.path_importer_cache)  # the folders it had looked in, and this file
 
 import _signal
 import _socket
@@ -54,7 +54,7 @@ FORGOTTEN = []  # modules the server imported, forgotten by its program children
 BUILTINS_AT_START = {}  # the builtins module's namespace as the program starts, for its teardown
 
 
-def serve(channel: _socket.socket) -> dict | None:
+def serve(channel: _socket.socket) -> "dict | None":
     """Answer requests until the host goes (None). Returns only in a forked child: the request it
     is to run."""
     while (message := receive(channel)) is not None:
@@ -73,7 +73,7 @@ def serve(channel: _socket.socket) -> dict | None:
     return None
 
 
-def receive(channel: _socket.socket) -> tuple[dict, list[int]] | None:
+def receive(channel: _socket.socket) -> "tuple[dict, list[int]] | None":
     """The next request and the file descriptors that came with it; None when the host has
     closed the channel."""
     data, fds = b"", []
@@ -138,7 +138,7 @@ def outcome(pid: int, request: dict, status: int, channel: _socket.socket, start
     return {"ended": ended, "returncode": returncode, "seconds": seconds}
 
 
-def wait_for(pid: int, deadline: float, channel: _socket.socket) -> bool | None:
+def wait_for(pid: int, deadline: float, channel: _socket.socket) -> "bool | None":
     """True when `pid` exits before `deadline`, False when it does not, None when the host goes
     (anything arriving on the channel meanwhile: the host sends nothing during a run)."""
     pidfd = os.pidfd_open(pid)
@@ -178,6 +178,14 @@ def end_descendants(uid: int, gid: int) -> None:
             killed = True
 
 
+def forget_finders() -> None:
+    """Drop the finders cached while this server imported its modules (their packages' folders,
+    this one's): a program starts with those of `python -I SCRIPT`. Done once, in the server, as
+    each fork that freed them would copy the pages they are on."""
+    for folder in [folder for folder in sys.path_importer_cache if folder not in FINDERS_AT_START]:
+        del sys.path_importer_cache[folder]
+
+
 def become_main(script: str) -> dict:
     """The state `python -I SCRIPT` starts in; the new `__main__`'s namespace. The modules the
     server imported are forgotten (a program importing them gets fresh ones; they are kept alive
@@ -187,8 +195,6 @@ def become_main(script: str) -> dict:
         parent, _, child = name.rpartition(".")
         if parent in BASELINE and getattr(sys.modules[parent], child, None) is module:
             delattr(sys.modules[parent], child)
-        for folder in getattr(module, "__path__", ()):  # a package's finder, cached on import
-            sys.path_importer_cache.pop(folder, None)
     # `site` added the folders of .pth files as the host saw them; a new interpreter here adds
     # only those the sandbox can see (a checkout under the host's /tmp is hidden, for one).
     sys.path[:] = [entry for entry in sys.path if entry.endswith(".zip") or os.path.isdir(entry)]
@@ -318,6 +324,7 @@ if __name__ == "__main__":
     # tests document, not two.
     channel = _socket.socket(fileno=int(sys.argv[1]))
     setup.libc_call("prctl", PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0, what="child subreaper")
+    forget_finders()
     request = serve(channel)
     if request is None:
         sys.exit(0)
