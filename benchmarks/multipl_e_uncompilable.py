@@ -15,7 +15,7 @@ import argparse
 import time
 from pathlib import Path
 
-from zen_coder.benchmarks import load_problems
+from zen_coder.benchmark_problems import load_problems
 from zen_coder.evaluation.languages import runner_for, uncompilable
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -62,7 +62,7 @@ def run_marked_test(**settings: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **settings}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
-         "tests/test_benchmarks.py::test_shared_counts"],
+         "tests/test_benchmark_problems.py::test_shared_counts"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.shared import BENCHMARKS
-from zen_coder.benchmarks import Problem, load_problems
+from zen_coder.benchmark_problems import Problem, load_problems
 from zen_coder.data.decontaminate import (
     MAX_SHARED_PROBLEMS,
     MIN_SHORT_WORDS,

@@ -15,7 +15,7 @@ from zen_coder.cli import main
 from zen_coder.errors import ZenCoderError
 from zen_coder.evaluation.execution import Job, execute
 from zen_coder.evaluation.harness import EvalSettings, evaluate
-from zen_coder.evaluation.history import load_history_problems
+from zen_coder.evaluation.history_benchmark import load_history_problems
 from zen_coder.evaluation.languages import RUNNERS
 from zen_coder.evaluation.tasks import HUMANEVAL_STOP
 from zen_coder.history.pipeline import mine

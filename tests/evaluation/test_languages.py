@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.shared import BENCHMARKS
-from zen_coder.benchmarks import Problem, load_problems
+from zen_coder.benchmark_problems import Problem, load_problems
 from zen_coder.errors import ZenCoderError
 from zen_coder.evaluation.languages import (
     RUNNERS,

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zen_coder.benchmarks import Problem
+from zen_coder.benchmark_problems import Problem
 
 # A run of words shared by more problems (counting translations as one) is boilerplate.
 MAX_SHARED_PROBLEMS = 5

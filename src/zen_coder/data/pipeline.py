@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from zen_coder import __version__
-from zen_coder.benchmarks import load_problems
+from zen_coder.benchmark_problems import load_problems
 from zen_coder.data.config import PrepareConfig
 from zen_coder.data.decontaminate import BenchmarkIndex
 from zen_coder.data.pack import SplitWriter, channel_dtypes, tokenize
@@ -258,8 +258,8 @@ def prepare(
 
     `tokenizer` reuses an existing tokenizer (e.g. a base model's) instead of training one;
     `benchmarks` are the decontamination sources (names or local paths, see
-    `zen_coder.benchmarks.load_problems`). `progress(total_records)` may return a callback that
-    receives the number of records done.
+    `zen_coder.benchmark_problems.load_problems`). `progress(total_records)` may return a
+    callback that receives the number of records done.
     """
     config = config or PrepareConfig()
     started = time.monotonic()

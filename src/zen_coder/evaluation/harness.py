@@ -30,7 +30,7 @@ from typing import Any
 from zen_coder import __version__
 from zen_coder.errors import ZenCoderError
 from zen_coder.evaluation.execution import Job, execute, in_slots
-from zen_coder.evaluation.history import (
+from zen_coder.evaluation.history_benchmark import (
     PROMPT_TEMPLATES,
     HistoryProblem,
     HistoryScore,
@@ -38,7 +38,7 @@ from zen_coder.evaluation.history import (
     load_history_problems,
     stop_sequences,
 )
-from zen_coder.evaluation.history import score as history_score
+from zen_coder.evaluation.history_benchmark import score as history_score
 from zen_coder.evaluation.languages import Verdict, runner_for, uncompilable
 from zen_coder.evaluation.passk import mean_pass_at_k
 from zen_coder.evaluation.sandbox import isolation

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from zen_coder.benchmarks import Problem, load_set
+from zen_coder.benchmark_problems import Problem, load_set
 from zen_coder.errors import ZenCoderError
 
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\n```")
@@ -30,7 +30,7 @@ MBPP_TEST_IDS = range(11, 511)
 # The card's eight MultiPL-E languages are not named; these eight run on Debian packages.
 DEFAULT_MULTIPL_E = ("cpp", "go", "java", "js", "php", "rb", "rs", "ts")
 MULTIPL_E = "multipl-e"
-HISTORY = "history:"  # followed by a `zen-coder prepare` folder: see evaluation/history.py
+HISTORY = "history:"  # then a `zen-coder prepare` folder: see evaluation/history_benchmark.py
 
 
 @dataclass(frozen=True)

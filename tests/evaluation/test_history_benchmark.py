@@ -20,7 +20,7 @@ from zen_coder.data.pipeline import prepare
 from zen_coder.data.samples import RecordSamples
 from zen_coder.data.tokenizer import load_tokenizer
 from zen_coder.errors import ZenCoderError
-from zen_coder.evaluation.history import (
+from zen_coder.evaluation.history_benchmark import (
     HistoryProblem,
     edit_similarity,
     extract_file,

