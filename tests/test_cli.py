@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -145,6 +146,24 @@ def test_prepare_prints_a_summary_and_errors_in_one_line(tmp_path):
         f"{tmp_path / 'nothing' / 'manifest.json'} not found: {tmp_path / 'nothing'} is not a "
         "mined dataset; run `zen-coder mine` first",
     )
+
+
+def test_every_command_shows_one_kind_of_progress_bar(tmp_path):
+    """mine and prepare (like train and eval) draw their bars with the CLI's one builder: label,
+    bar, done/total and unit, then what is being worked on. Before there was one builder, mine's
+    bar read `mining r ━━ 6/6 commits`, and this test failed on it."""
+    repo = GitRepo(tmp_path / "r")
+    for i in range(6):
+        repo.write("app.py", f"def f():\n    return {i}\n")
+        repo.commit(f"Scale the helper by {i} for the new pricing rules")
+    mined, prepared = tmp_path / "mined", tmp_path / "prepared"
+    result = zen_coder("mine", str(repo.path), "--out", str(mined))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^mining ━+ 6/6 commits r ", result.stdout, re.MULTILINE), result.stdout
+    args = ["--set", "vocab_size=600", "--set", "context_length=64", "--set", "decontaminate=false"]
+    result = zen_coder("prepare", str(mined), "--out", str(prepared), *args)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^preparing ━+ 6/6 records ", result.stdout, re.MULTILINE), result.stdout
 
 
 def test_config_prints_the_card_preset_counts():

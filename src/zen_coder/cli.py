@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -33,28 +34,72 @@ addresses redacted. Output: sharded zstd Parquet plus manifest.json. Rerunning i
 """
 
 
-def _mine_progress(console: Console, quiet: bool) -> tuple[Progress | None, Callable | None]:
+@contextmanager
+def _progress(console: Console, quiet: bool, unit: str = "") -> Iterator[Callable | None]:
+    """The one progress display of every command, shown while the context is open.
+
+    It yields `start(label, total)`, which adds a bar and returns its
+    `update(advance=0, completed=None, info=None)`; or None when quiet, so a stage runs without
+    any display."""
     if quiet:
-        return None, None
+        yield None
+        return
     bar = Progress(
-        TextColumn("[bold]mining[/] {task.description}"),
+        TextColumn("[bold]{task.description}[/]"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("commits"),
+        TextColumn(f"{unit} {{task.fields[info]}}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
     )
 
-    def start(total: int) -> Callable[[str, int], None]:
-        task = bar.add_task("", total=total)
+    def start(label: str, total: int) -> Callable[..., None]:
+        task = bar.add_task(label, total=total, info="")
 
-        def advance(name: str, commits: int) -> None:
-            bar.update(task, advance=commits, description=name)
+        def update(advance: int = 0, completed: int | None = None, info: str | None = None) -> None:
+            fields = {} if info is None else {"info": info}
+            bar.update(task, advance=advance, completed=completed, **fields)
+
+        return update
+
+    with bar:
+        yield start
+
+
+def _mine_bar(start: Callable | None) -> Callable | None:
+    """`mine`'s progress callback: a bar of commits, labelled with the repository being mined."""
+    if start is None:
+        return None
+
+    def begin(total: int) -> Callable[[str, int], None]:
+        update = start("mining", total)
+        return lambda name, commits: update(commits, info=name)
+
+    return begin
+
+
+def _train_bar(start: Callable | None) -> Callable | None:
+    """`train`'s progress callback: a bar of optimizer steps with the latest loss, learning rate
+    and throughput."""
+    if start is None:
+        return None
+
+    def begin(total: int) -> Callable[[int, dict], None]:
+        update = start("training", total)
+
+        def advance(step: int, values: dict) -> None:
+            info = None
+            if values:
+                info = (
+                    f"loss {values['loss']:.3f} lr {values['lr']:.2e} "
+                    f"{values['tokens_per_second']:,.0f} tok/s"
+                )
+            update(completed=step, info=info)
 
         return advance
 
-    return bar, start
+    return begin
 
 
 def _count_table(title: str, counts: dict[str, int], unit: str) -> Table:
@@ -123,10 +168,7 @@ def run_mine(args: argparse.Namespace, console: Console) -> int:
         raise ZenCoderError("nothing to mine: pass repository paths or URLs, or --manifest FILE")
     config = load_config(args.config, args.set)
     salt = load_salt(args.salt_file) if args.salt_file else None
-    bar, start = _mine_progress(console, args.quiet)
-    if bar is not None:
-        bar.start()
-    try:
+    with _progress(console, args.quiet, "commits") as start:
         report = mine(
             specs,
             args.out,
@@ -135,11 +177,8 @@ def run_mine(args: argparse.Namespace, console: Console) -> int:
             executor=args.executor,
             cache_dir=args.cache_dir,
             salt=salt,
-            progress=start,
+            progress=_mine_bar(start),
         )
-    finally:
-        if bar is not None:
-            bar.stop()
     print_mine_summary(console, report)
     return 1 if report.errors else 0
 
@@ -152,33 +191,6 @@ position per token, a temporal split (each repository's newest commits are valid
 benchmark decontamination, and fixed-length packed sequences as memory-mapped arrays.
 Rerunning with the same inputs and settings reuses the output.
 """
-
-
-def _progress_bars(console: Console, quiet: bool, unit: str = ""):
-    """A progress display and `start(label, total)`, which adds one bar and returns its
-    `advance(count)`; (None, None) when quiet."""
-    if quiet:
-        return None, None
-    bar = Progress(
-        TextColumn("[bold]{task.description}[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn(unit),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
-
-    def start(label: str, total: int) -> Callable[[int], None]:
-        task = bar.add_task(label, total=total)
-        return lambda done: bar.update(task, advance=done)
-
-    return bar, start
-
-
-def _simple_progress(console: Console, quiet: bool, label: str, unit: str):
-    bar, start = _progress_bars(console, quiet, unit)
-    return bar, (None if start is None else lambda total: start(label, total))
 
 
 def print_prepare_summary(console: Console, report) -> None:
@@ -215,21 +227,15 @@ def run_prepare(args: argparse.Namespace, console: Console) -> int:
     from zen_coder.data.pipeline import prepare
 
     config = load_prepare_config(args.config, args.set)
-    bar, start = _simple_progress(console, args.quiet, "preparing", "records")
-    if bar is not None:
-        bar.start()
-    try:
+    with _progress(console, args.quiet, "records") as start:
         report = prepare(
             args.mined,
             args.out,
             config,
             tokenizer=args.tokenizer,
             benchmarks=args.benchmarks,
-            progress=start,
+            progress=None if start is None else lambda total: start("preparing", total),
         )
-    finally:
-        if bar is not None:
-            bar.stop()
     print_prepare_summary(console, report)
     return 0
 
@@ -303,49 +309,13 @@ def print_train_summary(console: Console, report) -> None:
     console.print(Text(f"metrics: {report.out / 'metrics.jsonl'}"), soft_wrap=True)
 
 
-def _train_progress(console: Console, quiet: bool):
-    if quiet:
-        return None, None
-    bar = Progress(
-        TextColumn("[bold]training[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("steps {task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
-
-    def start(total: int):
-        task = bar.add_task("", total=total, info="")
-
-        def advance(step: int, values: dict) -> None:
-            info = bar.tasks[task].fields["info"]
-            if values:
-                info = (
-                    f"loss {values['loss']:.3f} lr {values['lr']:.2e} "
-                    f"{values['tokens_per_second']:,.0f} tok/s"
-                )
-            bar.update(task, completed=step, info=info)
-
-        return advance
-
-    return bar, start
-
-
 def run_train(args: argparse.Namespace, console: Console) -> int:
     from zen_coder.training.config import load_run_config
     from zen_coder.training.trainer import train
 
     model_config, train_config = load_run_config(args.config, args.set)
-    bar, start = _train_progress(console, args.quiet)
-    if bar is not None:
-        bar.start()
-    try:
-        report = train(args.data, args.out, model_config, train_config, progress=start)
-    finally:
-        if bar is not None:
-            bar.stop()
+    with _progress(console, args.quiet, "steps") as start:
+        report = train(args.data, args.out, model_config, train_config, progress=_train_bar(start))
     if report is not None and (os.environ.get("RANK", "0") == "0"):
         print_train_summary(console, report)
     return 0
@@ -354,34 +324,18 @@ def run_train(args: argparse.Namespace, console: Console) -> int:
 def run_quickstart(args: argparse.Namespace, console: Console) -> int:
     from zen_coder.quickstart import quickstart
 
-    bar, start = _train_progress(console, args.quiet)
-
     def say(line: str) -> None:
         console.print(Text(line), soft_wrap=True)
 
-    def progress(total: int):
-        bar.start()
-        advance = start(total)
-
-        def update(step: int, values: dict) -> None:
-            advance(step, values)
-            if step == total:
-                bar.stop()
-
-        return update
-
-    try:
+    with _progress(console, args.quiet, "steps") as start:
         quickstart(
             args.repo,
             args.out,
             steps=args.steps,
             benchmarks=args.benchmarks,
             say=say,
-            progress=progress if bar is not None else None,
+            progress=_train_bar(start),
         )
-    finally:
-        if bar is not None:
-            bar.stop()
     return 0
 
 
@@ -487,14 +441,8 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
             dtype=args.dtype,
             served_model=args.served_model,
         )
-    bar, progress = _progress_bars(console, args.quiet)
-    if bar is not None:
-        bar.start()
-    try:
-        report = evaluate(settings, args.out, generator, args.samples, console.print, progress)
-    finally:
-        if bar is not None:
-            bar.stop()
+    with _progress(console, args.quiet) as start:
+        report = evaluate(settings, args.out, generator, args.samples, console.print, start)
     print_eval_summary(console, report)
     return 0
 
