@@ -21,10 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from zen_coder.history import filters, languages
+from zen_coder.history import arrays, filters, languages
 from zen_coder.history.config import MineConfig
 from zen_coder.history.diff import changed_lines, unified_diff
 from zen_coder.history.formatting import is_formatting_only
@@ -134,15 +132,16 @@ class EarlierHashes:
             keys = ledger.with_name(ledger.name.removesuffix(".json") + ".keys.parquet")
             if shard_rank < rank and keys not in self.loaded and keys.exists():
                 paths.append(keys)
-        arrays = [self.sorted]
+        found = [self.sorted]
         for path in paths:
             try:
-                arrays.append(pq.read_table(path, columns=["content_hash"])[0].to_numpy())
+                hashes = arrays.read_table(path, ["content_hash"])["content_hash"]
+                found.append(arrays.to_numpy(hashes, np.uint64))
             except OSError:  # finalized since it was listed; its final copy is found next time
                 continue
             self.loaded.add(path)
-        if len(arrays) > 1:
-            self.sorted = np.sort(np.concatenate(arrays))
+        if len(found) > 1:
+            self.sorted = np.sort(np.concatenate(found))
 
     def __contains__(self, content_hash: int) -> bool:
         position = np.searchsorted(self.sorted, np.uint64(content_hash))
@@ -539,16 +538,13 @@ class _Batch:
         paths = store.staged(self.job.repo_key, self.job.shard)
         counts = self.counts
         if counts.records:
-            keys = pa.table(
-                {
-                    "content_hash": pa.array(self.hashes, pa.uint64()),
-                    "bands": pa.array(self.bands, pa.binary()),
-                    "kept": pa.array([True] * counts.records),
-                },
-                schema=KEYS_SCHEMA,
-            )
-            write_parquet_atomic(paths.keys, keys, records=False)
-            table = pa.table(self.columns, schema=RECORD_SCHEMA)
+            keys = {
+                "content_hash": self.hashes,
+                "bands": self.bands,
+                "kept": [True] * len(self.hashes),
+            }
+            write_parquet_atomic(paths.keys, arrays.table(keys, KEYS_SCHEMA), records=False)
+            table = arrays.table(self.columns, RECORD_SCHEMA)
             write_parquet_atomic(paths.data, table, records=True)
         kept = counts.commits.pop("kept", 0)
         ledger = {
