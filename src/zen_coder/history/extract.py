@@ -28,7 +28,7 @@ from zen_coder.history.diff import changed_lines, unified_diff
 from zen_coder.history.formatting import is_formatting_only
 from zen_coder.history.gitio import MODE_GITLINK, MODE_SYMLINK, ZERO_OID, BlobReader, RawChange
 from zen_coder.history.minhash import MinHasher
-from zen_coder.history.secrets import redact
+from zen_coder.history.secrets import redact, redact_edit
 from zen_coder.history.store import (
     KEYS_SCHEMA,
     RECORD_SCHEMA,
@@ -319,13 +319,17 @@ class _Batch:
                     blob.problem = "undecodable"
             _WORKER.remember(self.blob_key(oid), blob)
 
-    def clean(self, blob: Blob) -> str:
+    def clean(self, blob: Blob, previous: Blob | None = None) -> str:
+        """The blob's text redacted and normalized. `previous` is the file's version before it:
+        when nothing in it was redacted, only the lines the change touched need searching."""
         if blob.clean is None:
             text = blob.text
             if self.config.redact_secrets or self.config.redact_emails:
-                text, blob.redactions = redact(
-                    text, secrets=self.config.redact_secrets, emails=self.config.redact_emails
-                )
+                flags = {"secrets": self.config.redact_secrets, "emails": self.config.redact_emails}
+                if previous is not None and previous.clean is not None and not previous.redactions:
+                    text, blob.redactions = redact_edit(previous.text, text, **flags)
+                else:
+                    text, blob.redactions = redact(text, **flags)
             blob.clean = normalize(text) if self.config.normalize_code else text
             blob.digest = hashlib.blake2b(blob.clean.encode(), digest_size=16).digest()
         return blob.clean
@@ -368,7 +372,7 @@ class _Batch:
     def record(self, commit: CommitJob, candidate: _Candidate, old: Blob | None, new: Blob | None):
         change = candidate.change
         old_text = self.clean(old) if old is not None else None
-        new_text = self.clean(new) if new is not None else None
+        new_text = self.clean(new, previous=old) if new is not None else None
         kind = CHANGE_TYPES[change.status]
         if kind == "modify" and old_text == new_text:
             return None

@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING
 
 from pygments.token import Comment, Punctuation, String
 
+from zen_coder.history.edits import changed_lines, shared_ends
+
 if TYPE_CHECKING:
     from pygments.lexer import Lexer
 
@@ -101,8 +103,7 @@ def _equal_after_deleting(old: str, new: str, deleted: bytes, table: bytes | Non
     speed, and only the differing middles are encoded and squeezed. UTF-8 keeps ASCII bytes out of
     multi-byte sequences, so byte-wise deletion and case mapping act exactly like character-wise.
     """
-    start = _common_prefix_length(old, new)
-    end = _common_suffix_length(old, new, min(len(old), len(new)) - start)
+    start, end = shared_ends(old, new)
     old_middle = old[start : len(old) - end].encode("utf-8", "surrogatepass").strip(deleted)
     new_middle = new[start : len(new) - end].encode("utf-8", "surrogatepass").strip(deleted)
     # The first and last kept bytes settle most real edits without squeezing the whole middles.
@@ -110,30 +111,6 @@ def _equal_after_deleting(old: str, new: str, deleted: bytes, table: bytes | Non
     if old_ends != (new_middle[:1] + new_middle[-1:]).translate(table):
         return False
     return old_middle.translate(table, deleted) == new_middle.translate(table, deleted)
-
-
-def _common_prefix_length(a: str, b: str) -> int:
-    """How many leading characters `a` and `b` share, by binary search over C-level comparisons."""
-    low, high = 0, min(len(a), len(b))
-    while low < high:
-        middle = (low + high + 1) // 2
-        if a.startswith(b[low:middle], low):
-            low = middle
-        else:
-            high = middle - 1
-    return low
-
-
-def _common_suffix_length(a: str, b: str, limit: int) -> int:
-    """How many trailing characters, at most `limit`, `a` and `b` share."""
-    low, high = 0, limit
-    while low < high:
-        middle = (low + high + 1) // 2
-        if a.endswith(b[len(b) - middle : len(b) - low], 0, len(a) - low):
-            low = middle
-        else:
-            high = middle - 1
-    return low
 
 
 def _same_lines(old: str, new: str) -> bool:
@@ -245,11 +222,9 @@ def _changed_statements_formatting_only(old: str, new: str) -> bool | None:
     their tokens around its middle's: the whole files' ASTs and comments are equal exactly when
     the middles' are.
     """
-    same_start = _common_prefix_length(old, new)
-    same_end = _common_suffix_length(old, new, min(len(old), len(new)) - same_start)
-    start, prefix_tree = _prefix_cut(old, old.rfind("\n", 0, same_start) + 1)
-    # The cut after the change is at a line that starts after a newline of the shared end.
-    end = _suffix_cut(old, old.find("\n", len(old) - same_end) + 1 or len(old))
+    first_line, last_line_end, _ = changed_lines(old, new)
+    start, prefix_tree = _prefix_cut(old, first_line)
+    end = _suffix_cut(old, last_line_end)
     old_middle, new_middle = old[start:end], new[start : len(new) - (len(old) - end)]
     old_tree, new_tree = _python_ast(old_middle), _python_ast(new_middle)
     if old_tree is None or new_tree is None:
