@@ -228,7 +228,6 @@ class _Batch:
         self.job = job
         self.config = job.config
         self.reader = _WORKER.reader(job.git_dir)
-        self.hasher = _WORKER.hasher(job.config)
         self.counts = Counts()
         self.columns: dict[str, list] = {name: [] for name in RECORD_SCHEMA.names}
         self.hashes: list[int] = []
@@ -387,7 +386,8 @@ class _Batch:
         content_hash = int.from_bytes(digest.digest(), "little")
         band_bytes = b""  # computed later, if ever another repository joins the dataset
         if self.job.near_dedup:
-            bands = self.hasher.band_hashes(changed_lines(diff), fallback=content_hash)
+            hasher = _WORKER.hasher(self.config)
+            bands = hasher.band_hashes(changed_lines(diff), fallback=content_hash)
             band_bytes = np.asarray(bands, dtype="<u8").tobytes()
         return {
             "repo": self.job.repo,
