@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zen_coder.history import arrays, filters, languages
+from zen_coder.history import arrays, edits, filters, languages
 from zen_coder.history.config import MineConfig
 from zen_coder.history.diff import changed_lines, unified_diff
 from zen_coder.history.formatting import is_formatting_only
@@ -108,6 +108,27 @@ def normalize(text: str) -> str:
         return text  # the usual case: nothing to copy
     text = text.rstrip("\n")
     return text + "\n" if text else ""
+
+
+def normalize_edit(old: str, new: str) -> str:
+    """`normalize(new)`, given that `normalize(old)` changed nothing, from the lines that differ.
+
+    The lines `new` shares with `old` have no carriage return and no trailing whitespace, so only
+    the changed lines and the ends of the text can need work; if they do, all of it is normalized.
+    """
+    start, _, end = edits.changed_lines(old, new)
+    changed = new[start:end]
+    if (
+        "\r" in changed
+        or " \n" in changed
+        or "\t\n" in changed
+        or new.startswith("\ufeff")
+        or not new.endswith("\n")
+        or new.endswith("\n\n")
+        or new == "\n"
+    ):
+        return normalize(new)
+    return new
 
 
 class EarlierHashes:
@@ -319,17 +340,28 @@ class _Batch:
             _WORKER.remember(self.blob_key(oid), blob)
 
     def clean(self, blob: Blob, previous: Blob | None = None) -> str:
-        """The blob's text redacted and normalized. `previous` is the file's version before it:
-        when nothing in it was redacted, only the lines the change touched need searching."""
+        """The blob's text redacted and normalized.
+
+        `previous` is the file's version before this one. Where cleaning it changed nothing, only
+        the lines this change touched can need cleaning, and only those are searched.
+        """
         if blob.clean is None:
             text = blob.text
-            if self.config.redact_secrets or self.config.redact_emails:
-                flags = {"secrets": self.config.redact_secrets, "emails": self.config.redact_emails}
-                if previous is not None and previous.clean is not None and not previous.redactions:
+            config = self.config
+            cleaned_before = previous is not None and previous.clean is not None
+            if config.redact_secrets or config.redact_emails:
+                flags = {"secrets": config.redact_secrets, "emails": config.redact_emails}
+                if cleaned_before and not previous.redactions:
                     text, blob.redactions = redact_edit(previous.text, text, **flags)
                 else:
                     text, blob.redactions = redact(text, **flags)
-            blob.clean = normalize(text) if self.config.normalize_code else text
+            if config.normalize_code:
+                # Cleaning returns the very text it was given when it has nothing to change.
+                if cleaned_before and previous.clean is previous.text and text is blob.text:
+                    text = normalize_edit(previous.text, text)
+                else:
+                    text = normalize(text)
+            blob.clean = text
             blob.digest = hashlib.blake2b(blob.clean.encode(), digest_size=16).digest()
         return blob.clean
 
