@@ -44,13 +44,14 @@ GIT_LOG_TARGET = 3.0  # default workers within this many times the time of `git 
 RSS_TARGET_MB = 1024
 
 # Runs a command and prints its wall seconds, the peak RSS (KiB) of its largest process (children
-# included) and its exit status.
+# included), its CPU seconds (user and system, children included) and its exit status.
 MEASURE = """
 import resource, subprocess, sys, time
 start = time.perf_counter()
 code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode
 elapsed = time.perf_counter() - start
-print(elapsed, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(elapsed, usage.ru_maxrss, usage.ru_utime + usage.ru_stime, code)
 """
 
 PYDRILLER = """
@@ -77,8 +78,9 @@ print(commits, files, file=sys.stderr)
 
 @dataclass
 class Timing:
-    seconds: float
+    seconds: float  # wall
     rss_mb: float
+    cpu: float  # seconds of CPU, all processes: a steadier figure than wall time on a busy machine
 
 
 @dataclass
@@ -100,6 +102,11 @@ class Result:
         return self.pydriller.seconds / self.one_worker.seconds
 
     @property
+    def cpu_vs_pydriller(self) -> float:
+        """The same in CPU seconds, which a busy machine disturbs less than wall time."""
+        return self.pydriller.cpu / self.one_worker.cpu
+
+    @property
     def vs_git_log(self) -> float:
         """How many times the time of `git log -p` the default workers take (lower is better)."""
         return self.default_workers.seconds / self.git_log.seconds
@@ -117,10 +124,14 @@ def measure(command: list[str], repeat: int, stderr_path: Path | None = None) ->
                 text=True,
                 check=True,
             ).stdout.split()
-        if out[2] != "0":
+        if out[3] != "0":
             sys.exit(f"benchmark command failed: {' '.join(command)}")
-        timings.append(Timing(float(out[0]), int(out[1]) / 1024))
-    return Timing(min(t.seconds for t in timings), max(t.rss_mb for t in timings))
+        timings.append(Timing(float(out[0]), int(out[1]) / 1024, float(out[2])))
+    return Timing(
+        min(t.seconds for t in timings),
+        max(t.rss_mb for t in timings),
+        min(t.cpu for t in timings),
+    )
 
 
 def git_output(repo: Path, *args: str) -> str:
@@ -205,8 +216,8 @@ def measure_repo(name: str, repo: Path, pydriller_limit: int, repeat: int) -> Re
     limit = min(pydriller_limit or non_merge, non_merge)
     pydriller, pydriller_commits = run_pydriller(repo, limit, repeat)
     if pydriller_commits < non_merge:  # cut short: scale to the whole history
-        scaled = pydriller.seconds * non_merge / max(pydriller_commits, 1)
-        pydriller = Timing(scaled, pydriller.rss_mb)
+        scale = non_merge / max(pydriller_commits, 1)
+        pydriller = Timing(pydriller.seconds * scale, pydriller.rss_mb, pydriller.cpu * scale)
     result = Result(
         name,
         commits,
@@ -234,15 +245,16 @@ def print_repo(result: Result) -> None:
         ),
         ("git log -p --no-merges", result.git_log),
     ]
-    print(f"{'':34}{'seconds':>9}{'commits/s':>11}{'files/s':>10}{'peak RSS':>12}")
+    print(f"{'':34}{'seconds':>9}{'CPU s':>8}{'commits/s':>11}{'files/s':>10}{'peak RSS':>12}")
     for label, timing in rows:
         print(
-            f"{label:34}{timing.seconds:9.2f}{result.non_merge / timing.seconds:11,.0f}"
-            f"{result.changes / timing.seconds:10,.0f}{timing.rss_mb:9,.0f} MB"
+            f"{label:34}{timing.seconds:9.2f}{timing.cpu:8.2f}"
+            f"{result.non_merge / timing.seconds:11,.0f}{result.changes / timing.seconds:10,.0f}"
+            f"{timing.rss_mb:9,.0f} MB"
         )
     print(
         f"1 worker vs PyDriller: {result.vs_pydriller:.1f}x faster "
-        f"(target >= {PYDRILLER_TARGET:g}x)"
+        f"(target >= {PYDRILLER_TARGET:g}x; in CPU seconds {result.cpu_vs_pydriller:.1f}x)"
     )
     print(
         f"{workers} workers vs git log -p: {result.vs_git_log:.2f}x the time "
@@ -258,21 +270,25 @@ def verdict(ok: bool) -> str:
 def print_summary(results: list[Result]) -> None:
     workers = os.cpu_count()
     print(
-        f"\nSummary (best of each; {workers} cores; targets: 1 worker >= {PYDRILLER_TARGET:g}x "
-        f"PyDriller, {workers} workers <= {GIT_LOG_TARGET:g}x git log -p, RSS < 1 GB)"
+        f"\nSummary: wall seconds, best of each; {workers} cores. Targets: 1 worker >= "
+        f"{PYDRILLER_TARGET:g}x faster than PyDriller, {workers} workers <= {GIT_LOG_TARGET:g}x "
+        "the time of git log -p, peak RSS < 1 GB. (CPU: the PyDriller ratio in CPU seconds.)"
     )
     header = (
         f"{'repository':14}{'commits':>8}{'1 worker':>10}{f'{workers} workers':>11}"
-        f"{'PyDriller':>11}{'git log':>9}{'vs PyDriller':>18}{'vs git log':>17}{'RSS':>12}"
+        f"{'PyDriller':>11}{'git log':>9}{'vs PyDriller':>18}{'(CPU)':>7}{'vs git log':>17}"
+        f"{'RSS':>12}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
         rss = max(r.one_worker.rss_mb, r.default_workers.rss_mb)
         print(
-            f"{r.name:14}{r.commits:8,}{r.one_worker.seconds:9.2f}s{r.default_workers.seconds:10.2f}s"
-            f"{r.pydriller.seconds:10.2f}s{r.git_log.seconds:8.2f}s"
+            f"{r.name:14}{r.commits:8,}{r.one_worker.seconds:9.2f}s"
+            f"{r.default_workers.seconds:10.2f}s{r.pydriller.seconds:10.2f}s"
+            f"{r.git_log.seconds:8.2f}s"
             f"{r.vs_pydriller:10.1f}x {verdict(r.vs_pydriller >= PYDRILLER_TARGET):>6}"
+            f"{r.cpu_vs_pydriller:6.1f}x"
             f"{r.vs_git_log:9.2f}x {verdict(r.vs_git_log <= GIT_LOG_TARGET):>6}"
             f"{rss:6,.0f} MB {verdict(rss < RSS_TARGET_MB):>3}"
         )
