@@ -15,7 +15,7 @@ def shared_ends(old: str, new: str) -> tuple[int, int]:
     return start, _common_suffix_length(old, new, min(len(old), len(new)) - start)
 
 
-def changed_lines(old: str, new: str) -> tuple[int, int, int]:
+def differing_lines(old: str, new: str) -> tuple[int, int, int]:
     """(start, old_end, new_end): the texts are equal before `start` and after `old_end` and
     `new_end`, and each bound is the start of a line (just after a newline) or an end of the text,
     so the lines outside are whole lines of both texts."""

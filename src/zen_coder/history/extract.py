@@ -116,7 +116,7 @@ def normalize_edit(old: str, new: str) -> str:
     The lines `new` shares with `old` have no carriage return and no trailing whitespace, so only
     the changed lines and the ends of the text can need work; if they do, all of it is normalized.
     """
-    start, _, end = edits.changed_lines(old, new)
+    start, _, end = edits.differing_lines(old, new)
     changed = new[start:end]
     if (
         "\r" in changed

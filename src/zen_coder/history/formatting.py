@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 from pygments.token import Comment, Punctuation, String
 
-from zen_coder.history.edits import changed_lines, shared_ends
+from zen_coder.history.edits import differing_lines, shared_ends
 
 if TYPE_CHECKING:
     from pygments.lexer import Lexer
@@ -222,7 +222,7 @@ def _changed_statements_formatting_only(old: str, new: str) -> bool | None:
     their tokens around its middle's: the whole files' ASTs and comments are equal exactly when
     the middles' are.
     """
-    first_line, last_line_end, _ = changed_lines(old, new)
+    first_line, last_line_end, _ = differing_lines(old, new)
     start, prefix_tree = _prefix_cut(old, first_line)
     end = _suffix_cut(old, last_line_end)
     old_middle, new_middle = old[start:end], new[start : len(new) - (len(old) - end)]

@@ -29,7 +29,7 @@ import re
 import string
 from collections.abc import Callable, Iterator
 
-from zen_coder.history.edits import changed_lines
+from zen_coder.history.edits import differing_lines
 
 PLACEHOLDERS: dict[str, str] = {
     "private_key": "<PRIVATE_KEY>",
@@ -187,7 +187,7 @@ def redact_edit(
     of how to lower-case a text for the hints, which a non-ASCII character can change (see
     `_hinted_lines`).
     """
-    start, old_end, new_end = changed_lines(old, new)
+    start, old_end, new_end = differing_lines(old, new)
     if not (old[start:old_end].isascii() and new[start:new_end].isascii()):
         return redact(new, secrets=secrets, emails=emails)
     changed, counts = redact(new[start:new_end], secrets=secrets, emails=emails)
