@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.gitrepo import GitRepo
@@ -22,16 +22,19 @@ ROOT = Path(__file__).resolve().parents[2]
 _STRINGS = st.lists(st.none() | st.text(), max_size=20)
 
 
+@settings(deadline=None)
 @given(_STRINGS)
 def test_strings_equal_pyarrows_conversion(values: list[str | None]) -> None:
     assert arrays.column(values, pa.string()).equals(pa.array(values, pa.string()))
 
 
+@settings(deadline=None)
 @given(st.lists(st.binary(), max_size=20))
 def test_binaries_equal_pyarrows_conversion(values: list[bytes]) -> None:
     assert arrays.column(values, pa.binary()).equals(pa.array(values, pa.binary()))
 
 
+@settings(deadline=None)
 @given(st.lists(st.booleans(), max_size=40))
 def test_booleans_equal_pyarrows_conversion(values: list[bool]) -> None:
     assert arrays.column(values, pa.bool_()).equals(pa.array(values, pa.bool_()))
@@ -49,6 +52,7 @@ def test_numbers_equal_pyarrows_conversion(type: pa.DataType, values: list[int])
     assert arrays.column(values, type).equals(pa.array(values, type))
 
 
+@settings(deadline=None)
 @given(_STRINGS)
 def test_long_columns_are_chunked_like_pyarrows(values: list[str | None]) -> None:
     # The real limit is 2 GiB; a 10-byte one exercises the same cuts.

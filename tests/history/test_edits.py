@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zen_coder.history.edits import differing_lines, shared_ends
@@ -10,6 +10,7 @@ from zen_coder.history.edits import differing_lines, shared_ends
 _TEXT = st.text(alphabet=st.sampled_from(["a", "b", "\n", "é"]), max_size=30)
 
 
+@settings(deadline=None)
 @given(_TEXT, _TEXT)
 def test_shared_ends_are_the_longest_that_do_not_overlap(old: str, new: str) -> None:
     start, end = shared_ends(old, new)
@@ -22,6 +23,7 @@ def test_shared_ends_are_the_longest_that_do_not_overlap(old: str, new: str) -> 
     assert end == room or old[len(old) - end - 1] != new[len(new) - end - 1]
 
 
+@settings(deadline=None)
 @given(_TEXT, _TEXT, _TEXT)
 def test_differing_lines_are_whole_lines_outside_which_the_texts_agree(
     shared: str, old: str, new: str

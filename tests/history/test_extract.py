@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zen_coder.history.extract import normalize, normalize_edit
@@ -38,6 +38,7 @@ def test_normalize_properties(text):
 _PIECES = st.text(alphabet=st.sampled_from(["a", " ", "\t", "\n", "\r", "é", "\ufeff"]), max_size=8)
 
 
+@settings(deadline=None)
 @given(
     old=st.text(alphabet=st.sampled_from(["a", " ", "\t", "\n", "\r", "é", "\ufeff"])),
     edits=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 4), _PIECES), max_size=3),

@@ -3,7 +3,7 @@ import hashlib
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zen_coder.history.secrets import PLACEHOLDERS, redact, redact_edit
@@ -437,6 +437,7 @@ _SECRET_LINES = [
 ]
 
 
+@settings(deadline=None)
 @given(
     old_lines=st.lists(st.sampled_from(_LINES) | st.text(max_size=12), max_size=12),
     edits=st.lists(
