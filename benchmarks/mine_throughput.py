@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -166,11 +167,11 @@ def bundle_repo(name: str) -> Path:
         ["git", "bundle", "list-heads", str(bundle)], capture_output=True, text=True, check=True
     ).stdout.split()
     if target.exists() and heads and git_output(target, "rev-parse", "HEAD").strip() != heads[0]:
-        subprocess.run(["rm", "-rf", str(target)], check=True)
+        shutil.rmtree(target)
     if not target.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(name + ".partial")
-        subprocess.run(["rm", "-rf", str(partial)], check=True)
+        shutil.rmtree(partial, ignore_errors=True)
         subprocess.run(["git", "clone", "--quiet", str(bundle), str(partial)], check=True)
         partial.rename(target)
     return target
