@@ -55,7 +55,9 @@ def booleans(values: Sequence[bool]) -> pa.Array:
     return pa.Array.from_buffers(pa.bool_(), len(values), [None, pa.py_buffer(bits)])
 
 
-def _variable_width(values: Sequence[bytes | None], type: pa.DataType):
+def _variable_width(
+    values: Sequence[bytes | None], type: pa.DataType
+) -> pa.Array | pa.ChunkedArray:
     """A string or binary array of encoded values, chunked where it would outgrow its offsets."""
     lengths = np.fromiter((0 if v is None else len(v) for v in values), np.int64, len(values))
     ends = np.cumsum(lengths)
