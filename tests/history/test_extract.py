@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zen_coder.history.extract import normalize
+from zen_coder.history.extract import normalize, normalize_edit
 
 
 def test_normalize_examples():
@@ -32,3 +33,39 @@ def test_normalize_properties(text):
         line.rstrip(" \t")
         for line in text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n").split("\n")
     )
+
+
+_PIECES = st.text(alphabet=st.sampled_from(["a", " ", "\t", "\n", "\r", "é", "\ufeff"]), max_size=8)
+
+
+@settings(deadline=None)
+@given(
+    old=st.text(alphabet=st.sampled_from(["a", " ", "\t", "\n", "\r", "é", "\ufeff"])),
+    edits=st.lists(st.tuples(st.integers(0, 200), st.integers(0, 4), _PIECES), max_size=3),
+)
+def test_normalizing_the_changed_lines_gives_what_normalizing_everything_gives(old, edits):
+    # Checked by hand: without the check for a carriage return in the changed lines, for a
+    # trailing space, for a BOM or for a missing final newline, this finds an example where the
+    # two differ; the cases below pin the rest.
+    old = normalize(old)  # normalize_edit is only for versions after one that needed nothing
+    new = old
+    for position, length, piece in edits:
+        at = position % (len(new) + 1)
+        new = new[:at] + piece + new[at + length :]
+    assert normalize_edit(old, new) == normalize(new)
+
+
+NORMALIZING_EDITS = {
+    "tab before a newline": ("a\n", "a\t\nb\n"),
+    "a second final newline": ("a\n", "a\n\n"),
+    "only a newline left": ("a\n", "\n"),
+    "everything deleted": ("a\n", ""),
+    "a line without its newline": ("a\nb\n", "a\nb"),
+}
+
+
+@pytest.mark.parametrize(("old", "new"), NORMALIZING_EDITS.values(), ids=NORMALIZING_EDITS)
+def test_edits_that_need_normalizing_are_normalized(old, new):
+    # Checked by hand: each case fails without its check in normalize_edit.
+    assert normalize(old) == old
+    assert normalize_edit(old, new) == normalize(new)

@@ -3,10 +3,10 @@ import hashlib
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zen_coder.history.secrets import PLACEHOLDERS, redact
+from zen_coder.history.secrets import PLACEHOLDERS, redact, redact_edit
 
 
 def _key_body(seed: str, lines: int = 6) -> str:
@@ -408,3 +408,91 @@ def test_a_planted_key_or_address_never_survives(text, planted, position):
 def test_redaction_is_idempotent(text):
     once, _ = redact(text)
     assert redact(once) == (once, {})
+
+
+# Redacting a new version from the lines it changed
+
+_LINES = [
+    "def add(a, b):",
+    "    return a + b  # no secret here",
+    "@property",
+    "token = get_token()",  # a hint that redacts nothing
+    'password = os.environ["DB_PASSWORD"]',
+    "İstanbul",  # lower-cases to two characters: hints are looked for in an ASCII lower case
+    "TO\u212aEN = 'abcdefghijkl'",  # Kelvin sign: lower-cases to `token` in a full lower case
+    "    ",
+    "",
+]
+_SECRET_LINES = [
+    f"aws = '{TOKENS['aws access key id']}'",
+    f"key = {TOKENS['github classic']}",
+    'password = "hunter22"',
+    "DB_PASS=s3cr3t-value",
+    "contact: ada@example.org",
+    "url = 'https://user:pa55word@example.org/db'",
+    "-----BEGIN RSA PRIVATE KEY-----",
+    RSA_BLOCK,
+    "-----END RSA PRIVATE KEY-----",
+    "Grüße",
+]
+
+
+@settings(deadline=None)
+@given(
+    old_lines=st.lists(st.sampled_from(_LINES) | st.text(max_size=12), max_size=12),
+    edits=st.lists(
+        st.tuples(
+            st.integers(0, 100),
+            st.sampled_from(["insert", "replace", "delete"]),
+            st.sampled_from(_LINES + _SECRET_LINES) | st.text(max_size=12),
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_redacting_the_changed_lines_gives_what_redacting_everything_gives(old_lines, edits):
+    old = "\n".join(old_lines)
+    if redact(old)[1]:
+        return  # redact_edit is only for versions after one where nothing was replaced
+    new_lines = list(old_lines)
+    for position, kind, line in edits:
+        at = position % (len(new_lines) + 1)
+        if kind == "insert" or at == len(new_lines):
+            new_lines.insert(at, line)
+        elif kind == "replace":
+            new_lines[at] = line
+        else:
+            del new_lines[at]
+    new = "\n".join(new_lines)
+    assert redact_edit(old, new) == redact(new)
+    assert redact_edit(old, new, secrets=False) == redact(new, secrets=False)
+
+
+EDITS_REACHING_ACROSS_LINES = {
+    # The changed characters alone hold no hint; their line does.
+    "a value typed after an unchanged secret name": (
+        'password = os.environ["DB_PASSWORD"]\n',
+        'password = "hunter22"\n',
+    ),
+    # Removing the "İ" lower-cases the text in full again, where the name becomes `token`.
+    "a non-ASCII edit changes how unchanged lines lower-case": (
+        "İstanbul\nTO\u212aEN = 'abcdefghijkl'\n",
+        "Istanbul\nTO\u212aEN = 'abcdefghijkl'\n",
+    ),
+    "a BEGIN line added above an unchanged key body": (
+        f"x = 1\n{RSA_BODY}\n-----END RSA PRIVATE KEY-----\n",
+        f"x = 1\n-----BEGIN RSA PRIVATE KEY-----\n{RSA_BODY}\n-----END RSA PRIVATE KEY-----\n",
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), EDITS_REACHING_ACROSS_LINES.values(), ids=EDITS_REACHING_ACROSS_LINES
+)
+def test_edits_that_reach_across_lines_redact_the_whole_text(old, new):
+    # Checked by hand: searching the changed characters rather than their lines fails the first
+    # case; without the fallback for non-ASCII edits the second; without the one for private keys
+    # the third.
+    assert redact(old)[1] == {}
+    assert redact(new)[1]
+    assert redact_edit(old, new) == redact(new)

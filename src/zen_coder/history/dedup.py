@@ -21,9 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from zen_coder.history import arrays
 from zen_coder.history.config import MineConfig
 from zen_coder.history.diff import changed_lines
 from zen_coder.history.minhash import MinHasher
@@ -40,8 +39,8 @@ class _Keys:
 def _read_keys(paths: list, repo_ids: list[int], width: int) -> _Keys:
     hashes, bands, repos = [], [], []
     for path, repo_id in zip(paths, repo_ids, strict=True):
-        table = pq.read_table(path, columns=["content_hash", "bands"])
-        hashes.append(table["content_hash"].to_numpy())
+        table = arrays.read_table(path, ["content_hash", "bands"])
+        hashes.append(arrays.to_numpy(table["content_hash"], np.uint64))
         blob = b"".join(table["bands"].to_pylist()) if width else b""
         bands.append(np.frombuffer(blob, dtype="<u8").reshape(len(table), width))
         repos.append(np.full(len(table), repo_id, dtype=np.int32))
@@ -89,11 +88,11 @@ def fill_missing_bands(paths: ShardPaths, hasher: MinHasher) -> None:
     duplicate of a record of the same (single) repository, which has the same keys, so a key
     that matches nothing else stands in for it without changing any outcome.
     """
-    keys = pq.read_table(paths.keys)
+    keys = arrays.read_table(paths.keys)
     bands = keys["bands"].to_pylist()
     if all(bands):
         return
-    diffs = iter(pq.read_table(paths.data, columns=["diff"])["diff"].to_pylist())
+    diffs = iter(arrays.read_table(paths.data, ["diff"])["diff"].to_pylist())
     filled = []
     rows = zip(keys["content_hash"].to_pylist(), bands, keys["kept"].to_pylist(), strict=True)
     for content_hash, band, kept in rows:
@@ -105,7 +104,9 @@ def fill_missing_bands(paths: ShardPaths, hasher: MinHasher) -> None:
         filled.append(band)
     column = keys.schema.get_field_index("bands")
     write_parquet_atomic(
-        paths.keys, keys.set_column(column, "bands", pa.array(filled, pa.binary())), records=False
+        paths.keys,
+        keys.set_column(column, "bands", arrays.column(filled, pa.binary())),
+        records=False,
     )
 
 
@@ -179,8 +180,8 @@ def promote_shard(root: str, ledger: dict, kept: list[bool] | None, exact: int, 
     if kept is None:
         store.promote(ledger)
         return
-    table = pq.read_table(store.staged(ledger["repo_key"], ledger["shard"]).data)
-    table = table.filter(pa.array(kept))
+    table = arrays.read_table(store.staged(ledger["repo_key"], ledger["shard"]).data)
+    table = table.filter(arrays.booleans(kept))
     store.promote(_without_duplicates(ledger, table, exact, near), table, kept)
 
 
@@ -196,7 +197,7 @@ def _without_duplicates(ledger: dict, table: pa.Table, exact: int, near: int) ->
     commits = Counter(ledger["commit_reasons"]) + Counter(
         {"all_duplicates": ledger["commits_kept"] - kept_commits}
     )
-    lengths = pc.binary_length(pc.cast(table["new_content"], pa.binary()))
+    code_bytes = sum(len(text.encode()) for text in table["new_content"].to_pylist() if text)
     return {
         **ledger,
         "records": len(table),
@@ -204,5 +205,5 @@ def _without_duplicates(ledger: dict, table: pa.Table, exact: int, near: int) ->
         "languages": dict(languages),
         "file_reasons": dict(files),
         "commit_reasons": dict(commits),
-        "code_bytes": int(pc.sum(lengths).as_py() or 0),
+        "code_bytes": code_bytes,
     }

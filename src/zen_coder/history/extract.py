@@ -21,16 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from zen_coder.history import filters, languages
+from zen_coder.history import arrays, edits, filters, languages
 from zen_coder.history.config import MineConfig
 from zen_coder.history.diff import changed_lines, unified_diff
 from zen_coder.history.formatting import is_formatting_only
 from zen_coder.history.gitio import MODE_GITLINK, MODE_SYMLINK, ZERO_OID, BlobReader, RawChange
 from zen_coder.history.minhash import MinHasher
-from zen_coder.history.secrets import redact
+from zen_coder.history.secrets import redact, redact_edit
 from zen_coder.history.store import (
     KEYS_SCHEMA,
     RECORD_SCHEMA,
@@ -112,6 +110,27 @@ def normalize(text: str) -> str:
     return text + "\n" if text else ""
 
 
+def normalize_edit(old: str, new: str) -> str:
+    """`normalize(new)`, given that `normalize(old)` changed nothing, from the lines that differ.
+
+    The lines `new` shares with `old` have no carriage return and no trailing whitespace, so only
+    the changed lines and the ends of the text can need work; if they do, all of it is normalized.
+    """
+    start, _, end = edits.differing_lines(old, new)
+    changed = new[start:end]
+    if (
+        "\r" in changed
+        or " \n" in changed
+        or "\t\n" in changed
+        or new.startswith("\ufeff")
+        or not new.endswith("\n")
+        or new.endswith("\n\n")
+        or new == "\n"
+    ):
+        return normalize(new)
+    return new
+
+
 class EarlierHashes:
     """Content hashes of the records that come before a batch: final ones, earlier staged shards.
 
@@ -134,15 +153,16 @@ class EarlierHashes:
             keys = ledger.with_name(ledger.name.removesuffix(".json") + ".keys.parquet")
             if shard_rank < rank and keys not in self.loaded and keys.exists():
                 paths.append(keys)
-        arrays = [self.sorted]
+        found = [self.sorted]
         for path in paths:
             try:
-                arrays.append(pq.read_table(path, columns=["content_hash"])[0].to_numpy())
+                hashes = arrays.read_table(path, ["content_hash"])["content_hash"]
+                found.append(arrays.to_numpy(hashes, np.uint64))
             except OSError:  # finalized since it was listed; its final copy is found next time
                 continue
             self.loaded.add(path)
-        if len(arrays) > 1:
-            self.sorted = np.sort(np.concatenate(arrays))
+        if len(found) > 1:
+            self.sorted = np.sort(np.concatenate(found))
 
     def __contains__(self, content_hash: int) -> bool:
         position = np.searchsorted(self.sorted, np.uint64(content_hash))
@@ -229,7 +249,6 @@ class _Batch:
         self.job = job
         self.config = job.config
         self.reader = _WORKER.reader(job.git_dir)
-        self.hasher = _WORKER.hasher(job.config)
         self.counts = Counts()
         self.columns: dict[str, list] = {name: [] for name in RECORD_SCHEMA.names}
         self.hashes: list[int] = []
@@ -320,14 +339,29 @@ class _Batch:
                     blob.problem = "undecodable"
             _WORKER.remember(self.blob_key(oid), blob)
 
-    def clean(self, blob: Blob) -> str:
+    def clean(self, blob: Blob, previous: Blob | None = None) -> str:
+        """The blob's text redacted and normalized.
+
+        `previous` is the file's version before this one. Where cleaning it changed nothing, only
+        the lines this change touched can need cleaning, and only those are searched.
+        """
         if blob.clean is None:
             text = blob.text
-            if self.config.redact_secrets or self.config.redact_emails:
-                text, blob.redactions = redact(
-                    text, secrets=self.config.redact_secrets, emails=self.config.redact_emails
-                )
-            blob.clean = normalize(text) if self.config.normalize_code else text
+            config = self.config
+            cleaned_before = previous is not None and previous.clean is not None
+            if config.redact_secrets or config.redact_emails:
+                flags = {"secrets": config.redact_secrets, "emails": config.redact_emails}
+                if cleaned_before and not previous.redactions:
+                    text, blob.redactions = redact_edit(previous.text, text, **flags)
+                else:
+                    text, blob.redactions = redact(text, **flags)
+            if config.normalize_code:
+                # Cleaning returns the very text it was given when it has nothing to change.
+                if cleaned_before and previous.clean is previous.text and text is blob.text:
+                    text = normalize_edit(previous.text, text)
+                else:
+                    text = normalize(text)
+            blob.clean = text
             blob.digest = hashlib.blake2b(blob.clean.encode(), digest_size=16).digest()
         return blob.clean
 
@@ -369,7 +403,7 @@ class _Batch:
     def record(self, commit: CommitJob, candidate: _Candidate, old: Blob | None, new: Blob | None):
         change = candidate.change
         old_text = self.clean(old) if old is not None else None
-        new_text = self.clean(new) if new is not None else None
+        new_text = self.clean(new, previous=old) if new is not None else None
         kind = CHANGE_TYPES[change.status]
         if kind == "modify" and old_text == new_text:
             return None
@@ -384,7 +418,8 @@ class _Batch:
         content_hash = int.from_bytes(digest.digest(), "little")
         band_bytes = b""  # computed later, if ever another repository joins the dataset
         if self.job.near_dedup:
-            bands = self.hasher.band_hashes(changed_lines(diff), fallback=content_hash)
+            hasher = _WORKER.hasher(self.config)
+            bands = hasher.band_hashes(changed_lines(diff), fallback=content_hash)
             band_bytes = np.asarray(bands, dtype="<u8").tobytes()
         return {
             "repo": self.job.repo,
@@ -539,16 +574,13 @@ class _Batch:
         paths = store.staged(self.job.repo_key, self.job.shard)
         counts = self.counts
         if counts.records:
-            keys = pa.table(
-                {
-                    "content_hash": pa.array(self.hashes, pa.uint64()),
-                    "bands": pa.array(self.bands, pa.binary()),
-                    "kept": pa.array([True] * counts.records),
-                },
-                schema=KEYS_SCHEMA,
-            )
-            write_parquet_atomic(paths.keys, keys, records=False)
-            table = pa.table(self.columns, schema=RECORD_SCHEMA)
+            keys = {
+                "content_hash": self.hashes,
+                "bands": self.bands,
+                "kept": [True] * len(self.hashes),
+            }
+            write_parquet_atomic(paths.keys, arrays.table(keys, KEYS_SCHEMA), records=False)
+            table = arrays.table(self.columns, RECORD_SCHEMA)
             write_parquet_atomic(paths.data, table, records=True)
         kept = counts.commits.pop("kept", 0)
         ledger = {

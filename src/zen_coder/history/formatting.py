@@ -11,6 +11,13 @@ and a big one can crowd out real edits. A change counts as formatting-only when:
 3. for Python, the ASTs and the comments are equal, which also accepts what black does beyond
    whitespace: quote style, parentheses, trailing commas, line wrapping, backslash continuations.
 
+The checks after the first one cost milliseconds per file, and most changes that reach them touch a
+few lines of a long file. For Python only the top-level statements around the change are compared:
+when the shared beginning and end of the two texts each parse on their own, the whole files' ASTs
+and comments are theirs followed by the changed statements', so comparing the changed statements
+decides the same (otherwise the whole files are compared). Token streams are compared as they are
+lexed, stopping at the first difference.
+
 Where layout carries meaning (YAML, Makefile, Shell, Python that does not parse, languages
 without a lexer), tokens cannot tell a harmless change from a structural one, so only trailing
 whitespace, blank lines and line endings may change.
@@ -19,14 +26,19 @@ whitespace, blank lines and line endings may change.
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import re
 import string
 import tokenize
 import warnings
+from collections.abc import Iterator
+from itertools import zip_longest
 from typing import TYPE_CHECKING
 
 from pygments.token import Comment, Punctuation, String
+
+from zen_coder.history.edits import differing_lines, shared_ends
 
 if TYPE_CHECKING:
     from pygments.lexer import Lexer
@@ -62,21 +74,24 @@ def is_formatting_only(old: str, new: str, language: str | None) -> bool:
         return _python_formatting_only(old, new)
     if not _equal_after_deleting(old, new, _WHITESPACE):
         return False
-    lexer = None if language in _LINE_SENSITIVE else _lexer(language)
-    if lexer is None:
+    lexers = None if language in _LINE_SENSITIVE else _lexers(language)
+    if lexers is None:
         return _same_lines(old, new)
-    return _same_tokens(old, new, lexer)
+    return _same_tokens(old, new, lexers)
 
 
-def _lexer(language: str | None) -> Lexer | None:
-    """The Pygments lexer for `language`, or None when there is none.
+@functools.cache
+def _lexers(language: str | None) -> tuple[Lexer, Lexer] | None:
+    """Two Pygments lexers for `language`, one per text, or None when there is none.
 
-    Imported here rather than at the top so that this module stays a leaf: it needs the language
-    table only once a change has survived the whitespace test.
+    The texts are lexed side by side, and a lexer may keep state on itself while it lexes. The
+    language table is imported here rather than at the top so that this module stays a leaf: it
+    needs the table only once a change has survived the whitespace test.
     """
     from zen_coder.history.languages import pygments_lexer
 
-    return None if language is None else pygments_lexer(language)
+    lexer = None if language is None else pygments_lexer(language)
+    return None if lexer is None else (lexer, type(lexer)(**lexer.options))
 
 
 def _equal_after_deleting(old: str, new: str, deleted: bytes, table: bytes | None = None) -> bool:
@@ -88,8 +103,7 @@ def _equal_after_deleting(old: str, new: str, deleted: bytes, table: bytes | Non
     speed, and only the differing middles are encoded and squeezed. UTF-8 keeps ASCII bytes out of
     multi-byte sequences, so byte-wise deletion and case mapping act exactly like character-wise.
     """
-    start = _common_prefix_length(old, new)
-    end = _common_suffix_length(old, new, min(len(old), len(new)) - start)
+    start, end = shared_ends(old, new)
     old_middle = old[start : len(old) - end].encode("utf-8", "surrogatepass").strip(deleted)
     new_middle = new[start : len(new) - end].encode("utf-8", "surrogatepass").strip(deleted)
     # The first and last kept bytes settle most real edits without squeezing the whole middles.
@@ -97,30 +111,6 @@ def _equal_after_deleting(old: str, new: str, deleted: bytes, table: bytes | Non
     if old_ends != (new_middle[:1] + new_middle[-1:]).translate(table):
         return False
     return old_middle.translate(table, deleted) == new_middle.translate(table, deleted)
-
-
-def _common_prefix_length(a: str, b: str) -> int:
-    """How many leading characters `a` and `b` share, by binary search over C-level comparisons."""
-    low, high = 0, min(len(a), len(b))
-    while low < high:
-        middle = (low + high + 1) // 2
-        if a.startswith(b[low:middle], low):
-            low = middle
-        else:
-            high = middle - 1
-    return low
-
-
-def _common_suffix_length(a: str, b: str, limit: int) -> int:
-    """How many trailing characters, at most `limit`, `a` and `b` share."""
-    low, high = 0, limit
-    while low < high:
-        middle = (low + high + 1) // 2
-        if a.endswith(b[len(b) - middle : len(b) - low], 0, len(a) - low):
-            low = middle
-        else:
-            high = middle - 1
-    return low
 
 
 def _same_lines(old: str, new: str) -> bool:
@@ -135,17 +125,23 @@ def _nonblank_lines(text: str) -> list[str]:
     return [line.rstrip() for line in text.splitlines() if line.strip()]
 
 
-def _same_tokens(old: str, new: str, lexer: Lexer) -> bool:
-    """Whether the texts lex to the same tokens, up to whitespace outside string literals."""
+def _same_tokens(old: str, new: str, lexers: tuple[Lexer, Lexer]) -> bool:
+    """Whether the texts lex to the same tokens, up to whitespace outside string literals.
+
+    Both are lexed side by side and the first difference ends the work: lexing is most of the
+    cost, and a real change usually differs long before the end of the file.
+    """
+    old_lexer, new_lexer = lexers
+    pairs = zip_longest(_significant_tokens(old, old_lexer), _significant_tokens(new, new_lexer))
     try:
-        return _significant_tokens(old, lexer) == _significant_tokens(new, lexer)
+        return all(old_token == new_token for old_token, new_token in pairs)
     except Exception:
         # A lexer bug on one odd file must not stop the mining; keeping the change is safe.
         return False
 
 
-def _significant_tokens(text: str, lexer: Lexer) -> list[tuple[str, str]]:
-    """The tokens that formatting cannot change, each tagged with its kind.
+def _significant_tokens(text: str, lexer: Lexer) -> Iterator[tuple[str, str]]:
+    """The tokens that formatting cannot change, each tagged with its kind, in order.
 
     String literals are kept exactly, since their whitespace is data. Comments become their words
     and punctuation marks, so re-spacing them is formatting, but joining or splitting words, or
@@ -153,20 +149,38 @@ def _significant_tokens(text: str, lexer: Lexer) -> list[tuple[str, str]]:
     token (`]}`), which a space would split, so punctuation marks count one by one. Pygments
     sometimes folds neighbouring whitespace into other tokens, hence the strip.
     """
-    tokens: list[tuple[str, str]] = []
     for token_type, value in lexer.get_tokens(text):
-        if token_type in String:
-            tokens.append(("string", value))
-        elif token_type in Comment.Preproc:
+        category = _CATEGORIES.get(token_type) or _categorize(token_type)
+        if category == "string":
+            yield "string", value
+        elif category == "directive":
             # Pygments may lex an indented directive as code, so compare both sides piece by piece.
-            tokens.extend(("code", piece) for piece in _comment_pieces(value))
-        elif token_type in Comment:
-            tokens.extend(("comment", piece) for piece in _comment_pieces(value))
-        elif token_type in Punctuation:
-            tokens.extend(("code", mark) for mark in value if not mark.isspace())
+            yield from (("code", piece) for piece in _comment_pieces(value))
+        elif category == "comment":
+            yield from (("comment", piece) for piece in _comment_pieces(value))
+        elif category == "punctuation":
+            yield from (("code", mark) for mark in value if not mark.isspace())
         elif stripped := value.strip():
-            tokens.append(("code", stripped))
-    return tokens
+            yield "code", stripped
+
+
+# Each token type's category, looked up once: `type in String` walks the type's ancestry.
+_CATEGORIES: dict[tuple[str, ...], str] = {}  # Pygments token types are tuples
+
+
+def _categorize(token_type: tuple[str, ...]) -> str:
+    if token_type in String:
+        category = "string"
+    elif token_type in Comment.Preproc:
+        category = "directive"
+    elif token_type in Comment:
+        category = "comment"
+    elif token_type in Punctuation:
+        category = "punctuation"
+    else:
+        category = "code"
+    _CATEGORIES[token_type] = category
+    return category
 
 
 def _comment_pieces(comment: str) -> list[str]:
@@ -182,10 +196,15 @@ def _python_formatting_only(old: str, new: str) -> bool:
     """
     if not _equal_after_deleting(old, new, _PYTHON_IGNORABLE, _ASCII_LOWER):
         return False
+    verdict = _changed_statements_formatting_only(old, new)
+    return _whole_files_formatting_only(old, new) if verdict is None else verdict
+
+
+def _whole_files_formatting_only(old: str, new: str) -> bool:
     old_tree, new_tree = _python_ast(old), _python_ast(new)
     if old_tree is None or new_tree is None:
         return _same_lines(old, new)
-    if old_tree != new_tree:
+    if not _same_ast(old_tree, new_tree, module_docstring=True):
         return False
     try:
         return _python_comments(old) == _python_comments(new)
@@ -193,8 +212,88 @@ def _python_formatting_only(old: str, new: str) -> bool:
         return False
 
 
-def _python_ast(source: str) -> str | None:
-    """The AST of `source` without positions, as a comparable string; None if it does not parse.
+def _changed_statements_formatting_only(old: str, new: str) -> bool | None:
+    """The verdict from the top-level statements around the change alone; None when the changed
+    statements do not parse on their own, and only the whole files can tell.
+
+    The texts are cut into a shared beginning, the middles and a shared end. If the beginning and
+    the end each parse on their own (so each ends outside any string, bracket or continuation, at
+    the top level), a module is their statements around its middle's, and tokenizing it gives
+    their tokens around its middle's: the whole files' ASTs and comments are equal exactly when
+    the middles' are.
+    """
+    first_line, last_line_end, _ = differing_lines(old, new)
+    start, prefix_tree = _prefix_cut(old, first_line)
+    end = _suffix_cut(old, last_line_end)
+    old_middle, new_middle = old[start:end], new[start : len(new) - (len(old) - end)]
+    old_tree, new_tree = _python_ast(old_middle), _python_ast(new_middle)
+    if old_tree is None or new_tree is None:
+        return None
+    # The first statement of the middle is the module's docstring only if nothing precedes it.
+    if not _same_ast(old_tree, new_tree, module_docstring=not prefix_tree.body):
+        return False
+    if "#" not in old_middle and "#" not in new_middle:
+        return True  # neither has a comment
+    try:
+        return _python_comments(old_middle) == _python_comments(new_middle)
+    except (SyntaxError, tokenize.TokenError):
+        return None
+
+
+# A line that can start a top-level statement: not indented, not a comment or a closing bracket,
+# not the `else` of a compound statement. Which ones really do is left to the parser.
+_TOP_LEVEL_LINE = re.compile(r"(?![\s#)\]}]|(?:else|elif|except|finally)\b)")
+_BLANK_OR_COMMENT_LINE = re.compile(r"[ \t\f\r]*(?:#.*)?")
+# Cuts tried on each side before settling for the start or the end of the text, which always parse
+# (a line that looks like a statement may be inside a multi-line string).
+_CUT_ATTEMPTS = 3
+
+
+def _prefix_cut(text: str, line_start: int) -> tuple[int, ast.Module]:
+    """The last top-level line start at or before `line_start` whose beginning parses, and the
+    beginning's AST."""
+    for _ in range(_CUT_ATTEMPTS):
+        while line_start > 0 and not _is_statement_start(text, line_start):
+            line_start = text.rfind("\n", 0, line_start - 1) + 1
+        tree = _python_ast(text[:line_start])
+        if tree is not None:
+            return line_start, tree
+        line_start = text.rfind("\n", 0, line_start - 1) + 1
+    return 0, ast.Module(body=[], type_ignores=[])
+
+
+def _suffix_cut(text: str, line_start: int) -> int:
+    """The first top-level line start at or after `line_start` whose end parses."""
+    for _ in range(_CUT_ATTEMPTS):
+        while line_start < len(text) and not _is_statement_start(text, line_start):
+            line_start = text.find("\n", line_start) + 1 or len(text)
+        if line_start == len(text) or _python_ast(text[line_start:]) is not None:
+            return line_start
+        line_start = text.find("\n", line_start) + 1 or len(text)
+    return len(text)
+
+
+def _is_statement_start(text: str, line_start: int) -> bool:
+    """Whether the line at `line_start` may start a top-level statement: it is not indented, a
+    comment, a closing bracket, a clause such as `else`, or a definition after its decorator."""
+    return _TOP_LEVEL_LINE.match(text, line_start) is not None and not _after_decorator(
+        text, line_start
+    )
+
+
+def _after_decorator(text: str, line_start: int) -> bool:
+    """Whether the last line before `line_start` that holds code is a decorator."""
+    end = line_start - 1
+    while end > 0:
+        previous = text.rfind("\n", 0, end) + 1
+        if not _BLANK_OR_COMMENT_LINE.fullmatch(text, previous, end):
+            return text.startswith("@", previous)
+        end = previous - 1
+    return False
+
+
+def _python_ast(source: str) -> ast.Module | None:
+    """The AST of `source`; None if it does not parse.
 
     Warnings are silenced because old code is full of invalid escape sequences, which the parser
     reports as warnings.
@@ -202,22 +301,47 @@ def _python_ast(source: str) -> str | None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            tree = ast.parse(source)
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Constant):
-                # Only records a `u` prefix, which formatters drop: it means nothing in Python 3.
-                node.kind = None
-            elif isinstance(node, _DOCUMENTED) and _docstring(node) is not None:
-                # Formatters re-indent and re-wrap docstrings; tools read them through
-                # `inspect.cleandoc`, so only their words count.
-                docstring = _docstring(node)
-                docstring.value = " ".join(docstring.value.split())
-        return ast.dump(tree)
+            return ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
 
 
 _DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+# Leaves compared with `==`; anything else (floats: -0.0 and 0.0, NaN) by its repr, as ast.dump.
+_PLAIN_VALUES = (str, int, bytes, bool, type(None), type(Ellipsis))
+
+
+def _same_ast(old: ast.AST, new: ast.AST, *, module_docstring: bool) -> bool:
+    """Whether two trees are equal without positions, as their `ast.dump`s would be, except that
+    formatters' freedoms are ignored: the `u` prefix of a string (it means nothing in Python 3)
+    and the layout of docstrings (tools read them through `inspect.cleandoc`, so only their words
+    count). Stops at the first difference, and never recurses, so depth costs no stack.
+    """
+    pending: list[tuple[object, object]] = [(old, new)]
+    while pending:
+        a, b = pending.pop()
+        if type(a) is not type(b):
+            return False
+        if isinstance(a, ast.AST):
+            if isinstance(a, _DOCUMENTED) and (module_docstring or not isinstance(a, ast.Module)):
+                _normalize_docstring(a)
+                _normalize_docstring(b)
+            for name in a._fields:
+                if name != "kind":  # Constant.kind only records a `u` prefix
+                    pending.append((getattr(a, name, None), getattr(b, name, None)))
+        elif isinstance(a, list):
+            if len(a) != len(b):
+                return False
+            pending.extend(zip(a, b, strict=True))
+        elif a != b if type(a) in _PLAIN_VALUES else repr(a) != repr(b):
+            return False
+    return True
+
+
+def _normalize_docstring(node: ast.AST) -> None:
+    docstring = _docstring(node)
+    if docstring is not None:
+        docstring.value = " ".join(docstring.value.split())
 
 
 def _docstring(node: ast.AST) -> ast.Constant | None:

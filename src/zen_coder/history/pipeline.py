@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
-import pyarrow as pa
-
 from zen_coder import __version__
 from zen_coder.errors import ZenCoderError
 from zen_coder.history import sources
@@ -233,7 +231,6 @@ def _worker_pool(workers: int) -> Iterator[ProcessPoolExecutor | None]:
     if workers < 2:
         yield None
         return
-    pa.array([0])  # pyarrow imports pandas on first use: once here, not in every worker
     # On Linux, forked workers start in milliseconds with everything imported; the first submit
     # forks them all, here, before any other thread of this process exists. (macOS frameworks are
     # not fork-safe: there they are spawned.)

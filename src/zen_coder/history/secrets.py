@@ -16,6 +16,9 @@ a secret, so the work is split in two:
 URLs with a password and email addresses need an `@`, which `str.__contains__` finds at memchr
 speed, so texts without one skip them.
 
+Every finder works within one line (only a private key block spans lines), so a new version of a
+file in which nothing was redacted needs only its changed lines searched: `redact_edit`.
+
 Where a value is ambiguous the patterns redact: a fake password in a test fixture is removed like
 a real one, because a leaked secret can't be taken back out of a published model.
 """
@@ -25,6 +28,8 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Callable, Iterator
+
+from zen_coder.history.edits import differing_lines
 
 PLACEHOLDERS: dict[str, str] = {
     "private_key": "<PRIVATE_KEY>",
@@ -169,6 +174,28 @@ def redact(text: str, *, secrets: bool = True, emails: bool = True) -> tuple[str
         if spans:
             text = _replace(text, spans, counts)
     return text, counts
+
+
+def redact_edit(
+    old: str, new: str, *, secrets: bool = True, emails: bool = True
+) -> tuple[str, dict[str, int]]:
+    """`redact(new)`, given that `redact(old)` replaced nothing, found in the lines that differ.
+
+    Each finder's matches lie within one line and depend on that line alone, so the lines `new`
+    shares with `old` hold nothing to redact either. Two things reach across lines, and send the
+    whole text through `redact`: a private key block, which runs to its END line, and the choice
+    of how to lower-case a text for the hints, which a non-ASCII character can change (see
+    `_hinted_lines`).
+    """
+    start, old_end, new_end = differing_lines(old, new)
+    if not (old[start:old_end].isascii() and new[start:new_end].isascii()):
+        return redact(new, secrets=secrets, emails=emails)
+    changed, counts = redact(new[start:new_end], secrets=secrets, emails=emails)
+    if "private_key" in counts:
+        return redact(new, secrets=secrets, emails=emails)
+    if not counts:
+        return new, counts
+    return new[:start] + changed + new[new_end:], counts
 
 
 def _replace(text: str, spans: list[_Span], counts: dict[str, int]) -> str:

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from zen_coder.errors import ZenCoderError
+from zen_coder.history import arrays
 
 SCHEMA_VERSION = 1
 
@@ -226,8 +227,9 @@ class DatasetDir:
         elif table is not None:
             if len(table):
                 write_parquet_atomic(final.data, table, records=True)
-            keys = pq.read_table(staged.keys)
-            keys = keys.set_column(keys.schema.get_field_index("kept"), "kept", pa.array(kept))
+            keys = arrays.read_table(staged.keys)
+            column = keys.schema.get_field_index("kept")
+            keys = keys.set_column(column, "kept", arrays.booleans(kept))
             write_parquet_atomic(final.keys, keys, records=False)
         size = final.data.stat().st_size if final.data.exists() else 0
         write_json_atomic(final.ledger, {**ledger, "data_bytes": size})
