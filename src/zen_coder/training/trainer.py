@@ -174,7 +174,7 @@ def _reduce(values: torch.Tensor, dist: Distributed) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(
+def validation_loss(
     model: torch.nn.Module,
     data: Path,
     config: TrainConfig,
@@ -182,7 +182,8 @@ def evaluate(
     pad_id: int,
     languages: list[str],
 ) -> dict:
-    """Mean next-token loss on the validation split, overall and per language."""
+    """Mean next-token loss on the validation split, overall and per language: the training
+    run's own check (pass@k on benchmarks is `zen-coder eval`'s)."""
     dataset = PackedDataset(
         data,
         "validation",
@@ -285,7 +286,7 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
     pad_id = prepared["special_tokens"]["<|pad|>"]
     languages = prepared["language_names"]
     if resume is None:
-        report.initial_validation = evaluate(model, data, config, dist, pad_id, languages)
+        report.initial_validation = validation_loss(model, data, config, dist, pad_id, languages)
         metrics.write("validation", 0, report.initial_validation)
     advance = progress(config.steps) if progress and dist.is_main else None
     if advance is not None and counters["step"]:
@@ -335,12 +336,12 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
             elif advance is not None:
                 advance(step, {})
             if step % config.eval_every == 0 or step == config.steps:
-                report.validation = evaluate(model, data, config, dist, pad_id, languages)
+                report.validation = validation_loss(model, data, config, dist, pad_id, languages)
                 metrics.write("validation", step, report.validation)
             if step % config.checkpoint_every == 0 or step == config.steps:
                 checkpoint.save(checkpoints, state, step, config.keep_checkpoints, dist.is_main)
         if report.validation is None:
-            report.validation = evaluate(model, data, config, dist, pad_id, languages)
+            report.validation = validation_loss(model, data, config, dist, pad_id, languages)
         report.model_dir, report.hf_dir = _export(model, model_config, data, out, dist, report)
     finally:
         metrics.close()
