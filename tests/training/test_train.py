@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from tests.data.test_prepare import build_history, mined
 from zen_coder.data.config import PrepareConfig
@@ -66,6 +67,14 @@ def losses(run: Path) -> dict[int, float]:
     return {e["step"]: e["loss"] for e in read_metrics(run) if e["kind"] == "train"}
 
 
+def assert_same_weights(run: Path, reference: Path) -> None:
+    """The two runs exported bit for bit the same model (a loss can hide a small difference)."""
+    got = load_file(run / "model" / "model.safetensors")
+    expected = load_file(reference / "model" / "model.safetensors")
+    assert got.keys() == expected.keys()
+    assert [name for name in expected if not torch.equal(got[name], expected[name])] == []
+
+
 def test_training_lowers_the_loss_and_exports(data, tmp_path):
     out = tmp_path / "run"
     report = train(data, out, *configs("train.steps=12"))
@@ -110,6 +119,7 @@ def test_resuming_from_a_checkpoint_reaches_the_same_losses(data, tmp_path):
     report = train(data, resumed, *configs("train.steps=8"))
     assert report.resumed_from == 4
     assert losses(resumed) == {step: loss for step, loss in losses(whole).items() if step > 4}
+    assert_same_weights(resumed, whole)
 
 
 def test_a_killed_run_resumes_exactly(data, tmp_path):
@@ -131,6 +141,7 @@ def test_a_killed_run_resumes_exactly(data, tmp_path):
     resumed = subprocess.run(command, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert losses(killed) == losses(whole)
+    assert_same_weights(killed, whole)
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(data, tmp_path):
