@@ -5,7 +5,8 @@ tests.training.parallel_run --tensor-parallel TP [--bfloat16] OUT`) with GPUs hi
 runs on CPU with gloo, and runs `train` on the same model and batches in its own process as the
 reference. Each rank saves OUT/rank-R.pt after it has left the run: the per-step losses, every
 parameter's whole gradient after the first step, the logits of the trained model on the first
-global batch, its sharding plan and the bfloat16 steps (eager and compiled).
+global batch, its sharding plan, the bfloat16 steps (eager and compiled) and the gloo
+threads still alive after `shutdown`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ CONFIG = dataclasses.replace(
     repo_dropout=0.0,
 )
 BATCH, LENGTH, STEPS = 4, 16, 3
+GLOO_THREADS = ("pt_gloo_runloop", "gloo_tcp_loop")  # the names gloo gives its threads
 
 Batch = dict[str, Tensor]
 
@@ -150,6 +152,19 @@ def _bfloat16_step(model: ZenCoder, dist: Distributed) -> dict:
     return {"logits": full(output.logits).float(), "gradients": gradients(model)}
 
 
+def gloo_threads() -> list[str]:
+    """The gloo threads of this process (Linux names threads in /proc)."""
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+        except OSError:  # a thread that ended meanwhile
+            continue
+        if name in GLOO_THREADS:
+            names.append(name)
+    return sorted(names)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tensor-parallel", type=int, default=1)
@@ -160,11 +175,12 @@ def main() -> None:
     dist = init_distributed(args.tensor_parallel)
     report = _run(dist, args.bfloat16)
     shutdown(dist)
+    report["gloo_threads"] = gloo_threads()
     torch.save(report, args.out / f"rank-{report['rank']['rank']}.pt")
 
 
 def _run(dist: Distributed, bfloat16: bool) -> dict:
-    """Everything this rank reports; the models it built are gone on return."""
+    """Everything this rank reports but its threads; the models it built are gone on return."""
     model = parallelize(build_model(), dist)
     steps = [[share(batch, dist.dp_rank, dist.dp_size)] for batch in global_batches()]
     losses, first = train(model, steps)

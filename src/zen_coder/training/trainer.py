@@ -16,6 +16,7 @@ import json
 import math
 import shutil
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -237,6 +238,11 @@ def train(
     dist = init_distributed(config.tensor_parallel)
     try:
         return _train(data, out, model_config, config, prepared, dist, started, progress)
+    except BaseException as exc:
+        # The failed run's frames hold the model, whose FSDP state holds the process groups:
+        # let them go, so that shutdown can join the groups' threads.
+        traceback.clear_frames(exc.__traceback__)
+        raise
     finally:
         shutdown(dist)
 
