@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -16,9 +15,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.data.test_prepare import build_history, mined
-from zen_coder.data.config import PrepareConfig
-from zen_coder.data.pipeline import prepare
 from zen_coder.errors import ZenCoderError
 from zen_coder.training.checkpoint import load_native
 from zen_coder.training.config import TrainConfig, load_run_config
@@ -27,7 +23,6 @@ from zen_coder.training.optim import learning_rate_factor, parameter_groups
 from zen_coder.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL_DATA = PrepareConfig(vocab_size=600, context_length=64, tokenizer_train_chars=1_000_000)
 MODEL = [
     "model.n_layers=2",
     "model.d_model=64",
@@ -48,15 +43,6 @@ FAST = [
     "train.log_every=1",
     "train.checkpoint_every=4",
 ]
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("train-data")
-    repo = build_history(root / "repo", commits=30)
-    out = root / "prepared"
-    prepare(mined(root, repo), out, SMALL_DATA, benchmarks=[])
-    return out
 
 
 def configs(*extra: str):
@@ -202,24 +188,3 @@ def test_schedule_and_weight_decay_groups():
     assert {names[id(p)] for p in decay["params"]} >= {"blocks.0.attention.q.weight", "head.weight"}
     skipped = {names[id(p)] for p in no_decay["params"]}
     assert {"embed.weight", "repo.weight", "norm.weight", "blocks.0.moe.language"} <= skipped
-
-
-@pytest.mark.skipif(os.cpu_count() < 2, reason="needs two cores for two processes")
-def test_two_data_parallel_processes_match_one(data, tmp_path):
-    single, double = tmp_path / "single", tmp_path / "double"
-    extra = ["train.steps=3", "model.contrastive_loss=false", "model.repo_dropout=0"]
-    train(data, single, *configs(*extra))
-    arguments = ["--data", str(data), "--out", str(double), "--quiet"]
-    arguments += ["--config", str(ROOT / "configs" / "tiny.toml")]
-    for setting in [*FAST, *extra]:
-        arguments += ["--set", setting]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += ["--nproc-per-node", "2", "-m", "zen_coder.training", *arguments]
-    result = subprocess.run(
-        command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    one, two = losses(single), losses(double)
-    assert one.keys() == two.keys()
-    for step in one:
-        assert two[step] == pytest.approx(one[step], rel=1e-3)

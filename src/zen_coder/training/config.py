@@ -36,7 +36,7 @@ class TrainConfig:
     dtype: str = "float32"  # autocast dtype; master weights stay float32
     compile: bool = False  # torch.compile each block (needs dtype bfloat16; for GPUs)
     eval_every: int = 100
-    eval_batches: int = 20
+    eval_batches: int = 20  # validation micro-batches, all data-parallel ranks together
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     log_every: int = 10

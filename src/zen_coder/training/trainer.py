@@ -184,7 +184,11 @@ def validation_loss(
     languages: list[str],
 ) -> dict:
     """Mean next-token loss on the validation split, overall and per language: the training
-    run's own check (pass@k on benchmarks is `zen-coder eval`'s)."""
+    run's own check (pass@k on benchmarks is `zen-coder eval`'s).
+
+    It reads the first `eval_batches` micro-batches of the split, all data-parallel ranks
+    together (rank r takes batches r, r + ranks, ...), so every layout scores the same tokens.
+    """
     dataset = PackedDataset(
         data,
         "validation",
@@ -197,7 +201,7 @@ def validation_loss(
     count = torch.zeros(len(languages), dtype=torch.float64, device=dist.device)
     model.eval()
     for index, batch in enumerate(PackedLoader(dataset)):
-        if index >= config.eval_batches:
+        if index * dist.dp_size + dist.dp_rank >= config.eval_batches:
             break
         batch = {name: value.to(dist.device) for name, value in batch.items()}
         targets = next_token_targets(batch["tokens"], batch["segment"], pad_id)
@@ -392,9 +396,26 @@ def _accumulate(model, stream, accumulation: int, config: TrainConfig, dist, pad
 
 
 def _clip(model: torch.nn.Module, max_norm: float) -> float:
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    full = getattr(norm, "full_tensor", None)  # a DTensor under FSDP
-    return float(full() if full is not None else norm)
+    """Scale the gradients down to a total 2-norm of `max_norm`; return the norm before.
+
+    Under tensor parallelism the gradients live on different meshes: the attention's on
+    ("dp", "tp"), the rest on "dp" (or are plain tensors without FSDP), and torch has no norm
+    over tensors of different meshes. So each mesh's gradients are measured whole, and the
+    total is the 2-norm of those norms.
+    """
+    groups: dict[object, list[torch.Tensor]] = {}
+    for parameter in model.parameters():
+        if parameter.grad is not None:
+            groups.setdefault(getattr(parameter.grad, "device_mesh", None), []).append(parameter)
+    norms = []
+    for parameters in groups.values():
+        norm = torch.nn.utils.get_total_norm([parameter.grad for parameter in parameters])
+        full = getattr(norm, "full_tensor", None)  # a DTensor's norm is a partial sum
+        norms.append(full() if full is not None else norm)
+    total = torch.stack(norms).norm()
+    for parameters in groups.values():
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
+    return float(total)
 
 
 def _export(model, config: ModelConfig, data: Path, out: Path, dist, report: TrainReport):
