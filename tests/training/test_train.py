@@ -132,11 +132,24 @@ def test_a_killed_run_resumes_exactly(data, tmp_path):
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(data, tmp_path):
     out = tmp_path / "run"
+    # Keeping no checkpoint: a run that stops short still keeps the one to resume from.
+    settings = ["train.lr=1e30", "train.max_bad_steps=2", "train.keep_checkpoints=0"]
     with pytest.raises(ZenCoderError, match="training diverged: 3 non-finite steps in a row"):
-        train(data, out, *configs("train.steps=20", "train.lr=1e30", "train.max_bad_steps=2"))
-    assert list((out / "checkpoints").glob("step-*"))
+        train(data, out, *configs("train.steps=20", *settings))
+    assert len(list((out / "checkpoints").glob("step-*"))) == 1
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert sum(json.loads(line)["kind"] == "skipped" for line in lines) == 3
+
+
+def test_keeping_no_checkpoints_removes_them_once_the_run_is_done(data, tmp_path):
+    out = tmp_path / "run"
+    settings = configs("train.steps=4", "train.checkpoint_every=2", "train.keep_checkpoints=0")
+    report = train(data, out, *settings)
+    assert report.model_dir == out / "model" and (out / "model" / "model.safetensors").exists()
+    assert list((out / "checkpoints").iterdir()) == []
+    # Nothing to resume from: a second start would train it all again.
+    with pytest.raises(ZenCoderError, match="holds a finished run and no checkpoint"):
+        train(data, out, *settings)
 
 
 def test_a_run_folder_resumes_only_with_its_settings(data, tmp_path):
@@ -172,6 +185,10 @@ def test_recipes_and_overrides():
         TrainConfig(global_batch=10, micro_batch=4)
     with pytest.raises(ZenCoderError, match="compile needs dtype bfloat16"):
         TrainConfig(compile=True)
+    with pytest.raises(ZenCoderError, match="keep_checkpoints must be 0 or more"):
+        TrainConfig(keep_checkpoints=-1)
+    with pytest.raises(ZenCoderError, match="checkpoint_every must be at least 1"):
+        TrainConfig(checkpoint_every=0)
 
 
 def test_schedule_and_weight_decay_groups():

@@ -258,6 +258,13 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
         "train": config.to_dict(),
     }
     _check_run_folder(out, effective)
+    checkpoints = out / "checkpoints"
+    resume = checkpoint.latest(checkpoints)
+    if resume is None and (out / "model").exists():
+        raise ZenCoderError(
+            f"{out} holds a finished run and no checkpoint to resume from (keep_checkpoints = 0 "
+            "removes them at the end); train into a new --out folder"
+        )
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", effective)
@@ -287,8 +294,6 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
     counters = {"step": 0, "tokens": 0, "bad_steps": 0, "skipped": 0}
     state = checkpoint.TrainState(model, optimizer, scheduler, loader, counters, dist.rank)
     report = TrainReport(out=out, steps=config.steps, tokens=0, elapsed=0.0)
-    checkpoints = out / "checkpoints"
-    resume = checkpoint.latest(checkpoints)
     if resume is not None:
         checkpoint.load(resume, state)
         report.resumed_from = counters["step"]
@@ -353,6 +358,8 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
         if report.validation is None:
             report.validation = validation_loss(model, data, config, dist, pad_id, languages)
         report.model_dir, report.hf_dir = _export(model, model_config, data, out, dist, report)
+        if config.keep_checkpoints == 0 and dist.is_main:
+            checkpoint.prune(checkpoints, 0)
     finally:
         metrics.close()
     report.tokens = counters["tokens"]
