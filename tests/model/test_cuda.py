@@ -1,6 +1,8 @@
 """The GPU paths CI cannot run: the grouped expert kernel and the compiled blocks on CUDA.
 
-Skipped without a GPU; benchmarks/gpu_check.sh's task runs them on one.
+Skipped without a GPU; on one: `PYTHONPATH=src python3 -m pytest -q tests/model/test_cuda.py`.
+Each tolerance was checked against a variant broken on purpose, on an H200 (torch 2.11); the
+figures are in each test's docstring.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import dataclasses
 import pytest
 import torch
 
+from tests.model.compare import gradient_errors, gradients, relative_error, worst
 from tests.model.test_model import experts_by_hand
 from zen_coder.model.config import preset
 from zen_coder.model.model import MoE, ZenCoder, next_token_targets
@@ -19,13 +22,12 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 SMALL = dataclasses.replace(preset("small"), n_layers=2, n_repos=8)
 
 
-def relative_error(mine: torch.Tensor, reference: torch.Tensor) -> float:
-    return float((mine.float() - reference.float()).norm() / reference.float().norm())
-
-
 def test_grouped_experts_in_bfloat16_compute_each_experts_own_product():
     """The bfloat16 grouped kernel with padded groups, against one fp32 product per expert
-    (the same routing: a bfloat16 router flips near-ties that an fp32 one would not)."""
+    (the same routing: a bfloat16 router flips near-ties that an fp32 one would not).
+
+    Measured: 5.9e-3 off in the output and in each weight's gradient; against a reference in
+    which expert 0 computes with expert 1's weights, 0.35."""
     torch.manual_seed(0)
     moe = MoE(SMALL).cuda()
     for weight in (moe.w1, moe.w2, moe.w3, moe.router.weight):
@@ -46,6 +48,13 @@ def test_grouped_experts_in_bfloat16_compute_each_experts_own_product():
 
 
 def test_compiled_blocks_with_flex_attention_train_like_eager_ones():
+    """Compiled blocks compute eager blocks' logits and gradients under bfloat16 autocast.
+
+    Measured: the logits 5.2e-2 apart (the compiled blocks keep float32 between the fused
+    operations, where eager ones round each result to bfloat16), a block's gradients at most
+    2.9e-2, while the loss moves by 4.9e-5. With the compiled model's second block skipped, the
+    logits are 0.99 apart and every block's gradients at least 1.0, while the loss moves by
+    6.6e-3: a loss within 1 % could not tell."""
     config = dataclasses.replace(SMALL, attention="flex")
     torch.manual_seed(0)
     eager = ZenCoder(config).cuda()
@@ -63,22 +72,26 @@ def test_compiled_blocks_with_flex_attention_train_like_eager_ones():
         "segment": segment,
         "targets": next_token_targets(tokens, segment),
     }
-    losses, gradients = [], []
+    results = []
     for model in (eager, compiled):
         torch.manual_seed(0)
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(tokens, **inputs).loss
-        loss.backward()
-        losses.append(loss.item())
-        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-    assert losses[1] == pytest.approx(losses[0], rel=1e-2)
-    assert relative_error(gradients[1], gradients[0]) < 5e-2
+            output = model(tokens, **inputs)
+        output.loss.backward()
+        results.append((output.logits.detach().float(), gradients(model)))
+    (eager_logits, eager_gradients), (compiled_logits, compiled_gradients) = results
+    assert relative_error(compiled_logits, eager_logits) < 0.2
+    name, error = worst(gradient_errors(compiled_gradients, eager_gradients, per_block=True))
+    assert error < 0.1, f"{name} gradients off by {error:.1e}"
 
 
 @pytest.mark.parametrize("tokens", [3, 1000])
 def test_inference_groups_unpadded_and_empty_compute_what_training_groups_do(tokens):
     """Without gradients the groups are neither padded nor kept non-empty (decoding routes a
-    few tokens to a few of the experts): the output is the padded layout's."""
+    few tokens to a few of the experts): the output is the padded layout's.
+
+    Measured: equal (0.0 apart); with the busiest expert's output dropped, 0.45 (3 tokens) and
+    0.26 (1,000 tokens) apart."""
     torch.manual_seed(0)
     moe = MoE(SMALL).cuda()
     for weight in (moe.w1, moe.w2, moe.w3, moe.router.weight):

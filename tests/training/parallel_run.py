@@ -1,15 +1,18 @@
-"""A few training steps of a shrunk tiny model under torchrun, reported as JSON by rank 0.
+"""A few training steps of a shrunk tiny model under torchrun; every rank saves what it computed.
 
-test_parallelize.py launches it (`torchrun --nproc-per-node N parallel_run.py --tensor-parallel
-TP OUT`), with GPUs hidden so that it runs on CPU with gloo, and runs `train` on the same model
-and batches in its own process as the reference.
+test_parallelize.py launches it from the repository root (`torchrun --nproc-per-node N -m
+tests.training.parallel_run --tensor-parallel TP [--bfloat16] OUT`) with GPUs hidden, so that it
+runs on CPU with gloo, and runs `train` on the same model and batches in its own process as the
+reference. Each rank saves OUT/rank-R.pt after it has left the run: the per-step losses, every
+parameter's whole gradient after the first step, the logits of the trained model on the first
+global batch, its sharding plan, the bfloat16 steps (eager and compiled) and the gloo
+threads still alive after `shutdown`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
@@ -17,6 +20,7 @@ import torch.distributed as torch_dist
 from torch import Tensor
 from torch.distributed.tensor import DTensor
 
+from tests.model.compare import full, gradients
 from zen_coder.model.config import preset
 from zen_coder.model.model import ZenCoder, next_token_targets
 from zen_coder.training.parallelize import Distributed, init_distributed, parallelize, shutdown
@@ -37,6 +41,7 @@ CONFIG = dataclasses.replace(
     repo_dropout=0.0,
 )
 BATCH, LENGTH, STEPS = 4, 16, 3
+GLOO_THREADS = ("pt_gloo_runloop", "gloo_tcp_loop")  # the names gloo gives its threads
 
 Batch = dict[str, Tensor]
 
@@ -84,18 +89,26 @@ def share(batch: Batch, part: int, parts: int) -> Batch:
     return {name: value[part * size : (part + 1) * size] for name, value in batch.items()}
 
 
-def train(model: ZenCoder, steps: list[list[Batch]]) -> list[Tensor]:
-    """AdamW over the steps; a step's loss is the mean of its parts' losses, which is what data
-    parallelism computes when each rank holds one part."""
+def train(model: ZenCoder, steps: list[list[Batch]]) -> tuple[Tensor, dict[str, Tensor]]:
+    """AdamW over the steps: each step's loss (the mean of its parts' losses, which is what data
+    parallelism computes when each rank holds one part) and the first step's gradients."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses = []
+    losses, first = [], None
     for parts in steps:
         loss = sum(model(**part).loss for part in parts) / len(parts)
         optimizer.zero_grad()
         loss.backward()
+        first = gradients(model) if first is None else first
         optimizer.step()
         losses.append(loss.detach())
-    return losses
+    return torch.stack(losses), first
+
+
+@torch.no_grad()
+def logits(model: ZenCoder, batch: Batch) -> Tensor:
+    """The model's logits on a whole global batch (every rank computes all of them)."""
+    inputs = {name: value for name, value in batch.items() if name != "targets"}
+    return full(model(inputs.pop("tokens"), **inputs).logits).float()
 
 
 def describe(model: ZenCoder) -> dict[str, dict]:
@@ -111,59 +124,77 @@ def describe(model: ZenCoder) -> dict[str, dict]:
     return plan
 
 
-def bfloat16_step(dist: Distributed) -> dict:
-    """One step with param_dtype=bfloat16: blocks compute with bfloat16 weights, while the
-    sharded weights and their gradients stay float32. Then the same step with every block
-    compiled, which must compute the same loss."""
+def bfloat16_steps(dist: Distributed) -> dict:
+    """One step with param_dtype=bfloat16, eager then with every block compiled: what each
+    computes (logits, whole gradients), and the dtypes the eager one computed and stored in."""
     model = parallelize(build_model(), dist, param_dtype=torch.bfloat16)
     seen = []
     model.blocks[0].attention.q.register_forward_pre_hook(
         lambda module, args: seen.append(str(module.weight.dtype))
     )
-    loss = _bfloat16_loss(model, dist)
+    eager = _bfloat16_step(model, dist)
     weight = model.blocks[0].attention.q.weight
     compiled = parallelize(build_model(), dist, param_dtype=torch.bfloat16, compile=True)
     return {
-        "loss": loss,
-        "compiled_loss": _bfloat16_loss(compiled, dist),
+        "eager": eager,
+        "compiled": _bfloat16_step(compiled, dist),
         "compute_dtype": seen[0],
         "weight_dtype": str(weight.dtype),
         "grad_dtype": str(weight.grad.dtype),
     }
 
 
-def _bfloat16_loss(model: ZenCoder, dist: Distributed) -> float:
+def _bfloat16_step(model: ZenCoder, dist: Distributed) -> dict:
+    """Forward and backward of this rank's share of the first batch under bfloat16 autocast."""
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = model(**share(global_batches()[0], dist.dp_rank, dist.dp_size)).loss
-    loss.backward()
-    return loss.item()
+        output = model(**share(global_batches()[0], dist.dp_rank, dist.dp_size))
+    output.loss.backward()
+    return {"logits": full(output.logits).float(), "gradients": gradients(model)}
+
+
+def gloo_threads() -> list[str]:
+    """The gloo threads of this process (Linux names threads in /proc)."""
+    names = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+        except OSError:  # a thread that ended meanwhile
+            continue
+        if name in GLOO_THREADS:
+            names.append(name)
+    return sorted(names)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tensor-parallel", type=int, default=1)
-    parser.add_argument("--bfloat16", action="store_true", help="also run one bfloat16 step")
+    parser.add_argument("--bfloat16", action="store_true", help="also run the bfloat16 steps")
     parser.add_argument("out", type=Path)
     args = parser.parse_args()
 
     dist = init_distributed(args.tensor_parallel)
+    report = _run(dist, args.bfloat16)
+    shutdown(dist)
+    report["gloo_threads"] = gloo_threads()
+    torch.save(report, args.out / f"rank-{report['rank']['rank']}.pt")
+
+
+def _run(dist: Distributed, bfloat16: bool) -> dict:
+    """Everything this rank reports but its threads; the models it built are gone on return."""
     model = parallelize(build_model(), dist)
     steps = [[share(batch, dist.dp_rank, dist.dp_size)] for batch in global_batches()]
-    losses = torch.stack(train(model, steps))
+    losses, first = train(model, steps)
     torch_dist.all_reduce(losses)  # tensor-parallel ranks hold equal losses: mean over "dp"
-    ranks = [None] * dist.world_size
     fields = ("rank", "world_size", "local_rank", "dp_rank", "dp_size", "tp_size", "is_main")
-    torch_dist.all_gather_object(ranks, {name: getattr(dist, name) for name in fields})
-    report = {
-        "losses": (losses / dist.world_size).tolist(),
-        "plan": describe(model),
-        "ranks": ranks,
+    return {
+        "losses": losses / dist.world_size,
+        "gradients": first,
+        "plan": describe(model),  # before a forward, which leaves FSDP's root unsharded
+        "logits": logits(model, global_batches()[0]),
+        "rank": {name: getattr(dist, name) for name in fields},
         "mesh": list(dist.mesh.mesh_dim_names),
-        "bfloat16": bfloat16_step(dist) if args.bfloat16 else None,
+        "bfloat16": bfloat16_steps(dist) if bfloat16 else None,
     }
-    if dist.is_main:
-        args.out.write_text(json.dumps(report))
-    shutdown(dist)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ A checkpoint holds everything a resumed run needs to continue exactly where the 
 stood: model and optimizer (sharded as they are, when FSDP shards them), scheduler, the data
 loader's position, the step counters and every rank's random-number generator states. It is
 written under a temporary name and renamed when every rank is done, so a run killed mid-write
-resumes from the previous one; only the newest `keep` are kept.
+resumes from the previous one; only the newest `keep` are kept, and never fewer than one while
+the run goes on.
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ def latest(directory: Path) -> Path | None:
 
 
 def save(directory: Path, state: TrainState, step: int, keep: int, is_main: bool) -> Path:
-    """Write a checkpoint of `state` at `step` (collective: every rank calls it)."""
+    """Write a checkpoint of `state` at `step` (collective: every rank calls it), then keep the
+    newest `keep`, but at least this one: a run that is still going must be able to resume."""
     target = directory / f"{PREFIX}{step:09d}"
     partial = directory / f".{PREFIX}{step:09d}.partial"
     if is_main:
@@ -122,10 +124,16 @@ def save(directory: Path, state: TrainState, step: int, keep: int, is_main: bool
     if is_main:
         shutil.rmtree(target, ignore_errors=True)
         partial.rename(target)
-        for old in sorted(directory.glob(f"{PREFIX}*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune(directory, max(keep, 1))
     _barrier()
     return target
+
+
+def prune(directory: Path, keep: int) -> None:
+    """Remove all but the newest `keep` checkpoints in `directory` (0 removes every one)."""
+    done = sorted(path for path in directory.glob(f"{PREFIX}*") if path.is_dir())
+    for old in done[: len(done) - keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load(path: Path, state: TrainState) -> None:

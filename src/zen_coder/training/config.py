@@ -36,9 +36,9 @@ class TrainConfig:
     dtype: str = "float32"  # autocast dtype; master weights stay float32
     compile: bool = False  # torch.compile each block (needs dtype bfloat16; for GPUs)
     eval_every: int = 100
-    eval_batches: int = 20
+    eval_batches: int = 20  # validation micro-batches, all data-parallel ranks together
     checkpoint_every: int = 100
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # the newest N stay once the run is done; 0: none (the model stays)
     log_every: int = 10
     max_bad_steps: int = 5  # non-finite losses or gradients in a row before the run stops
     seed: int = 0
@@ -50,9 +50,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         positive = ("steps", "global_batch", "micro_batch", "eval_batches", "log_every")
+        positive += ("eval_every", "checkpoint_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ZenCoderError(f"train setting {name} must be at least 1")
+        if self.keep_checkpoints < 0:
+            raise ZenCoderError(
+                "train setting keep_checkpoints must be 0 or more (0 keeps no checkpoint once "
+                "the run has finished)"
+            )
         if self.dtype not in DTYPES:
             raise ZenCoderError(f"train setting dtype must be one of {', '.join(DTYPES)}")
         if self.compile and self.dtype != "bfloat16":

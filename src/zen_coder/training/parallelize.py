@@ -20,6 +20,7 @@ which would give each rank its own experts, is future work.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -159,9 +160,24 @@ def _fully_shard(model: ZenCoder, mesh: DeviceMesh, param_dtype: torch.dtype | N
 
 
 def shutdown(dist: Distributed) -> None:
-    """Leave the run cleanly; a single process has no process group to destroy."""
-    if dist.mesh is not None:
-        # Together: a rank that tears down its connections while another still uses them can
-        # abort the process (seen with gloo).
-        torch_dist.barrier()
-        torch_dist.destroy_process_group()
+    """Leave the run: wait for every rank, then destroy the process groups and join their
+    communication threads while the interpreter is still whole. Drop the model first (FSDP
+    holds the groups too); a single process has nothing to do.
+
+    Why joined: a gloo worker thread releases a collective's tensors only after the collective
+    has completed, and releasing a tensor that Python also holds takes the GIL. If the
+    interpreter has begun to exit by then, CPython (before 3.14) ends that thread with
+    pthread_exit inside a C++ destructor, and the process aborts with "terminate called without
+    an active exception". `destroy_process_group` only forgets the groups; a group's threads are
+    joined when its last reference goes, and the mesh holds them, while torch's DTensor caches
+    hold the mesh. So the mesh lets go of its groups here. Blocks compiled under tensor
+    parallelism are the exception: torch's compiler keeps its own references to their groups.
+    """
+    if dist.mesh is None:
+        return
+    torch_dist.barrier()
+    torch_dist.destroy_process_group()
+    # The mesh keeps its groups in a private dict, in the torch versions that have one.
+    getattr(dist.mesh, "_pg_registry", {}).clear()
+    dist.mesh = None
+    gc.collect()  # FSDP's hooks and the model form reference cycles

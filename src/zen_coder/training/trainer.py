@@ -16,6 +16,7 @@ import json
 import math
 import shutil
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -176,7 +177,7 @@ def _reduce(values: torch.Tensor, dist: Distributed) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(
+def validation_loss(
     model: torch.nn.Module,
     data: Path,
     config: TrainConfig,
@@ -184,7 +185,12 @@ def evaluate(
     pad_id: int,
     languages: list[str],
 ) -> dict:
-    """Mean next-token loss on the validation split, overall and per language."""
+    """Mean next-token loss on the validation split, overall and per language: the training
+    run's own check (pass@k on benchmarks is `zen-coder eval`'s).
+
+    It reads the first `eval_batches` micro-batches of the split, all data-parallel ranks
+    together (rank r takes batches r, r + ranks, ...), so every layout scores the same tokens.
+    """
     dataset = PackedDataset(
         data,
         "validation",
@@ -197,7 +203,7 @@ def evaluate(
     count = torch.zeros(len(languages), dtype=torch.float64, device=dist.device)
     model.eval()
     for index, batch in enumerate(PackedLoader(dataset)):
-        if index >= config.eval_batches:
+        if index * dist.dp_size + dist.dp_rank >= config.eval_batches:
             break
         batch = {name: value.to(dist.device) for name, value in batch.items()}
         targets = next_token_targets(batch["tokens"], batch["segment"], pad_id)
@@ -238,6 +244,11 @@ def train(
     dist = init_distributed(config.tensor_parallel)
     try:
         return _train(data, out, model_config, config, prepared, dist, started, progress)
+    except BaseException as exc:
+        # The failed run's frames hold the model, whose FSDP state holds the process groups:
+        # let them go, so that shutdown can join the groups' threads.
+        traceback.clear_frames(exc.__traceback__)
+        raise
     finally:
         shutdown(dist)
 
@@ -249,6 +260,13 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
         "train": config.to_dict(),
     }
     _check_run_folder(out, effective)
+    checkpoints = out / "checkpoints"
+    resume = checkpoint.latest(checkpoints)
+    if resume is None and (out / "model").exists():
+        raise ZenCoderError(
+            f"{out} holds a finished run and no checkpoint to resume from (keep_checkpoints = 0 "
+            "removes them at the end); train into a new --out folder"
+        )
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", effective)
@@ -278,8 +296,6 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
     counters = {"step": 0, "tokens": 0, "bad_steps": 0, "skipped": 0}
     state = checkpoint.TrainState(model, optimizer, scheduler, loader, counters, dist.rank)
     report = TrainReport(out=out, steps=config.steps, tokens=0, elapsed=0.0)
-    checkpoints = out / "checkpoints"
-    resume = checkpoint.latest(checkpoints)
     if resume is not None:
         checkpoint.load(resume, state)
         report.resumed_from = counters["step"]
@@ -287,7 +303,7 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
     pad_id = prepared["special_tokens"]["<|pad|>"]
     languages = prepared["language_names"]
     if resume is None:
-        report.initial_validation = evaluate(model, data, config, dist, pad_id, languages)
+        report.initial_validation = validation_loss(model, data, config, dist, pad_id, languages)
         metrics.write("validation", 0, report.initial_validation)
     advance = progress(config.steps) if progress and dist.is_main else None
     if advance is not None and counters["step"]:
@@ -337,15 +353,17 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
             elif advance is not None:
                 advance(step, {})
             if step % config.eval_every == 0 or step == config.steps:
-                report.validation = evaluate(model, data, config, dist, pad_id, languages)
+                report.validation = validation_loss(model, data, config, dist, pad_id, languages)
                 metrics.write("validation", step, report.validation)
             if step % config.checkpoint_every == 0 or step == config.steps:
                 checkpoint.save(checkpoints, state, step, config.keep_checkpoints, dist.is_main)
         if report.validation is None:
-            report.validation = evaluate(model, data, config, dist, pad_id, languages)
+            report.validation = validation_loss(model, data, config, dist, pad_id, languages)
         report.model_dir, report.hf_dir = _export(
             model, model_config, languages, data, out, dist, report
         )
+        if config.keep_checkpoints == 0 and dist.is_main:
+            checkpoint.prune(checkpoints, 0)
     finally:
         metrics.close()
     report.tokens = counters["tokens"]
@@ -389,9 +407,26 @@ def _accumulate(model, stream, accumulation: int, config: TrainConfig, dist, pad
 
 
 def _clip(model: torch.nn.Module, max_norm: float) -> float:
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    full = getattr(norm, "full_tensor", None)  # a DTensor under FSDP
-    return float(full() if full is not None else norm)
+    """Scale the gradients down to a total 2-norm of `max_norm`; return the norm before.
+
+    Under tensor parallelism the gradients live on different meshes: the attention's on
+    ("dp", "tp"), the rest on "dp" (or are plain tensors without FSDP), and torch has no norm
+    over tensors of different meshes. So each mesh's gradients are measured whole, and the
+    total is the 2-norm of those norms.
+    """
+    groups: dict[object, list[torch.Tensor]] = {}
+    for parameter in model.parameters():
+        if parameter.grad is not None:
+            groups.setdefault(getattr(parameter.grad, "device_mesh", None), []).append(parameter)
+    norms = []
+    for parameters in groups.values():
+        norm = torch.nn.utils.get_total_norm([parameter.grad for parameter in parameters])
+        full = getattr(norm, "full_tensor", None)  # a DTensor's norm is a partial sum
+        norms.append(full() if full is not None else norm)
+    total = torch.stack(norms).norm()
+    for parameters in groups.values():
+        torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
+    return float(total)
 
 
 def _export(
