@@ -18,10 +18,10 @@ from pathlib import Path
 
 from zen_coder.data.config import PrepareConfig
 from zen_coder.data.pipeline import prepare
+from zen_coder.files import write_atomic, write_bytes_atomic
 from zen_coder.history.config import MineConfig
 from zen_coder.history.pipeline import mine
 from zen_coder.history.sources import RepoSpec
-from zen_coder.history.store import write_bytes_atomic
 from zen_coder.model.config import preset
 from zen_coder.training.config import TrainConfig
 from zen_coder.training.metrics import read_metrics
@@ -116,10 +116,8 @@ def _plot(out: Path, path: Path) -> None:
     axes.set_title("tiny zen-coder on this repository's history")
     axes.legend()
     figure.tight_layout()
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=120)
+    write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=120, format="png"))
     plt.close(figure)
-    temporary.replace(path)
 
 
 def _report_text(out, mined, prepared, reports, untrained, trained, plot) -> str:

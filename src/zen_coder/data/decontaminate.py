@@ -37,7 +37,6 @@ word's and every run's polynomial two vectorized NumPy operations, whose uint64 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from zen_coder.benchmark_problems import Problem
+from zen_coder.files import write_atomic
 
 # A run of words shared by more problems (counting translations as one) is boilerplate.
 MAX_SHARED_PROBLEMS = 5
@@ -289,11 +289,8 @@ class BenchmarkIndex:
                 return cls(tuple(problems), saved["keys"], saved["owners"], saved["lengths"])
         except (OSError, ValueError, KeyError):
             index = cls.build(problems, n)
-        directory.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(temporary, "wb") as handle:
-            np.savez(handle, keys=index._keys, owners=index._owners, lengths=index._lengths)
-        os.replace(temporary, path)
+        arrays = {"keys": index._keys, "owners": index._owners, "lengths": index._lengths}
+        write_atomic(path, lambda temporary: _save_arrays(temporary, arrays))
         return index
 
     def __len__(self) -> int:
@@ -321,3 +318,8 @@ class BenchmarkIndex:
         lasts = np.searchsorted(self._keys, shared, side="right")
         owners = np.concatenate([self._owners[a:b] for a, b in zip(firsts, lasts, strict=True)])
         return self._problems[int(np.bincount(owners).argmax())]
+
+
+def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as handle:  # a handle: given a name, numpy would append ".npz"
+        np.savez(handle, **arrays)

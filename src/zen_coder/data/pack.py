@@ -25,7 +25,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from zen_coder.data.samples import Sample
-from zen_coder.history.store import write_bytes_atomic
+from zen_coder.files import write_bytes_atomic
 
 CHANNELS = ("tokens", "repo", "language", "time", "segment")
 TIME_MAX = np.iinfo(np.uint16).max

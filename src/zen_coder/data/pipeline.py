@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections import Counter
@@ -48,9 +47,8 @@ from zen_coder.data.tokenizer import (
     train_tokenizer,
 )
 from zen_coder.errors import ZenCoderError
-from zen_coder.files import user_cache_dir
+from zen_coder.files import install_directory, temporary_path, user_cache_dir, write_json_atomic
 from zen_coder.history.languages import LANGUAGES
-from zen_coder.history.store import write_json_atomic
 
 FORMAT_VERSION = 2  # 2: the manifest records the split
 SPLITS = ("train", "validation")
@@ -236,15 +234,6 @@ def _clear_leftovers(out: Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _install(work: Path, out: Path) -> None:
-    """Move the finished output into place, replacing an older one."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    work.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def prepare(
     mined: Path,
     out: Path,
@@ -280,7 +269,7 @@ def prepare(
     if previous is not None:
         return PrepareReport(out, previous, time.monotonic() - started, reused=True)
     _clear_leftovers(out)
-    work = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    work = temporary_path(out)
     work.mkdir(parents=True)
     try:
         repositories = split_repositories(dataset, config.validation_fraction)
@@ -312,7 +301,7 @@ def prepare(
             }
         )
         write_json_atomic(work / "manifest.json", manifest)
-        _install(work, out)
+        install_directory(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

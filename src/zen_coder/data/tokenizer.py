@@ -16,7 +16,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from zen_coder.errors import ZenCoderError
-from zen_coder.history.store import write_bytes_atomic, write_json_atomic
+from zen_coder.files import write_bytes_atomic, write_json_atomic
 
 SPECIAL_TOKENS: tuple[str, ...] = (
     "<|endoftext|>",

@@ -49,8 +49,7 @@ from zen_coder.evaluation.tasks import (
     load_tasks,
     prompt_template,
 )
-from zen_coder.files import user_cache_dir
-from zen_coder.history.store import write_bytes_atomic
+from zen_coder.files import user_cache_dir, write_bytes_atomic
 from zen_coder.inference.generation import GenerationConfig, Generator
 
 RUN, SAMPLES, REFERENCES, RESULTS, SUMMARY = (

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from zen_coder.files import write_json_atomic
 from zen_coder.history import arrays, edits, filters, languages
 from zen_coder.history.config import MineConfig
 from zen_coder.history.diff import changed_lines, unified_diff
@@ -33,7 +34,6 @@ from zen_coder.history.store import (
     KEYS_SCHEMA,
     RECORD_SCHEMA,
     DatasetDir,
-    write_json_atomic,
     write_parquet_atomic,
 )
 

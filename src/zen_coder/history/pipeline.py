@@ -27,6 +27,7 @@ from pathlib import Path
 
 from zen_coder import __version__
 from zen_coder.errors import ZenCoderError
+from zen_coder.files import write_bytes_atomic, write_json_atomic
 from zen_coder.history import sources
 from zen_coder.history.config import MineConfig
 from zen_coder.history.dedup import finalize
@@ -36,8 +37,6 @@ from zen_coder.history.store import (
     RECORD_SCHEMA,
     SCHEMA_VERSION,
     DatasetDir,
-    write_bytes_atomic,
-    write_json_atomic,
 )
 from zen_coder.history.walk import WalkPlan, walk
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zen_coder.errors import ZenCoderError
-from zen_coder.files import read_toml, user_cache_dir
+from zen_coder.files import install_directory, read_toml, user_cache_dir
 from zen_coder.history.gitio import git
 from zen_coder.history.secrets import redact
 
@@ -172,7 +172,7 @@ def _clone_or_fetch(url: str, shown: str, target: Path) -> None:
         reason = redact((result.stderr.strip().splitlines() or ["unknown error"])[-1])[0]
         raise ZenCoderError(f"{shown}: cannot clone or fetch ({reason}); check the URL and access")
     if not target.exists():
-        partial.rename(target)
+        install_directory(partial, target)
 
 
 def resolve(spec: RepoSpec, cache_dir: Path) -> Repository:

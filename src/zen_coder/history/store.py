@@ -24,12 +24,12 @@ import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from zen_coder.errors import ZenCoderError
+from zen_coder.files import TEMPORARY_GLOB, write_atomic, write_json_atomic
 from zen_coder.history import arrays
 
 SCHEMA_VERSION = 1
@@ -71,36 +71,15 @@ _DICTIONARY_COLUMNS = ["repo", "change_type", "language", "author", "message", "
 _TEXT_COLUMNS = {"message", "old_content", "new_content", "diff"}
 
 
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _replace(temporary: Path, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(temporary, path)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary(path)
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    _replace(temporary, path)
-
-
-def write_json_atomic(path: Path, document: Any) -> None:
-    write_bytes_atomic(path, (json.dumps(document, indent=1, sort_keys=True) + "\n").encode())
-
-
 def write_parquet_atomic(path: Path, table: pa.Table, *, records: bool) -> None:
-    """Write a table as zstd Parquet under a temporary name, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = _temporary(path)
+    """Write a table as zstd Parquet, atomically."""
+    write_atomic(path, lambda temporary: _write_parquet(table, temporary, records))
+
+
+def _write_parquet(table: pa.Table, path: Path, records: bool) -> None:
     pq.write_table(
         table,
-        temporary,
+        path,
         compression="zstd",
         compression_level=3,  # measured: smaller and faster than level 1 on commit records
         use_dictionary=_DICTIONARY_COLUMNS if records else True,
@@ -109,9 +88,6 @@ def write_parquet_atomic(path: Path, table: pa.Table, *, records: bool) -> None:
         else True,
         row_group_size=1024,
     )
-    with open(temporary, "rb+") as handle:
-        os.fsync(handle.fileno())
-    _replace(temporary, path)
 
 
 @dataclass(frozen=True)
@@ -173,7 +149,7 @@ class DatasetDir:
         """
         for folder in (self.data, self.staging, self.keys, self.ledgers):
             if folder.exists():
-                for leftover in folder.rglob(".*.tmp-*"):
+                for leftover in folder.rglob(TEMPORARY_GLOB):
                     leftover.unlink()
         for folder in (self.staging, self.ledgers):
             for ledger in folder.glob("*/*.json"):
@@ -244,9 +220,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
     except OSError:
-        temporary = _temporary(target)
-        shutil.copyfile(source, temporary)
-        _replace(temporary, target)
+        write_atomic(target, lambda temporary: shutil.copyfile(source, temporary))
 
 
 def _read_json(path: Path) -> dict:

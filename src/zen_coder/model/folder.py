@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from zen_coder.errors import ZenCoderError
-from zen_coder.history.store import write_bytes_atomic, write_json_atomic
+from zen_coder.files import write_atomic, write_bytes_atomic, write_json_atomic
 from zen_coder.model.config import ModelConfig
 from zen_coder.model.model import ZenCoder
 
@@ -99,11 +99,7 @@ def save_model(
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_FILE).unlink(missing_ok=True)
     tensors = {name: tensor.contiguous() for name, tensor in weights.items()}
-    # safetensors writes to a path itself; the atomic helper takes bytes (a second copy of the
-    # weights), so this rename stays until zen_coder/files.py has a helper for writers.
-    temporary = directory / f".{WEIGHTS_FILE}.tmp"
-    save_file(tensors, str(temporary))
-    temporary.rename(directory / WEIGHTS_FILE)
+    write_atomic(directory / WEIGHTS_FILE, lambda temporary: save_file(tensors, str(temporary)))
     write_json_atomic(directory / LANGUAGES_FILE, list(languages))
     for name in TOKENIZER_FILES:
         write_bytes_atomic(directory / name, (tokenizer / name).read_bytes())

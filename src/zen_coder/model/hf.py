@@ -16,10 +16,8 @@ Loading reads the weights one shard at a time and needs no `transformers`.
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from zen_coder.errors import ZenCoderError
+from zen_coder.files import write_atomic, write_json_atomic
 from zen_coder.model.config import ModelConfig
 from zen_coder.model.model import ZenCoder
 from zen_coder.settings import apply_overrides
@@ -541,14 +540,14 @@ def save_pretrained(model: ZenCoder, path: Path, *, max_shard_bytes: int = MAX_S
             WEIGHTS if len(shards) == 1 else f"model-{index:05d}-of-{len(shards):05d}.safetensors"
         )
         shard = {name: tensors[name].detach().to("cpu", copy=True).contiguous() for name in names}
-        _write_atomic(path / file, lambda temporary, shard=shard: _save_shard(shard, temporary))
+        write_atomic(path / file, lambda temporary, shard=shard: _save_shard(shard, temporary))
         written.append(file)
     if len(shards) > 1:
         index_json = {
             "metadata": {"total_size": sum(tensor.nbytes for tensor in tensors.values())},
             "weight_map": {name: written[i] for i, names in enumerate(shards) for name in names},
         }
-        _write_json(path / INDEX, index_json)
+        write_json_atomic(path / INDEX, index_json, indent=2, sort_keys=False)
         written.append(INDEX)
     for stale in path.iterdir():
         if stale.name not in written and (
@@ -556,7 +555,7 @@ def save_pretrained(model: ZenCoder, path: Path, *, max_shard_bytes: int = MAX_S
         ):
             stale.unlink()
     dtype = next(model.parameters()).dtype
-    _write_json(path / CONFIG, _config_to_hf(config, dtype))
+    write_json_atomic(path / CONFIG, _config_to_hf(config, dtype), indent=2, sort_keys=False)
 
 
 def _warn_dropped_techniques(model: ZenCoder, path: Path) -> None:
@@ -597,17 +596,3 @@ def _plan_shards(tensors: dict[str, Tensor], max_bytes: int) -> list[list[str]]:
 
 def _save_shard(tensors: dict[str, Tensor], file: Path) -> None:
     save_file(tensors, file, metadata={"format": "pt"})  # transformers expects the format tag
-
-
-def _write_json(file: Path, data: dict) -> None:
-    text = json.dumps(data, indent=2) + "\n"
-    _write_atomic(file, lambda temporary: temporary.write_text(text, encoding="utf-8"))
-
-
-def _write_atomic(file: Path, write: Callable[[Path], object]) -> None:
-    temporary = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-    try:
-        write(temporary)
-        os.replace(temporary, file)
-    finally:
-        temporary.unlink(missing_ok=True)

@@ -32,6 +32,7 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.checkpoint.stateful import Stateful
 
 from zen_coder.errors import ZenCoderError
+from zen_coder.files import install_directory
 from zen_coder.model.config import ModelConfig
 from zen_coder.model.folder import save_model
 
@@ -122,8 +123,7 @@ def save(directory: Path, state: TrainState, step: int, keep: int, is_main: bool
         dcp.save({"run": state}, checkpoint_id=partial)
     _barrier()
     if is_main:
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)
+        install_directory(partial, target)
         prune(directory, max(keep, 1))
     _barrier()
     return target

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from zen_coder.data.loader import PackedDataset, PackedLoader
 from zen_coder.errors import ZenCoderError
-from zen_coder.history.store import write_json_atomic
+from zen_coder.files import write_json_atomic
 from zen_coder.model import hf
 from zen_coder.model.config import ModelConfig
 from zen_coder.model.folder import TOKENIZER_FILES, is_model_folder, load_model
