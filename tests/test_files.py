@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ast
+import multiprocessing
 import os
 import signal
-import subprocess
-import sys
-import textwrap
+import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import pytest
@@ -46,19 +46,15 @@ def test_a_failed_writer_leaves_the_old_file_and_no_temporary(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["weights.bin"]
 
 
-WRITER = """
-import os, sys, time
-from pathlib import Path
-from zen_coder.files import write_atomic
+def write_half_then_hang(path: Path, started: Connection) -> None:
+    """Start writing `path` atomically, say so, and hang until killed."""
 
-def half_then_hang(temporary):
-    with open(temporary, "wb") as handle:
-        handle.write(b"half of the new")
-    print("writing", flush=True)
-    time.sleep(60)
+    def half(temporary: Path) -> None:
+        temporary.write_bytes(b"half of the new")
+        started.send("writing")
+        time.sleep(60)
 
-write_atomic(Path(sys.argv[1]), half_then_hang)
-"""
+    write_atomic(path, half)
 
 
 def test_a_process_killed_while_writing_leaves_the_old_file(tmp_path):
@@ -66,14 +62,15 @@ def test_a_process_killed_while_writing_leaves_the_old_file(tmp_path):
     and the half-written temporary is one that recovery's glob finds."""
     path = tmp_path / "manifest.json"
     path.write_text("old\n")
-    writer = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(WRITER), str(path)], stdout=subprocess.PIPE
-    )
+    context = multiprocessing.get_context("fork")
+    receiving, sending = context.Pipe(duplex=False)
+    writer = context.Process(target=write_half_then_hang, args=(path, sending))
+    writer.start()
     try:
-        assert writer.stdout.readline() == b"writing\n"
+        assert receiving.poll(30) and receiving.recv() == "writing"
     finally:
         os.kill(writer.pid, signal.SIGKILL)
-        writer.wait()
+        writer.join()
     assert path.read_text() == "old\n"
     leftovers = list(tmp_path.glob(TEMPORARY_GLOB))
     assert [p.read_bytes() for p in leftovers] == [b"half of the new"]
