@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -148,9 +149,12 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
     }
     del node_env["RAY_ADDRESS"]
     head_cache, second_cache = root / "head-cache", root / "second-cache"
+    # Ray's session folders hold Unix sockets, whose paths may not pass 107 bytes: pytest's
+    # numbered folders can be too deep, so the nodes get short ones of their own.
+    sessions = Path(tempfile.mkdtemp(prefix="ray-"))
     head = ray_start(
         [
-            *ray_start_command(root / "head"),
+            *ray_start_command(sessions / "head"),
             "--head",
             "--include-dashboard=false",
             f"--port={port}",
@@ -172,7 +176,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
                 "-c",
                 HIDE,
                 str(driver),
-                *ray_start_command(root / "second"),
+                *ray_start_command(sessions / "second"),
                 f"--address=127.0.0.1:{port}",
                 "--num-cpus=2",
             ],
@@ -181,12 +185,14 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         )
     except BaseException:
         stop(head)
+        shutil.rmtree(sessions, ignore_errors=True)
         raise
     try:
         yield Cluster(env["RAY_ADDRESS"], env, driver, head_cache, second_cache)
     finally:
         stop(second)
         stop(head)
+        shutil.rmtree(sessions, ignore_errors=True)
     assert not session_alive(head) and not session_alive(second), "a Ray process outlived its node"
 
 
