@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import os
-import signal
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,45 +28,13 @@ from zen_coder.history.formatting import is_formatting_only
 from zen_coder.history.gitio import MODE_GITLINK, MODE_SYMLINK, ZERO_OID, BlobReader, RawChange
 from zen_coder.history.minhash import MinHasher
 from zen_coder.history.secrets import redact, redact_edit
-from zen_coder.history.store import (
-    KEYS_SCHEMA,
-    RECORD_SCHEMA,
-    DatasetDir,
-    write_parquet_atomic,
-)
+from zen_coder.history.shards import KEYS_SCHEMA, RECORD_SCHEMA, write_parquet_atomic
+from zen_coder.history.store import DatasetDir
+from zen_coder.history.walk import BatchJob, CommitJob
 
 CHANGE_TYPES = {"A": "add", "M": "modify", "T": "modify", "D": "delete", "R": "rename"}
 GROUP_BYTES = 64 << 20
 CACHE_CHARS = 64 << 20
-
-
-@dataclass(slots=True)
-class CommitJob:
-    """A commit as the walk hands it over: metadata, changes with history positions, verdict."""
-
-    sha: str
-    parent: str | None
-    author_time: int
-    committer_time: int
-    author: str
-    message: str
-    changes: list[tuple[RawChange, int]]
-    drop: str | None = None
-
-
-@dataclass
-class BatchJob:
-    repo: str
-    repo_key: str
-    git_dir: str
-    out: str
-    shard: str
-    index: int
-    config: MineConfig
-    commits: list[CommitJob]
-    near_dedup: bool = True  # compute near-duplicate keys: the dataset spans repositories
-    run: str = ""  # identifies the mining run, whose earlier shards this batch dedups against
-    repo_ranks: dict[str, int] = field(default_factory=dict)  # repository order of the run
 
 
 @dataclass(slots=True)
@@ -221,20 +187,6 @@ class _Worker:
 
 _WORKER = _Worker()
 atexit.register(_WORKER.close)  # end the cat-file processes with their pipes closed
-
-
-def init_worker_process(parent: int) -> None:
-    """Run in each pool process: leave Ctrl-C to the parent and die with it, even on `kill -9`."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-    if os.getppid() != parent:  # the parent died before the line above took effect
-        os._exit(1)
 
 
 @dataclass(slots=True)

@@ -14,9 +14,37 @@ from dataclasses import dataclass, field
 
 from zen_coder.history import filters
 from zen_coder.history.config import MineConfig
-from zen_coder.history.extract import BatchJob, CommitJob
-from zen_coder.history.gitio import LogStream, RawCommit
+from zen_coder.history.gitio import LogStream, RawChange, RawCommit
 from zen_coder.history.sources import Repository, shallow_boundary
+
+
+@dataclass(slots=True)
+class CommitJob:
+    """A commit as the walk hands it over: metadata, changes with history positions, verdict."""
+
+    sha: str
+    parent: str | None
+    author_time: int
+    committer_time: int
+    author: str
+    message: str
+    changes: list[tuple[RawChange, int]]
+    drop: str | None = None
+
+
+@dataclass
+class BatchJob:
+    repo: str
+    repo_key: str
+    git_dir: str
+    out: str
+    shard: str
+    index: int
+    config: MineConfig
+    commits: list[CommitJob]
+    near_dedup: bool = True  # compute near-duplicate keys: the dataset spans repositories
+    run: str = ""  # identifies the mining run, whose earlier shards this batch dedups against
+    repo_ranks: dict[str, int] = field(default_factory=dict)  # repository order of the run
 
 
 def author_hash(email: str, name: str, salt: bytes) -> str:
