@@ -14,9 +14,11 @@ from tests.gitrepo import GitRepo
 from tests.history import zoo
 from tests.history.test_mine import SALT, read_records
 from zen_coder.errors import ZenCoderError
+from zen_coder.history import sources
 from zen_coder.history.config import MineConfig
-from zen_coder.history.pipeline import mine
+from zen_coder.history.pipeline import _share_out, mine
 from zen_coder.history.sources import RepoSpec
+from zen_coder.history.walk import WalkPlan, walk
 
 
 def sorted_records(out: Path) -> list[dict]:
@@ -52,6 +54,39 @@ def test_parallel_workers_and_small_batches_give_the_same_dataset(zoo_repo, tmp_
     mine([RepoSpec(str(zoo_repo.path))], parallel, config, workers=2, salt=SALT)
     assert sorted_records(parallel) == sorted_records(serial)
     assert content_totals(parallel) == content_totals(serial)
+
+
+def test_a_short_history_is_cut_into_batches_of_equal_work(tmp_path):
+    """Twelve commits of small files, then four that each add a large one: cut in two, the
+    large ones must not all land in one batch while the other idles. (Cut by commit counts, the
+    first batch would hold eight small commits and almost no work.)"""
+    repo = GitRepo(tmp_path / "repo")
+    for i in range(12):
+        repo.write(f"small_{i}.py", f"x = {i}\n")
+        repo.commit(f"Add small module {i}")
+    for i in range(4):
+        repo.write(f"large_{i}.py", "".join(f"value_{j} = {i * j}\n" for j in range(2000)))
+        repo.commit(f"Add large module {i}")
+    resolved = sources.resolve(RepoSpec(str(repo.path)), tmp_path / "cache")
+    batches = list(walk(resolved, WalkPlan(MineConfig(), SALT, "", batches=2)))
+    streamed = list(walk(resolved, WalkPlan(MineConfig(), SALT, "")))
+    assert len(batches) == 2 and len(streamed) == 1
+    assert [c.sha for b in batches for c in b.commits] == [c.sha for c in streamed[0].commits]
+    large = [sum("large" in c.changes[0][0].path for c in batch.commits) for batch in batches]
+    assert large == [2, 2]
+
+
+def test_workers_are_started_for_histories_worth_sharing(tmp_path):
+    """A few commits are mined inline; a few hundred by two workers in balanced batches."""
+    repo = small_repo(tmp_path / "repo", files=3)
+    resolved = sources.resolve(RepoSpec(str(repo.path)), tmp_path / "cache")
+    config = MineConfig()
+    plans = {resolved.name: WalkPlan(config, SALT, "")}
+    assert _share_out([resolved], plans, {resolved.name: 3}, 2, config) == 1
+    assert _share_out([resolved], plans, {resolved.name: 700}, 2, config) == 2
+    assert plans[resolved.name].batches == 2
+    assert _share_out([resolved], plans, {resolved.name: 5000}, 2, config) == 2
+    assert plans[resolved.name].batches == 2  # left as it was: five rounds are cut as they go
 
 
 def test_rerun_mines_only_new_commits(tmp_path):
