@@ -16,6 +16,7 @@ from zen_coder.history.formatting import (
     _changed_statements_formatting_only,
     _comment_pieces,
     _equal_after_deleting,
+    _python_comments,
     _same_lines,
     _significant_tokens,
     _token_verdict,
@@ -581,3 +582,52 @@ def test_lexers_agree_only_in_the_same_state() -> None:
     old, new = "< ay\n", "<ay\n"
     assert list(_significant_tokens(old, lexer)) != list(_significant_tokens(new, lexer))
     assert _token_verdict(old, new, lexer, lexer)[0] is False
+
+
+_COMMENT_PIECES = st.lists(
+    st.sampled_from(
+        [
+            "x = 1",
+            "  # c",
+            "#",
+            "'#'",
+            '"#"',
+            "'''a\n#b'''",
+            '"""#\n"""',
+            "'\\''",
+            '"\\"#"',
+            "r'\\'#'",
+            "f'{x}#'",
+            "f\"{'#'}\"",
+            "b'#'",
+            "(1,  # c\n 2)",
+            "s = 'a' \\\n  'b'",
+            "'''a\\''''",
+            "'''it's # not'''",
+            '"""say "hi" # not"""',
+            '"""a""" # c',
+            "\n",
+            " ",
+            "\t# t",
+        ]
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_COMMENT_PIECES)
+def test_comments_are_found_as_the_tokenizer_finds_them(pieces) -> None:
+    # The scan for strings and comments stands in for the tokenizer on modules that parse.
+    # Checked by hand: with triple-quoted strings ending at the first quote, this finds a module
+    # where the two differ.
+    source = "\n".join(pieces) + "\n"
+    if _reference_python_ast(source) is None:
+        return
+    assert _python_comments(source) == _reference_comments(source)
+
+
+def test_comments_of_the_project_sources_are_found_as_the_tokenizer_finds_them() -> None:
+    for path in _SOURCES:
+        source = path.read_text()
+        assert _python_comments(source) == _reference_comments(source), path

@@ -31,6 +31,7 @@ import functools
 import io
 import re
 import string
+import sys
 import tokenize
 import warnings
 from collections import deque
@@ -407,6 +408,36 @@ def _docstring(node: ast.AST) -> ast.Constant | None:
 
 
 def _python_comments(source: str) -> list[list[str]]:
-    """The comments of `source` in order, without their layout."""
-    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
-    return [_comment_pieces(token.string) for token in tokens if token.type == tokenize.COMMENT]
+    """The comments of `source`, a module that parses, in order, without their layout."""
+    if _STRING_OR_COMMENT is None:
+        tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+        comments = (token.string for token in tokens if token.type == tokenize.COMMENT)
+    else:
+        comments = (
+            match.group() for match in _STRING_OR_COMMENT.finditer(source) if match.lastgroup
+        )
+    return [_comment_pieces(comment) for comment in comments]
+
+
+# Before Python 3.12 a string literal is one token that ends at the first unescaped quote like the
+# one that opened it, whatever its prefix (an f-string cannot hold that quote), and a `#` outside
+# string literals starts a comment that runs to the end of the line. So in a module that parses,
+# scanning for strings and comments from its start finds exactly the comments the tokenizer does,
+# at a fraction of the pure-Python tokenizer's cost. Python 3.12 tokenizes f-strings into parts,
+# which may hold quotes and comments of their own, and has a tokenizer written in C: it is used.
+_STRING_OR_COMMENT = (
+    re.compile(
+        "|".join(
+            (
+                r"(?P<comment>#[^\r\n]*)",
+                r"'''(?:[^'\\]|\\.|'(?!''))*'''",
+                r'"""(?:[^"\\]|\\.|"(?!""))*"""',
+                r"'(?:[^'\\\n]|\\.)*'",
+                r'"(?:[^"\\\n]|\\.)*"',
+            )
+        ),
+        re.DOTALL,
+    )
+    if sys.version_info < (3, 12)
+    else None
+)
