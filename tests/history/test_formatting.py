@@ -16,6 +16,7 @@ from zen_coder.history.formatting import (
     _changed_statements_formatting_only,
     _comment_pieces,
     _equal_after_deleting,
+    _parses,
     _python_comments,
     _same_lines,
     _significant_tokens,
@@ -631,3 +632,26 @@ def test_comments_of_the_project_sources_are_found_as_the_tokenizer_finds_them()
     for path in _SOURCES:
         source = path.read_text()
         assert _python_comments(source) == _reference_comments(source), path
+
+
+SYMBOL_TABLE_ERRORS = {
+    "nonlocal at the top level": "nonlocal x\n",
+    "a repeated parameter": "def f(a, a):\n    pass\n",
+    "global after assignment": "def f():\n    x = 1\n    global x\n",
+}
+
+
+@pytest.mark.parametrize("source", SYMBOL_TABLE_ERRORS.values(), ids=SYMBOL_TABLE_ERRORS)
+def test_code_the_symbol_table_rejects_still_parses(source: str) -> None:
+    # Checked by hand: answering False where the symbol table fails makes these fail.
+    assert _reference_python_ast(source) is not None
+    assert _parses(source)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0, max_value=len(_SOURCES) + 1), _EDITS)
+def test_parsing_without_the_tree_agrees_with_parsing(source: int, edits) -> None:
+    text = _SOURCES[source].read_text() if source < len(_SOURCES) else _TRICKY + _PYTHON2
+    for kind, line in edits:
+        text = _edit(text, kind, line)
+    assert _parses(text) == (_reference_python_ast(text) is not None)

@@ -31,6 +31,7 @@ import functools
 import io
 import re
 import string
+import symtable
 import sys
 import tokenize
 import warnings
@@ -323,7 +324,7 @@ def _suffix_cut(text: str, line_start: int) -> int:
     for _ in range(_CUT_ATTEMPTS):
         while line_start < len(text) and not _is_statement_start(text, line_start):
             line_start = text.find("\n", line_start) + 1 or len(text)
-        if line_start == len(text) or _python_ast(text[line_start:]) is not None:
+        if line_start == len(text) or _parses(text[line_start:]):
             return line_start
         line_start = text.find("\n", line_start) + 1 or len(text)
     return len(text)
@@ -360,6 +361,22 @@ def _python_ast(source: str) -> ast.Module | None:
             return ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
+
+
+def _parses(source: str) -> bool:
+    """Whether `source` parses, when its AST is not needed.
+
+    Building the symbol table parses the source without turning its syntax tree into Python
+    objects, a third faster than `ast.parse`. It also rejects some code that parses (`nonlocal` at
+    the top level, a repeated parameter name), which `ast.parse` then decides.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            symtable.symtable(source, "<source>", "exec")
+        return True
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return _python_ast(source) is not None
 
 
 _DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
