@@ -203,7 +203,8 @@ def mine_repository(
 
 @functools.cache
 def load_extractor() -> None:
-    """Import the extractor, then exempt what importing created from garbage collection.
+    """Import the extractor (with numpy, pyarrow, Pygments and pygit2), then exempt what
+    importing created from garbage collection.
 
     The modules' objects live as long as the process; without the freeze, every full collection
     walks them all again (0.1 s of a run that parses much Python).
