@@ -116,16 +116,34 @@ def _transition(stack: list[str], new_state: tuple | int | str) -> None:
         raise ValueError(f"unknown Pygments state change {new_state!r}")
 
 
-@functools.cache
 def context_before(lexer: Lexer) -> int | None:
     """How many characters before a position a rule may read when it matches there (at least 1);
-    None if some rule is not a function of the text from there (see the module docstring)."""
+    None if some rule is not a function of the text from there (see the module docstring).
+
+    Worked out once per set of rules (a lexer class has one), which every instance shares.
+    """
+    tokendefs = lexer._tokens
+    known = _CONTEXTS.get(id(tokendefs))
+    if known is None or known[0] is not tokendefs:
+        known = (tokendefs, _rules_context(tokendefs))
+        _CONTEXTS[id(tokendefs)] = known
+    return known[1]
+
+
+# id of a lexer's rules -> the rules (kept, so that the id is not reused) and their context.
+_CONTEXTS: dict[int, tuple[dict, int | None]] = {}
+
+
+def _rules_context(tokendefs: dict) -> int | None:
     before = 1  # `\b`, `^` and `\B` read the character before
-    for rules in lexer._tokens.values():
+    for rules in tokendefs.values():
         for rexmatch, action, _ in rules:
             if not _is_function_of_match(action):
                 return None
-            reach = _lookbehind(rexmatch.__self__)
+            # Only a lookbehind, `(?<=` or `(?<!`, reads further back; most patterns have none,
+            # and parsing one is slow.
+            pattern = rexmatch.__self__
+            reach = _lookbehind(pattern) if "(?<" in pattern.pattern else 0
             if reach is None:
                 return None
             before = max(before, reach)
