@@ -13,10 +13,10 @@ real code (built once by synthetic_repo.py and reused). For each it measures:
   commit's files and doing nothing else.
 
 Every figure is the best wall time of `--repeat` runs, with zen-coder's bytecode compiled first,
-as `pip install` compiles it. It prints, per repository and in a final
-table, the ratios against the targets: one worker at least 5x faster than PyDriller, the default
-workers within 3x of `git log -p`, peak RSS under 1 GB. The machine's other load shifts absolute
-times; the ratios come from the same run.
+as `pip install` compiles it. It prints, per repository and in a final table, the ratios against
+the targets: one worker at least 5x faster than PyDriller, the default workers within 3x of the
+time of `git log -p`, peak RSS under 1 GB. The machine's other load shifts absolute times; the
+ratios come from the same run.
 
     pip install -e '.[bench]'
     python benchmarks/mine_throughput.py                       # five real repositories + synthetic
