@@ -15,7 +15,6 @@ from __future__ import annotations
 import atexit
 import hashlib
 from collections import Counter, OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +34,6 @@ from zen_coder.history.walk import BatchJob, CommitJob
 
 CHANGE_TYPES = {"A": "add", "M": "modify", "T": "modify", "D": "delete", "R": "rename"}
 GROUP_BYTES = 64 << 20
-FIRST_GROUP_BYTES = 256 << 10
 CACHE_CHARS = 64 << 20
 
 
@@ -311,9 +309,8 @@ class _Batch:
         for oid, size in self.reader.sizes(unknown).items():
             self.blobs[oid] = Blob(size=-1 if size is None else size)
 
-    def load_contents(self, contents: dict[str, bytes | None]) -> None:
-        """Decode what `reader.contents` read and judge it as bytes (binary, undecodable)."""
-        for oid, data in contents.items():
+    def load_contents(self, oids: list[str]) -> None:
+        for oid, data in self.reader.contents(oids).items():
             blob = self.blobs[oid]
             if data is None:
                 blob.problem = "missing_object"
@@ -510,50 +507,32 @@ class _Batch:
             if oid != ZERO_OID
         }
         self.load_sizes(oids)
-        groups = self.groups(plans)
-        # git reads (and inflates) the next group's contents while this process checks the
-        # current one's: with one worker, the two run on two cores.
-        with ThreadPoolExecutor(max_workers=1) as reading:
-            reads = [reading.submit(self.reader.contents, groups[0][1])] if groups else []
-            for number, (group, _) in enumerate(groups):
-                if number + 1 < len(groups):
-                    reads.append(reading.submit(self.reader.contents, groups[number + 1][1]))
-                self.load_contents(reads[number].result())
-                reads[number] = None  # its contents are decoded into the blobs now
-                for commit, candidates in group:
-                    self.finish(commit, candidates)
-        return self.write()
-
-    def groups(self, plans: list) -> list[tuple[list, list[str]]]:
-        """The commits in runs, each with the blobs first needed there, of GROUP_BYTES or less.
-
-        The first run is small, so that checking starts early; the next ones grow to GROUP_BYTES,
-        which bounds the raw contents held at once.
-        """
-        groups: list[tuple[list, list[str]]] = []
         group: list = []
-        wanted: dict[str, None] = {}
-        asked: set[str] = set()
-        group_bytes, limit = 0, FIRST_GROUP_BYTES
+        group_bytes = 0
+        pending: dict[str, None] = {}
         for commit, candidates in plans:
             for candidate in candidates:
                 for oid in (candidate.change.old_oid, candidate.change.new_oid):
                     blob = self.blobs.get(oid)
-                    if blob is None or oid in asked or blob.text is not None or blob.problem:
+                    if blob is None or oid in pending or blob.text is not None or blob.problem:
                         continue
                     if blob.size < 0:
                         blob.problem = "missing_object"
                     elif blob.size <= self.config.max_file_bytes:
-                        asked.add(oid)
-                        wanted[oid] = None
+                        pending[oid] = None
                         group_bytes += blob.size
             group.append((commit, candidates))
-            if group_bytes >= limit:
-                groups.append((group, list(wanted)))
-                group, wanted, group_bytes, limit = [], {}, 0, min(2 * limit, GROUP_BYTES)
-        if group:
-            groups.append((group, list(wanted)))
-        return groups
+            if group_bytes >= GROUP_BYTES:
+                self._flush(group, pending)
+                group, group_bytes, pending = [], 0, {}
+        self._flush(group, pending)
+        return self.write()
+
+    def _flush(self, group: list, pending: dict[str, None]) -> None:
+        if pending:
+            self.load_contents(list(pending))
+        for commit, candidates in group:
+            self.finish(commit, candidates)
 
     def write(self) -> dict:
         store = DatasetDir(Path(self.job.out))
