@@ -180,7 +180,14 @@ def mine_repository(
     """Mine one repository: walk here, extract batches in `pool` (or inline), in commit order.
 
     Returns how many commits it mined (commits an earlier run mined are skipped, not counted).
+    When every commit of the revision is mined already, the walk is skipped: listing the commits
+    takes a fraction of reading each one's changed files.
     """
+    if plan.done:
+        commits = sources.all_commits(repo)
+        if commits <= plan.done:
+            progress(repo.name, len(commits))
+            return 0
     window: deque[Future] = deque()
     mined = 0
 
