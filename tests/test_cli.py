@@ -82,6 +82,38 @@ def test_mine_prints_a_summary(tmp_path):
         assert text in result.stdout
 
 
+def imported_modules(result: subprocess.CompletedProcess) -> set[str]:
+    """The modules a command run with `python -X importtime` imported, from its stderr."""
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+def test_a_rerun_with_nothing_new_imports_no_heavy_module(tmp_path):
+    """numpy, pyarrow, Pygments and a progress bar are 0.15 s of imports, more than the rest of a
+    rerun that finds nothing to mine; only extraction and dedup need them. (Importing
+    zen_coder.history.dedup at the top of pipeline.py again makes this fail.)"""
+    repo = GitRepo(tmp_path / "repo")
+    repo.write("main.py", "print('hi')\n")
+    repo.commit("Add main")
+    args = ["mine", str(repo.path), "--out", str(tmp_path / "o"), "--quiet"]
+    assert zen_coder(*args).returncode == 0
+    rerun = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "zen_coder.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ZEN_CODER_SALT": "cli-test"},
+    )
+    assert rerun.returncode == 0, rerun.stderr
+    assert "0 new commits" in rerun.stdout
+    modules = imported_modules(rerun)
+    assert "zen_coder.history.pipeline" in modules  # the check sees what the run imported
+    heavy = {"numpy", "pyarrow", "pygments", "pygit2", "rich.progress"} & modules
+    assert not heavy, heavy
+
+
 PEAK_RSS = """
 import resource, subprocess, sys
 subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tests.gitrepo import GitRepo
 from zen_coder.history import arrays
-from zen_coder.history.store import KEYS_SCHEMA, RECORD_SCHEMA
+from zen_coder.history.shards import KEYS_SCHEMA, RECORD_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[2]
 _STRINGS = st.lists(st.none() | st.text(), max_size=20)

@@ -13,8 +13,9 @@ from tests.history.test_mine import SALT
 from zen_coder.history.dedup import cross_repo_duplicates, exact_duplicates, fill_missing_bands
 from zen_coder.history.minhash import MinHasher
 from zen_coder.history.pipeline import mine
+from zen_coder.history.shards import KEYS_SCHEMA
 from zen_coder.history.sources import RepoSpec
-from zen_coder.history.store import KEYS_SCHEMA, DatasetDir
+from zen_coder.history.store import DatasetDir
 
 
 @given(st.lists(st.integers(0, 6), max_size=60))

@@ -6,7 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zen_coder.history.extract import normalize, normalize_edit
+from zen_coder.history.config import MineConfig
+from zen_coder.history.extract import Blob, clean_version, normalize, normalize_edit
+from zen_coder.history.secrets import redact
 
 
 def test_normalize_examples():
@@ -69,3 +71,44 @@ def test_edits_that_need_normalizing_are_normalized(old, new):
     # Checked by hand: each case fails without its check in normalize_edit.
     assert normalize(old) == old
     assert normalize_edit(old, new) == normalize(new)
+
+
+_VERSION_LINES = [
+    "x = 1",
+    "x = 1   ",
+    'password = "hunter22"',
+    "contact: ada@example.org\r",
+    "old\rMac line end",
+    "DB_PASS=s3cr3t-value \t",
+    "\ufeffstart",
+    "İstanbul",
+    "-----BEGIN RSA PRIVATE KEY-----",
+    "",
+]
+
+
+@settings(deadline=None)
+@given(
+    st.lists(st.lists(st.sampled_from(_VERSION_LINES), max_size=6), min_size=2, max_size=5),
+    st.sampled_from([(True, True, True), (True, False, True), (False, False, True)])
+    | st.just((True, True, False)),
+)
+def test_each_version_is_cleaned_as_if_alone(versions, flags):
+    # A file's versions in order, each cleaned from the one before it: the result must be that
+    # of redacting and normalizing the version by itself. Checked by hand: redacting from the
+    # previous raw text rather than its redacted one makes this fail.
+    secrets_, emails, normalize_code = flags
+    config = MineConfig(
+        redact_secrets=secrets_, redact_emails=emails, normalize_code=normalize_code
+    )
+    previous = None
+    for lines in versions:
+        text = "\n".join(lines)
+        blob = Blob(size=len(text), text=text)
+        clean_version(blob, previous, config)
+        expected, counts = redact(text, secrets=secrets_, emails=emails)
+        if not (secrets_ or emails):
+            expected, counts = text, {}
+        assert blob.redactions == counts
+        assert blob.clean == (normalize(expected) if normalize_code else expected)
+        previous = blob

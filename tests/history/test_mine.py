@@ -13,8 +13,9 @@ from tests.gitrepo import GitRepo
 from tests.history import zoo
 from zen_coder.history.config import MineConfig
 from zen_coder.history.pipeline import mine
+from zen_coder.history.shards import RECORD_SCHEMA
 from zen_coder.history.sources import RepoSpec
-from zen_coder.history.store import RECORD_SCHEMA, SCHEMA_VERSION
+from zen_coder.history.store import SCHEMA_VERSION
 
 SALT = b"test-salt"
 
@@ -123,6 +124,7 @@ def test_parquet_schema_and_manifest(zoo_out):
     for shard in manifest["shards"]:
         schema = pq.read_schema(zoo_out / shard)
         assert schema.equals(RECORD_SCHEMA, check_metadata=False)
+        assert manifest["record_schema"] == {field.name: str(field.type) for field in schema}
         assert schema.metadata[b"zen_coder.schema_version"] == str(SCHEMA_VERSION).encode()
         assert pq.ParquetFile(zoo_out / shard).metadata.row_group(0).column(0).compression == (
             "ZSTD"

@@ -439,7 +439,7 @@ _SECRET_LINES = [
 
 @settings(deadline=None)
 @given(
-    old_lines=st.lists(st.sampled_from(_LINES) | st.text(max_size=12), max_size=12),
+    old_lines=st.lists(st.sampled_from(_LINES + _SECRET_LINES) | st.text(max_size=12), max_size=12),
     edits=st.lists(
         st.tuples(
             st.integers(0, 100),
@@ -451,9 +451,9 @@ _SECRET_LINES = [
     ),
 )
 def test_redacting_the_changed_lines_gives_what_redacting_everything_gives(old_lines, edits):
+    # Checked by hand: taking the unchanged lines from the old text rather than its redacted
+    # text, or not subtracting the counts of the old changed lines, makes this fail.
     old = "\n".join(old_lines)
-    if redact(old)[1]:
-        return  # redact_edit is only for versions after one where nothing was replaced
     new_lines = list(old_lines)
     for position, kind, line in edits:
         at = position % (len(new_lines) + 1)
@@ -464,8 +464,12 @@ def test_redacting_the_changed_lines_gives_what_redacting_everything_gives(old_l
         else:
             del new_lines[at]
     new = "\n".join(new_lines)
-    assert redact_edit(old, new) == redact(new)
-    assert redact_edit(old, new, secrets=False) == redact(new, secrets=False)
+    assert redact_edit(old, new, redact(old)) == redact(new)
+    assert redact_edit(old, new, redact(old, secrets=False), secrets=False) == redact(
+        new, secrets=False
+    )
+    if not redact(old)[1]:  # by default, the old text had nothing to redact
+        assert redact_edit(old, new) == redact(new)
 
 
 EDITS_REACHING_ACROSS_LINES = {

@@ -15,7 +15,6 @@ Both are sorts over 8-byte keys (one band at a time), so memory grows with the n
 from __future__ import annotations
 
 from collections import Counter
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,8 @@ from zen_coder.history import arrays
 from zen_coder.history.config import MineConfig
 from zen_coder.history.diff import changed_lines
 from zen_coder.history.minhash import MinHasher
-from zen_coder.history.store import DatasetDir, ShardPaths, write_parquet_atomic
+from zen_coder.history.shards import write_parquet_atomic
+from zen_coder.history.store import DatasetDir, ShardPaths
 
 
 @dataclass
@@ -110,17 +110,16 @@ def fill_missing_bands(paths: ShardPaths, hasher: MinHasher) -> None:
     )
 
 
-def finalize(
-    store: DatasetDir, repo_order: list[str], config: MineConfig, pool: Executor | None = None
-) -> Counter:
-    """Deduplicate every staged shard against the dataset and move it into data/.
+def promotions(root: str, repo_order: list[str], config: MineConfig) -> list[tuple]:
+    """What finalizing the staged shards takes: one `promote_shard` job per shard, in order.
 
     The decisions need every key at once; carrying them out (rewriting a shard without its
-    duplicates) is independent per shard, so it runs in `pool` when there is one.
+    duplicates) is independent per shard, so the caller may run the jobs in parallel.
     """
+    store = DatasetDir(Path(root))
     staged = store.staged_ledgers()
     if not staged:
-        return Counter()
+        return []
     rank = {key: number for number, key in enumerate(repo_order)}
     staged.sort(key=lambda ledger: (rank.get(ledger["repo_key"], len(rank)), ledger["index"]))
     repo_ids: dict[str, int] = {}
@@ -156,7 +155,6 @@ def finalize(
         near = cross_repo_duplicates(
             np.concatenate([old.bands, new.bands]), np.concatenate([old.repos, new.repos])
         )
-    totals: Counter = Counter()
     jobs = []
     offset = first_new
     for ledger in staged:
@@ -166,12 +164,9 @@ def finalize(
         offset += count
         kept = ~(shard_exact | shard_near)
         exact_count, near_count = int(shard_exact.sum()), int(shard_near.sum())
-        totals.update({"exact_duplicate": exact_count, "near_duplicate": near_count})
         mask = None if kept.all() else kept.tolist()
-        jobs.append((str(store.root), ledger, mask, exact_count, near_count))
-    for _ in (pool.map if pool is not None else map)(promote_shard, *zip(*jobs, strict=True)):
-        pass
-    return totals
+        jobs.append((root, ledger, mask, exact_count, near_count))
+    return jobs
 
 
 def promote_shard(root: str, ledger: dict, kept: list[bool] | None, exact: int, near: int) -> None:
@@ -180,9 +175,16 @@ def promote_shard(root: str, ledger: dict, kept: list[bool] | None, exact: int, 
     if kept is None:
         store.promote(ledger)
         return
-    table = arrays.read_table(store.staged(ledger["repo_key"], ledger["shard"]).data)
-    table = table.filter(arrays.booleans(kept))
-    store.promote(_without_duplicates(ledger, table, exact, near), table, kept)
+    staged = store.staged(ledger["repo_key"], ledger["shard"])
+    final = store.final(ledger["repo_key"], ledger["shard"])
+    mask = arrays.booleans(kept)
+    table = arrays.read_table(staged.data).filter(mask)
+    if len(table):
+        write_parquet_atomic(final.data, table, records=True)
+    keys = arrays.read_table(staged.keys)
+    keys = keys.set_column(keys.schema.get_field_index("kept"), "kept", mask)
+    write_parquet_atomic(final.keys, keys, records=False)
+    store.promote(_without_duplicates(ledger, table, exact, near), rewritten=True)
 
 
 def _without_duplicates(ledger: dict, table: pa.Table, exact: int, near: int) -> dict:

@@ -5,12 +5,11 @@ heuristics as `git diff`, so `lines_added`/`lines_deleted` equal `git log --nums
 the differing middle of two files would be twice as fast, but xdiff classifies lines by how often
 they occur in the whole file, and on about 1% of real changes the trimmed diff counts differently.)
 An added or deleted file needs no diff algorithm: its one hunk is written directly.
-
-pygit2 is imported on the first diff rather than with this module: it takes 0.05 s, and the
-process that coordinates parallel workers never diffs.
 """
 
 from __future__ import annotations
+
+import pygit2
 
 CONTEXT = 3
 
@@ -49,8 +48,6 @@ def unified_diff(
     if not new and old.endswith("\n"):
         body, lines = _whole_file(old, "-")
         return header + body, 0, lines
-    import pygit2
-
     # libgit2 reads the buffers lazily: they must outlive `patch` (they do: they are arguments).
     patch = pygit2.Patch.create_from(old, new, context_lines=CONTEXT)
     text = patch.text

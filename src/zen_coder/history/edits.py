@@ -10,9 +10,22 @@ from __future__ import annotations
 
 def shared_ends(old: str, new: str) -> tuple[int, int]:
     """How many leading and how many trailing characters the texts share; the two never overlap
-    (together they are at most the shorter text's length)."""
+    (together they are at most the shorter text's length).
+
+    The last answer is kept: the checks of one change (formatting, secrets, normalization) ask
+    about the same two texts in turn, and each answer costs two binary searches.
+    """
+    last_old, last_new, answer = _last_call
+    if old is last_old and new is last_new:
+        return answer
     start = _common_prefix_length(old, new)
-    return start, _common_suffix_length(old, new, min(len(old), len(new)) - start)
+    answer = (start, _common_suffix_length(old, new, min(len(old), len(new)) - start))
+    _last_call[:] = (old, new, answer)
+    return answer
+
+
+# The texts of the last call to shared_ends, and its answer.
+_last_call: list = [None, None, (0, 0)]
 
 
 def differing_lines(old: str, new: str) -> tuple[int, int, int]:

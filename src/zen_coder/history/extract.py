@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import os
-import signal
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,45 +28,13 @@ from zen_coder.history.formatting import is_formatting_only
 from zen_coder.history.gitio import MODE_GITLINK, MODE_SYMLINK, ZERO_OID, BlobReader, RawChange
 from zen_coder.history.minhash import MinHasher
 from zen_coder.history.secrets import redact, redact_edit
-from zen_coder.history.store import (
-    KEYS_SCHEMA,
-    RECORD_SCHEMA,
-    DatasetDir,
-    write_parquet_atomic,
-)
+from zen_coder.history.shards import KEYS_SCHEMA, RECORD_SCHEMA, write_parquet_atomic
+from zen_coder.history.store import DatasetDir
+from zen_coder.history.walk import BatchJob, CommitJob
 
 CHANGE_TYPES = {"A": "add", "M": "modify", "T": "modify", "D": "delete", "R": "rename"}
 GROUP_BYTES = 64 << 20
 CACHE_CHARS = 64 << 20
-
-
-@dataclass(slots=True)
-class CommitJob:
-    """A commit as the walk hands it over: metadata, changes with history positions, verdict."""
-
-    sha: str
-    parent: str | None
-    author_time: int
-    committer_time: int
-    author: str
-    message: str
-    changes: list[tuple[RawChange, int]]
-    drop: str | None = None
-
-
-@dataclass
-class BatchJob:
-    repo: str
-    repo_key: str
-    git_dir: str
-    out: str
-    shard: str
-    index: int
-    config: MineConfig
-    commits: list[CommitJob]
-    near_dedup: bool = True  # compute near-duplicate keys: the dataset spans repositories
-    run: str = ""  # identifies the mining run, whose earlier shards this batch dedups against
-    repo_ranks: dict[str, int] = field(default_factory=dict)  # repository order of the run
 
 
 @dataclass(slots=True)
@@ -81,6 +47,7 @@ class Blob:
     generated: bool | None = None
     minified: bool | None = None
     clean: str | None = None
+    tidy: bool = False  # normalizing changed nothing: `clean` is the redacted text
     digest: bytes = b""
     redactions: dict[str, int] = field(default_factory=dict)
 
@@ -129,6 +96,37 @@ def normalize_edit(old: str, new: str) -> str:
     ):
         return normalize(new)
     return new
+
+
+def clean_version(blob: Blob, previous: Blob | None, config: MineConfig) -> None:
+    """Set the blob's `clean` text (redacted, normalized), `redactions` and `tidy`.
+
+    `previous` is the file's version before this one. Once it is cleaned, only the lines this
+    change touched are searched for secrets and normalized: the lines it shares with `previous`
+    are redacted as they were there, which takes `previous`'s redacted text (its raw text when it
+    had nothing to redact, its clean text when normalizing changed nothing, `tidy`), and have
+    nothing to normalize, as `previous.clean` has not.
+    """
+    text = blob.text
+    cleaned_before = previous is not None and previous.clean is not None
+    if config.redact_secrets or config.redact_emails:
+        flags = {"secrets": config.redact_secrets, "emails": config.redact_emails}
+        if cleaned_before and not previous.redactions:
+            text, blob.redactions = redact_edit(previous.text, text, **flags)
+        elif cleaned_before and previous.tidy:
+            redacted = (previous.clean, previous.redactions)
+            text, blob.redactions = redact_edit(previous.text, text, redacted, **flags)
+        else:
+            text, blob.redactions = redact(text, **flags)
+    if config.normalize_code:
+        # `previous.clean` is normalized, as normalize_edit needs; normalizing returns the very
+        # text it was given when it has nothing to change.
+        normalized = normalize_edit(previous.clean, text) if cleaned_before else normalize(text)
+        blob.tidy = normalized is text
+        text = normalized
+    else:
+        blob.tidy = True
+    blob.clean = text
 
 
 class EarlierHashes:
@@ -221,20 +219,6 @@ class _Worker:
 
 _WORKER = _Worker()
 atexit.register(_WORKER.close)  # end the cat-file processes with their pipes closed
-
-
-def init_worker_process(parent: int) -> None:
-    """Run in each pool process: leave Ctrl-C to the parent and die with it, even on `kill -9`."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-    if os.getppid() != parent:  # the parent died before the line above took effect
-        os._exit(1)
 
 
 @dataclass(slots=True)
@@ -340,28 +324,9 @@ class _Batch:
             _WORKER.remember(self.blob_key(oid), blob)
 
     def clean(self, blob: Blob, previous: Blob | None = None) -> str:
-        """The blob's text redacted and normalized.
-
-        `previous` is the file's version before this one. Where cleaning it changed nothing, only
-        the lines this change touched can need cleaning, and only those are searched.
-        """
+        """The blob's text redacted and normalized (see `clean_version`), and its digest."""
         if blob.clean is None:
-            text = blob.text
-            config = self.config
-            cleaned_before = previous is not None and previous.clean is not None
-            if config.redact_secrets or config.redact_emails:
-                flags = {"secrets": config.redact_secrets, "emails": config.redact_emails}
-                if cleaned_before and not previous.redactions:
-                    text, blob.redactions = redact_edit(previous.text, text, **flags)
-                else:
-                    text, blob.redactions = redact(text, **flags)
-            if config.normalize_code:
-                # Cleaning returns the very text it was given when it has nothing to change.
-                if cleaned_before and previous.clean is previous.text and text is blob.text:
-                    text = normalize_edit(previous.text, text)
-                else:
-                    text = normalize(text)
-            blob.clean = text
+            clean_version(blob, previous, self.config)
             blob.digest = hashlib.blake2b(blob.clean.encode(), digest_size=16).digest()
         return blob.clean
 

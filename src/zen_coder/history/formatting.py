@@ -16,7 +16,8 @@ few lines of a long file. For Python only the top-level statements around the ch
 when the shared beginning and end of the two texts each parse on their own, the whole files' ASTs
 and comments are theirs followed by the changed statements', so comparing the changed statements
 decides the same (otherwise the whole files are compared). Token streams are compared as they are
-lexed, stopping at the first difference.
+lexed, stopping at the first difference, or, for most lexers (`lexing.steppable`), as soon as both
+lexers are in the same state at the same place in the texts' shared end: the rest is the same.
 
 Where layout carries meaning (YAML, Makefile, Shell, Python that does not parse, languages
 without a lexer), tokens cannot tell a harmless change from a structural one, so only trailing
@@ -30,14 +31,18 @@ import functools
 import io
 import re
 import string
+import symtable
+import sys
 import tokenize
 import warnings
+from collections import deque
 from collections.abc import Iterator
 from itertools import zip_longest
 from typing import TYPE_CHECKING
 
 from pygments.token import Comment, Punctuation, String
 
+from zen_coder.history import lexing
 from zen_coder.history.edits import differing_lines, shared_ends
 
 if TYPE_CHECKING:
@@ -129,19 +134,71 @@ def _same_tokens(old: str, new: str, lexers: tuple[Lexer, Lexer]) -> bool:
     """Whether the texts lex to the same tokens, up to whitespace outside string literals.
 
     Both are lexed side by side and the first difference ends the work: lexing is most of the
-    cost, and a real change usually differs long before the end of the file.
+    cost, and a real change usually differs long before the end of the file. Where the lexer's
+    state is in view (`lexing.steppable`), equal states at the same place in the shared end of the
+    texts end it too, since the rest of the tokens are then the same.
     """
     old_lexer, new_lexer = lexers
-    pairs = zip_longest(_significant_tokens(old, old_lexer), _significant_tokens(new, new_lexer))
     try:
+        if lexing.steppable(old_lexer):
+            return _token_verdict(old, new, old_lexer, new_lexer)[0]
+        pairs = zip_longest(
+            _significant_tokens(old, old_lexer), _significant_tokens(new, new_lexer)
+        )
         return all(old_token == new_token for old_token, new_token in pairs)
     except Exception:
         # A lexer bug on one odd file must not stop the mining; keeping the change is safe.
         return False
 
 
+def _token_verdict(old: str, new: str, old_lexer: Lexer, new_lexer: Lexer) -> tuple[bool, int]:
+    """`_same_tokens` for steppable lexers, and how many characters of the two texts it lexed.
+
+    Each side is stepped while it has more text left than the other, so both stay at about the
+    same place. The texts share an end of `same_end` characters; once both have the same number
+    `left` of characters still to lex, within that end and far enough into it that no rule can read
+    back into where they differ, and their states are equal, they lex the same from there.
+    """
+    a, b = lexing.preprocess(old_lexer, old), lexing.preprocess(new_lexer, new)
+    same_end = shared_ends(a, b)[1]
+    settled = same_end - lexing.context_before(old_lexer)  # most text left where states decide
+    stack_a, stack_b = ["root"], ["root"]
+    steps_a = lexing.steps(old_lexer, a, stack_a)
+    steps_b = lexing.steps(new_lexer, b, stack_b)
+    pending_a: deque[tuple[str, str]] = deque()
+    pending_b: deque[tuple[str, str]] = deque()
+    left_a, left_b = len(a), len(b)
+    done_a = done_b = False
+    while not (done_a and done_b):
+        if left_a == left_b <= settled and stack_a == stack_b:
+            break
+        if not done_a and (done_b or left_a >= left_b):
+            step = next(steps_a, None)
+            if step is None:
+                done_a = True
+                continue
+            left_a = len(a) - step[0]
+            pending_a.extend(_significant_pieces(step[1]))
+        else:
+            step = next(steps_b, None)
+            if step is None:
+                done_b = True
+                continue
+            left_b = len(b) - step[0]
+            pending_b.extend(_significant_pieces(step[1]))
+        while pending_a and pending_b:
+            if pending_a.popleft() != pending_b.popleft():
+                return False, len(a) - left_a + len(b) - left_b
+    return not pending_a and not pending_b, len(a) - left_a + len(b) - left_b
+
+
 def _significant_tokens(text: str, lexer: Lexer) -> Iterator[tuple[str, str]]:
-    """The tokens that formatting cannot change, each tagged with its kind, in order.
+    """The tokens that formatting cannot change, each tagged with its kind, in order."""
+    return _significant_pieces(lexer.get_tokens(text))
+
+
+def _significant_pieces(tokens) -> Iterator[tuple[str, str]]:
+    """The parts of (token type, value) pairs that formatting cannot change, tagged with their kind.
 
     String literals are kept exactly, since their whitespace is data. Comments become their words
     and punctuation marks, so re-spacing them is formatting, but joining or splitting words, or
@@ -149,7 +206,7 @@ def _significant_tokens(text: str, lexer: Lexer) -> Iterator[tuple[str, str]]:
     token (`]}`), which a space would split, so punctuation marks count one by one. Pygments
     sometimes folds neighbouring whitespace into other tokens, hence the strip.
     """
-    for token_type, value in lexer.get_tokens(text):
+    for token_type, value in tokens:
         category = _CATEGORIES.get(token_type) or _categorize(token_type)
         if category == "string":
             yield "string", value
@@ -267,7 +324,7 @@ def _suffix_cut(text: str, line_start: int) -> int:
     for _ in range(_CUT_ATTEMPTS):
         while line_start < len(text) and not _is_statement_start(text, line_start):
             line_start = text.find("\n", line_start) + 1 or len(text)
-        if line_start == len(text) or _python_ast(text[line_start:]) is not None:
+        if line_start == len(text) or _parses(text[line_start:]):
             return line_start
         line_start = text.find("\n", line_start) + 1 or len(text)
     return len(text)
@@ -304,6 +361,22 @@ def _python_ast(source: str) -> ast.Module | None:
             return ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
+
+
+def _parses(source: str) -> bool:
+    """Whether `source` parses, when its AST is not needed.
+
+    Building the symbol table parses the source without turning its syntax tree into Python
+    objects, a third faster than `ast.parse`. It also rejects some code that parses (`nonlocal` at
+    the top level, a repeated parameter name), which `ast.parse` then decides.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            symtable.symtable(source, "<source>", "exec")
+        return True
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return _python_ast(source) is not None
 
 
 _DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
@@ -352,6 +425,36 @@ def _docstring(node: ast.AST) -> ast.Constant | None:
 
 
 def _python_comments(source: str) -> list[list[str]]:
-    """The comments of `source` in order, without their layout."""
-    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
-    return [_comment_pieces(token.string) for token in tokens if token.type == tokenize.COMMENT]
+    """The comments of `source`, a module that parses, in order, without their layout."""
+    if _STRING_OR_COMMENT is None:
+        tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+        comments = (token.string for token in tokens if token.type == tokenize.COMMENT)
+    else:
+        comments = (
+            match.group() for match in _STRING_OR_COMMENT.finditer(source) if match.lastgroup
+        )
+    return [_comment_pieces(comment) for comment in comments]
+
+
+# Before Python 3.12 a string literal is one token that ends at the first unescaped quote like the
+# one that opened it, whatever its prefix (an f-string cannot hold that quote), and a `#` outside
+# string literals starts a comment that runs to the end of the line. So in a module that parses,
+# scanning for strings and comments from its start finds exactly the comments the tokenizer does,
+# at a fraction of the pure-Python tokenizer's cost. Python 3.12 tokenizes f-strings into parts,
+# which may hold quotes and comments of their own, and has a tokenizer written in C: it is used.
+_STRING_OR_COMMENT = (
+    re.compile(
+        "|".join(
+            (
+                r"(?P<comment>#[^\r\n]*)",
+                r"'''(?:[^'\\]|\\.|'(?!''))*'''",
+                r'"""(?:[^"\\]|\\.|"(?!""))*"""',
+                r"'(?:[^'\\\n]|\\.)*'",
+                r'"(?:[^"\\\n]|\\.)*"',
+            )
+        ),
+        re.DOTALL,
+    )
+    if sys.version_info < (3, 12)
+    else None
+)

@@ -17,7 +17,8 @@ URLs with a password and email addresses need an `@`, which `str.__contains__` f
 speed, so texts without one skip them.
 
 Every finder works within one line (only a private key block spans lines), so a new version of a
-file in which nothing was redacted needs only its changed lines searched: `redact_edit`.
+file needs only its changed lines searched; the others are redacted as in the version before it:
+`redact_edit`.
 
 Where a value is ambiguous the patterns redact: a fake password in a test fixture is removed like
 a real one, because a leaked secret can't be taken back out of a published model.
@@ -177,25 +178,62 @@ def redact(text: str, *, secrets: bool = True, emails: bool = True) -> tuple[str
 
 
 def redact_edit(
-    old: str, new: str, *, secrets: bool = True, emails: bool = True
+    old: str,
+    new: str,
+    old_redacted: tuple[str, dict[str, int]] | None = None,
+    *,
+    secrets: bool = True,
+    emails: bool = True,
 ) -> tuple[str, dict[str, int]]:
-    """`redact(new)`, given that `redact(old)` replaced nothing, found in the lines that differ.
+    """`redact(new)`, found in the lines that differ from `old`, given `old_redacted`, what
+    `redact(old)` returned (by default: `old` itself, nothing replaced).
 
     Each finder's matches lie within one line and depend on that line alone, so the lines `new`
-    shares with `old` hold nothing to redact either. Two things reach across lines, and send the
-    whole text through `redact`: a private key block, which runs to its END line, and the choice
-    of how to lower-case a text for the hints, which a non-ASCII character can change (see
-    `_hinted_lines`).
+    shares with `old` are redacted as they were in `old`: they are taken from `old_redacted`, and
+    so are their counts. Two things reach across lines, and send the whole text through `redact`:
+    a private key block, which runs to its END line, and the choice of how to lower-case a text
+    for the hints, which a non-ASCII character can change (see `_hinted_lines`).
     """
+    flags = {"secrets": secrets, "emails": emails}
+    old_text, old_counts = old_redacted if old_redacted is not None else (old, {})
     start, old_end, new_end = differing_lines(old, new)
-    if not (old[start:old_end].isascii() and new[start:new_end].isascii()):
-        return redact(new, secrets=secrets, emails=emails)
-    changed, counts = redact(new[start:new_end], secrets=secrets, emails=emails)
+    if "private_key" in old_counts or not (
+        old[start:old_end].isascii() and new[start:new_end].isascii()
+    ):
+        return redact(new, **flags)
+    changed, counts = redact(new[start:new_end], **flags)
     if "private_key" in counts:
-        return redact(new, secrets=secrets, emails=emails)
-    if not counts:
-        return new, counts
-    return new[:start] + changed + new[new_end:], counts
+        return redact(new, **flags)
+    if not old_counts:
+        return (new, counts) if not counts else (new[:start] + changed + new[new_end:], counts)
+    old_changed, old_changed_counts = redact(old[start:old_end], **flags)
+    head_end = _line_start(old_text, old.count("\n", 0, start), start)
+    tail_start = head_end + len(old_changed)
+    if not old_text.startswith(old_changed, head_end):
+        return redact(new, **flags)  # not line by line after all: never seen, but never wrong
+    total = dict(old_counts)
+    for kind, count in old_changed_counts.items():
+        total[kind] -= count
+    for kind, count in counts.items():
+        total[kind] = total.get(kind, 0) + count
+    kept = {kind: count for kind, count in total.items() if count}
+    return old_text[:head_end] + changed + old_text[tail_start:], kept
+
+
+def _line_start(text: str, lines: int, guess: int) -> int:
+    """Where the line after the first `lines` lines of `text` starts; `guess` is tried first."""
+    if lines == 0:
+        return 0
+    if 0 < guess <= len(text) and text[guess - 1] == "\n" and text.count("\n", 0, guess) == lines:
+        return guess
+    low, high = 0, len(text)  # the shortest beginning with `lines` newlines
+    while low < high:
+        middle = (low + high) // 2
+        if text.count("\n", 0, middle) >= lines:
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 def _replace(text: str, spans: list[_Span], counts: dict[str, int]) -> str:

@@ -25,69 +25,33 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from zen_coder.errors import ZenCoderError
 from zen_coder.files import TEMPORARY_GLOB, write_atomic, write_json_atomic
-from zen_coder.history import arrays
 
 SCHEMA_VERSION = 1
 
-RECORD_SCHEMA = pa.schema(
-    [
-        pa.field("repo", pa.string(), nullable=False),
-        pa.field("commit", pa.string(), nullable=False),
-        pa.field("parent", pa.string()),
-        pa.field("author_time", pa.timestamp("ms", tz="UTC"), nullable=False),
-        pa.field("committer_time", pa.timestamp("ms", tz="UTC"), nullable=False),
-        pa.field("message", pa.string(), nullable=False),
-        pa.field("author", pa.string(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("old_path", pa.string()),
-        pa.field("change_type", pa.string(), nullable=False),
-        pa.field("language", pa.string()),
-        pa.field("old_content", pa.string()),
-        pa.field("new_content", pa.string()),
-        pa.field("diff", pa.string(), nullable=False),
-        pa.field("lines_added", pa.int32(), nullable=False),
-        pa.field("lines_deleted", pa.int32(), nullable=False),
-        pa.field("history_position", pa.int32(), nullable=False),
-    ],
-    metadata={"zen_coder.schema_version": str(SCHEMA_VERSION)},
+# The record schema, as its Arrow types print (`str(type)`): the manifest states it, and
+# zen_coder.history.shards builds the Arrow schema from it. Spelled out here so that a run that
+# writes no shard (a rerun with nothing new) never imports pyarrow, 0.1 s of its time.
+RECORD_FIELDS: tuple[tuple[str, str, bool], ...] = (  # (name, type, nullable)
+    ("repo", "string", False),
+    ("commit", "string", False),
+    ("parent", "string", True),
+    ("author_time", "timestamp[ms, tz=UTC]", False),
+    ("committer_time", "timestamp[ms, tz=UTC]", False),
+    ("message", "string", False),
+    ("author", "string", False),
+    ("path", "string", False),
+    ("old_path", "string", True),
+    ("change_type", "string", False),
+    ("language", "string", True),
+    ("old_content", "string", True),
+    ("new_content", "string", True),
+    ("diff", "string", False),
+    ("lines_added", "int32", False),
+    ("lines_deleted", "int32", False),
+    ("history_position", "int32", False),
 )
-
-KEYS_SCHEMA = pa.schema(
-    [
-        pa.field("content_hash", pa.uint64(), nullable=False),
-        pa.field("bands", pa.binary(), nullable=False),
-        pa.field("kept", pa.bool_(), nullable=False),
-    ]
-)
-
-# Columns that repeat within a shard (dictionary-encoded), and the file contents and diffs, for
-# which min/max statistics would cost time and say nothing.
-_DICTIONARY_COLUMNS = ["repo", "change_type", "language", "author", "message", "commit", "parent"]
-_TEXT_COLUMNS = {"message", "old_content", "new_content", "diff"}
-
-
-def write_parquet_atomic(path: Path, table: pa.Table, *, records: bool) -> None:
-    """Write a table as zstd Parquet, atomically."""
-    write_atomic(path, lambda temporary: _write_parquet(table, temporary, records))
-
-
-def _write_parquet(table: pa.Table, path: Path, records: bool) -> None:
-    pq.write_table(
-        table,
-        path,
-        compression="zstd",
-        compression_level=3,  # measured: smaller and faster than level 1 on commit records
-        use_dictionary=_DICTIONARY_COLUMNS if records else True,
-        write_statistics=[n for n in table.column_names if n not in _TEXT_COLUMNS]
-        if records
-        else True,
-        row_group_size=1024,
-    )
 
 
 @dataclass(frozen=True)
@@ -177,6 +141,9 @@ class DatasetDir:
             if not path.name.endswith(".keys.parquet"):
                 yield path.parent.name, path.name.removesuffix(suffix)
 
+    def has_staged(self) -> bool:
+        return any(self.staging.glob("*/*.json"))
+
     def staged_ledgers(self) -> list[dict]:
         return [_read_json(p) for p in sorted(self.staging.glob("*/*.json"))]
 
@@ -191,22 +158,14 @@ class DatasetDir:
                 done.update(_read_json(path)["commits"])
         return done
 
-    def promote(
-        self, ledger: dict, table: pa.Table | None = None, kept: list[bool] | None = None
-    ) -> None:
-        """Make a staged shard final: its records (or `table`, what dedup kept) move to data/."""
+    def promote(self, ledger: dict, *, rewritten: bool = False) -> None:
+        """Make a staged shard final: its records and keys move to data/ and keys/ (unless dedup
+        has `rewritten` them there without its duplicates), then its final ledger is written."""
         staged = self.staged(ledger["repo_key"], ledger["shard"])
         final = self.final(ledger["repo_key"], ledger["shard"])
-        if table is None and ledger["records"]:
+        if not rewritten and ledger["records"]:
             _link_or_copy(staged.data, final.data)
             _link_or_copy(staged.keys, final.keys)
-        elif table is not None:
-            if len(table):
-                write_parquet_atomic(final.data, table, records=True)
-            keys = arrays.read_table(staged.keys)
-            column = keys.schema.get_field_index("kept")
-            keys = keys.set_column(column, "kept", arrays.booleans(kept))
-            write_parquet_atomic(final.keys, keys, records=False)
         size = final.data.stat().st_size if final.data.exists() else 0
         write_json_atomic(final.ledger, {**ledger, "data_bytes": size})
         for path in (staged.data, staged.keys, staged.ledger):

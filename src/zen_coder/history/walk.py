@@ -14,9 +14,37 @@ from dataclasses import dataclass, field
 
 from zen_coder.history import filters
 from zen_coder.history.config import MineConfig
-from zen_coder.history.extract import BatchJob, CommitJob
-from zen_coder.history.gitio import LogStream, RawCommit
+from zen_coder.history.gitio import ZERO_OID, BlobReader, LogStream, RawChange, RawCommit
 from zen_coder.history.sources import Repository, shallow_boundary
+
+
+@dataclass(slots=True)
+class CommitJob:
+    """A commit as the walk hands it over: metadata, changes with history positions, verdict."""
+
+    sha: str
+    parent: str | None
+    author_time: int
+    committer_time: int
+    author: str
+    message: str
+    changes: list[tuple[RawChange, int]]
+    drop: str | None = None
+
+
+@dataclass
+class BatchJob:
+    repo: str
+    repo_key: str
+    git_dir: str
+    out: str
+    shard: str
+    index: int
+    config: MineConfig
+    commits: list[CommitJob]
+    near_dedup: bool = True  # compute near-duplicate keys: the dataset spans repositories
+    run: str = ""  # identifies the mining run, whose earlier shards this batch dedups against
+    repo_ranks: dict[str, int] = field(default_factory=dict)  # repository order of the run
 
 
 def author_hash(email: str, name: str, salt: bytes) -> str:
@@ -37,6 +65,9 @@ class WalkPlan:
     near_dedup: bool = True
     run: str = ""
     repo_ranks: dict[str, int] = field(default_factory=dict)
+    # Cut the commits into this many batches of about equal work once all are walked (0: cut
+    # batches of commits_per_batch as the walk goes).
+    batches: int = 0
 
 
 class HistoryPositions:
@@ -78,16 +109,35 @@ def commit_verdict(commit: RawCommit, plan: WalkPlan, boundary: set[str]) -> tup
 
 
 def walk(repo: Repository, plan: WalkPlan, on_skip=None) -> Iterator[BatchJob]:
-    """Batches of the commits not mined yet, in commit order.
+    """Batches of the commits not mined yet, in commit order, of at most `commits_per_batch`.
 
+    They are cut as the walk goes, or, when `plan.batches` is set, once the whole history is
+    walked, into that many batches of about the same work (see `_balanced`).
     `on_skip(n)` is told about commits skipped because an earlier run already mined them.
     """
+    jobs = _commit_jobs(repo, plan, on_skip)
+    if plan.batches:
+        yield from _balanced(repo, plan, list(jobs))
+        return
+    batch: list[CommitJob] = []
+    first_index = 0
+    for index, job in jobs:
+        if not batch:
+            first_index = index
+        batch.append(job)
+        if len(batch) >= plan.config.commits_per_batch:
+            yield _batch(repo, plan, first_index, batch)
+            batch = []
+    if batch:
+        yield _batch(repo, plan, first_index, batch)
+
+
+def _commit_jobs(repo: Repository, plan: WalkPlan, on_skip) -> Iterator[tuple[int, CommitJob]]:
+    """Each commit not mined yet, with its position in the history, judged at commit level."""
     config = plan.config
     boundary = shallow_boundary(repo.git_dir)
     positions = HistoryPositions()
     stream = LogStream(repo.git_dir, repo.revision, rename_limit=4 * config.max_files_per_commit)
-    batch: list[CommitJob] = []
-    first_index = 0
     try:
         for index, commit in enumerate(stream):
             counted = commit.sha not in boundary
@@ -97,9 +147,8 @@ def walk(repo: Repository, plan: WalkPlan, on_skip=None) -> Iterator[BatchJob]:
                     on_skip(1)
                 continue
             drop, message = commit_verdict(commit, plan, boundary)
-            if not batch:
-                first_index = index
-            batch.append(
+            yield (
+                index,
                 CommitJob(
                     sha=commit.sha,
                     parent=commit.parents[0] if commit.parents else None,
@@ -109,15 +158,69 @@ def walk(repo: Repository, plan: WalkPlan, on_skip=None) -> Iterator[BatchJob]:
                     message=message,
                     changes=list(zip(commit.changes, commit_positions, strict=True)),
                     drop=drop,
-                )
+                ),
             )
-            if len(batch) >= config.commits_per_batch:
-                yield _batch(repo, plan, first_index, batch)
-                batch = []
-        if batch:
-            yield _batch(repo, plan, first_index, batch)
     finally:
         stream.close()
+
+
+def _balanced(
+    repo: Repository, plan: WalkPlan, jobs: list[tuple[int, CommitJob]]
+) -> Iterator[BatchJob]:
+    """The commits cut into `plan.batches` runs of about the same work, each at most
+    `commits_per_batch` long.
+
+    A short history fills only a few batches, and workers that finish early wait for the one
+    that got the most work. Work is counted in changed files of the commits that are kept at
+    commit level: what reading, checking, diffing and writing a record costs grows with them.
+    """
+    limit = plan.config.commits_per_batch
+    weights = _work(repo, [job for _, job in jobs])
+    share = sum(weights) / plan.batches
+    batch: list[CommitJob] = []
+    first_index = done = cuts = 0
+    for (index, job), weight in zip(jobs, weights, strict=True):
+        if not batch:
+            first_index = index
+        batch.append(job)
+        done += weight
+        if len(batch) >= limit or done >= share * (cuts + 1):
+            yield _batch(repo, plan, first_index, batch)
+            batch = []
+            cuts += 1
+    if batch:
+        yield _batch(repo, plan, first_index, batch)
+
+
+# What a changed file costs besides its bytes (a record's bookkeeping), in bytes.
+_CHANGE_BYTES = 4096
+
+
+def _work(repo: Repository, jobs: list[CommitJob]) -> list[int]:
+    """An estimate of each commit's extraction work: the bytes of its changed files' two
+    versions, read, checked, cleaned, diffed and written (one `cat-file --batch-check` pass)."""
+    oids = {
+        oid
+        for job in jobs
+        if not job.drop
+        for change, _ in job.changes
+        for oid in (change.old_oid, change.new_oid)
+        if oid != ZERO_OID
+    }
+    reader = BlobReader(repo.git_dir)
+    try:
+        sizes = reader.sizes(sorted(oids))
+    finally:
+        reader.close()
+    return [
+        1
+        if job.drop
+        else sum(
+            _CHANGE_BYTES + (sizes.get(change.old_oid) or 0) + (sizes.get(change.new_oid) or 0)
+            for change, _ in job.changes
+        )
+        for job in jobs
+    ]
 
 
 def _batch(repo: Repository, plan: WalkPlan, index: int, commits: list[CommitJob]) -> BatchJob:
