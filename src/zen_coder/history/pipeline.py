@@ -210,22 +210,27 @@ def mine_repository(
 
 @functools.cache
 def load_extractor() -> None:
-    """Import the extractor (with numpy, pyarrow, Pygments and pygit2), then exempt what
-    importing created from garbage collection.
-
-    The modules' objects live as long as the process; without the freeze, every full collection
-    walks them all again (0.1 s of a run that parses much Python).
-    """
-    import zen_coder.history.extract  # noqa: F401 - imported for its cost, once per process
-
-    gc.freeze()
+    """Import the extractor (with numpy, pyarrow, Pygments and pygit2), once per process."""
+    import zen_coder.history.extract  # noqa: F401 - imported for its cost
 
 
 def _extract_batch(job: BatchJob) -> dict:
+    """Extract one batch with what existed before it (the imported modules above all) exempt
+    from garbage collection, and collectable again after.
+
+    Parsing Python makes many objects, so full collections run often, and each would walk every
+    module's objects again (0.1 s of a run that parses much Python). The exemption ends with the
+    batch because the process may be the caller's own (one worker, the quickstart, a Ray worker
+    that runs other tasks next), whose objects must not stay uncollectable.
+    """
     load_extractor()
     from zen_coder.history.extract import extract_batch
 
-    return extract_batch(job)
+    gc.freeze()
+    try:
+        return extract_batch(job)
+    finally:
+        gc.unfreeze()
 
 
 def finalize(
