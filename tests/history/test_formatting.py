@@ -436,7 +436,13 @@ _TOKEN_SOURCES = {
 @settings(max_examples=200, deadline=None)
 @given(st.sampled_from(sorted(_TOKEN_SOURCES)), _EDITS)
 def test_token_verdict_agrees_with_whole_token_lists(language: str, edits) -> None:
-    old = new = _TOKEN_SOURCES[language]
+    assert_verdict_of_whole_token_lists(_TOKEN_SOURCES[language], edits, language)
+
+
+def assert_verdict_of_whole_token_lists(old: str, edits, language: str) -> None:
+    """The check's verdict on `old` edited, against the plain definition: equal but for
+    whitespace, and the same significant tokens over the whole files."""
+    new = old
     for kind, line in edits:
         new = _edit(new, kind, line)
     lexer = pygments_lexer(language)
@@ -512,16 +518,7 @@ def test_stepping_a_lexer_gives_its_tokens(language: str, source: str, edits) ->
 def test_token_verdict_of_long_files_agrees_with_whole_token_lists(language: str, edits) -> None:
     # Long files, so that the lexers agree again well before the end (the cases below pin the
     # conditions of agreeing, which random edits rarely test).
-    old = new = _LONG_SOURCES[language]
-    for kind, line in edits:
-        new = _edit(new, kind, line)
-    lexer = pygments_lexer(language)
-    expected = (
-        old != new
-        and _equal_after_deleting(old, new, b" \t\n\r\f\v")
-        and list(_significant_tokens(old, lexer)) == list(_significant_tokens(new, lexer))
-    )
-    assert is_formatting_only(old, new, language) == expected
+    assert_verdict_of_whole_token_lists(_LONG_SOURCES[language], edits, language)
 
 
 def test_an_edit_early_in_a_long_file_is_decided_near_it() -> None:
