@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -89,17 +91,29 @@ def test_workers_are_started_for_histories_worth_sharing(tmp_path):
     assert plans[resolved.name].batches == 2  # left as it was: five rounds are cut as they go
 
 
+@contextlib.contextmanager
+def fresh_worker(monkeypatch) -> Iterator[None]:
+    """This process's extraction state, new for the block, and its cat-file processes ended
+    after it (dropped while running, they would outlive the test)."""
+    worker = extract._Worker()
+    monkeypatch.setattr(extract, "_WORKER", worker)
+    try:
+        yield
+    finally:
+        worker.close()
+
+
 def test_contents_read_in_many_groups_give_the_same_dataset(zoo_repo, tmp_path, monkeypatch):
     """A batch's contents are read in groups of commits, bounded in bytes; with a group per
     commit, the versions a file shares between groups must still be there when each group is
     checked. (Checked by hand: checking a group's commits before reading its contents makes this
     fail.)"""
     whole, grouped = tmp_path / "whole", tmp_path / "grouped"
-    monkeypatch.setattr(extract, "_WORKER", extract._Worker())  # no text cached by other tests
-    mine([RepoSpec(str(zoo_repo.path))], whole, workers=1, salt=SALT)
+    with fresh_worker(monkeypatch):  # no text cached by other tests
+        mine([RepoSpec(str(zoo_repo.path))], whole, workers=1, salt=SALT)
     monkeypatch.setattr(extract, "GROUP_BYTES", 1)
-    monkeypatch.setattr(extract, "_WORKER", extract._Worker())
-    report = mine([RepoSpec(str(zoo_repo.path))], grouped, workers=1, salt=SALT)
+    with fresh_worker(monkeypatch):
+        report = mine([RepoSpec(str(zoo_repo.path))], grouped, workers=1, salt=SALT)
     assert report.errors == []
     assert totals(grouped)["records"] == len(zoo.EXPECTED_RECORDS)
     assert sorted_records(grouped) == sorted_records(whole)
