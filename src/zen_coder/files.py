@@ -26,6 +26,18 @@ def read_toml(path: Path, kind: str) -> dict[str, Any]:
         raise ZenCoderError(f"{kind} {path} is not valid TOML: {exc}") from None
 
 
+def read_json(path: Path, missing: str, fix: str) -> Any:
+    """The parsed JSON document at `path`, which a stage wrote; a one-line error otherwise:
+    "PATH not found: `missing`" when it is absent, "PATH is unreadable; `fix`" when it cannot be
+    read or parsed."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ZenCoderError(f"{path} not found: {missing}") from None
+    except (OSError, ValueError):
+        raise ZenCoderError(f"{path} is unreadable; {fix}") from None
+
+
 def user_cache_dir() -> Path:
     """zen-coder's cache folder: $XDG_CACHE_HOME/zen-coder, by default ~/.cache/zen-coder."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "zen-coder"

@@ -47,7 +47,13 @@ from zen_coder.data.tokenizer import (
     train_tokenizer,
 )
 from zen_coder.errors import ZenCoderError
-from zen_coder.files import install_directory, temporary_path, user_cache_dir, write_json_atomic
+from zen_coder.files import (
+    install_directory,
+    read_json,
+    temporary_path,
+    user_cache_dir,
+    write_json_atomic,
+)
 from zen_coder.history.languages import LANGUAGES
 
 FORMAT_VERSION = 2  # 2: the manifest records the split
@@ -134,16 +140,10 @@ def prepared_split(prepared: Path) -> tuple[MinedDataset, list[RepositorySplit]]
 
 
 def _prepared_manifest(prepared: Path) -> dict:
-    path = prepared / "manifest.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ZenCoderError(
-            f"{path} not found: {prepared} is not a prepared dataset; run `zen-coder prepare` "
-            "and pass its --out folder"
-        ) from None
-    except (OSError, ValueError):
-        raise ZenCoderError(f"{path} is unreadable; rerun `zen-coder prepare`") from None
+    missing = (
+        f"{prepared} is not a prepared dataset; run `zen-coder prepare` and pass its --out folder"
+    )
+    manifest = read_json(prepared / "manifest.json", missing, "rerun `zen-coder prepare`")
     if "schema_version" in manifest and "identity" not in manifest:
         raise ZenCoderError(
             f"{prepared} is a mined dataset, not a prepared one: run `zen-coder prepare "

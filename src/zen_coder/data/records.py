@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from zen_coder.errors import ZenCoderError
+from zen_coder.files import read_json
 from zen_coder.history.store import SCHEMA_VERSION
 
 MINE_FIX = "mine it again into a fresh --out directory with `zen-coder mine`"
@@ -49,14 +50,8 @@ class MinedDataset:
 def open_mined(root: Path) -> MinedDataset:
     """Check a mined dataset directory and list its shards per repository."""
     manifest_path = root / "manifest.json"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise ZenCoderError(
-            f"{manifest_path} not found: {root} is not a mined dataset; run `zen-coder mine` first"
-        ) from None
-    except (OSError, ValueError):
-        raise ZenCoderError(f"{manifest_path} is unreadable; {MINE_FIX}") from None
+    missing = f"{root} is not a mined dataset; run `zen-coder mine` first"
+    manifest = read_json(manifest_path, missing, MINE_FIX)
     version = manifest.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ZenCoderError(

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from zen_coder.data.loader import PackedDataset, PackedLoader
 from zen_coder.errors import ZenCoderError
-from zen_coder.files import write_json_atomic
+from zen_coder.files import read_json, write_json_atomic
 from zen_coder.model import hf
 from zen_coder.model.config import ModelConfig
 from zen_coder.model.folder import TOKENIZER_FILES, is_model_folder, load_model
@@ -84,18 +84,11 @@ class TrainReport:
 
 
 def _prepared(data: Path) -> dict:
-    try:
-        manifest = json.loads((data / "manifest.json").read_text())
-        repos = json.loads((data / "repos.json").read_text())
-        languages = json.loads((data / "languages.json").read_text())
-    except FileNotFoundError as exc:
-        raise ZenCoderError(
-            f"{exc.filename} not found: {data} is not prepared data; run `zen-coder prepare` first"
-        ) from None
-    except (OSError, ValueError):
-        raise ZenCoderError(
-            f"{data} has unreadable metadata; run `zen-coder prepare` again"
-        ) from None
+    missing = f"{data} is not prepared data; run `zen-coder prepare` first"
+    manifest, repos, languages = (
+        read_json(data / name, missing, "run `zen-coder prepare` again")
+        for name in ("manifest.json", "repos.json", "languages.json")
+    )
     return {**manifest, "repo_names": repos, "language_names": languages}
 
 
