@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.evaluation.test_sandbox import live_processes
 from zen_coder.evaluation import sandbox_setup
 from zen_coder.evaluation.sandbox import FIRST_ID, SETUP
 from zen_coder.evaluation.sandbox_setup import environment, find_executable, parse_config
@@ -136,19 +137,6 @@ def test_exec_reports_a_command_that_cannot_start(tmp_path):
     assert (stdout, process.returncode) == (b"", 127)
 
 
-def processes_of(uid: int) -> list[int]:
-    """The live (not zombie) processes whose real uid is `uid`."""
-    pids = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":", 1) for line in status.read_text().splitlines())
-        except (OSError, ValueError):
-            continue
-        if fields["Uid"].split()[0] == str(uid) and not fields["State"].strip().startswith("Z"):
-            pids.append(int(status.parent.name))
-    return pids
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="taking another uid needs root")
 def test_kill_ends_every_process_of_the_uid(tmp_path):
     """A sleeper of the uid and its grandchild in a session of its own: `kill` ends both (and
@@ -159,7 +147,7 @@ def test_kill_ends_every_process_of_the_uid(tmp_path):
     try:
         assert failure == ""
         deadline = time.monotonic() + 10
-        while len(processes_of(UID)) < 2:
+        while len(live_processes(UID)) < 2:
             assert time.monotonic() < deadline and sleeper.poll() is None, "no sleepers"
             time.sleep(0.01)
         killer = subprocess.run(
@@ -168,10 +156,10 @@ def test_kill_ends_every_process_of_the_uid(tmp_path):
         assert killer.returncode == 0
         assert sleeper.wait(timeout=10) == -9
         deadline = time.monotonic() + 10
-        while processes_of(UID):  # the grandchild, in a session of its own, dies too
-            assert time.monotonic() < deadline, processes_of(UID)
+        while live_processes(UID):  # the grandchild, in a session of its own, dies too
+            assert time.monotonic() < deadline, live_processes(UID)
             time.sleep(0.01)
     finally:  # when `kill` failed, the test does it: nothing of the test outlives it
-        for pid in processes_of(UID):
+        for pid in live_processes(UID):
             os.kill(pid, 9)
         sleeper.wait()
