@@ -394,17 +394,10 @@ def print_eval_summary(console: Console, report) -> None:
 
 
 def _check_sandbox(allow_weak: bool) -> None:
-    """Refuse to run generated programs where the sandbox is weak, unless allowed; then say so on
-    stderr, before a model loads or a program runs."""
-    from zen_coder.evaluation.sandbox import weaknesses
+    """Refuse a weak sandbox before a model loads, unless allowed; then say so on stderr."""
+    from zen_coder.evaluation.sandbox import require_isolation
 
-    weak = weaknesses()
-    if weak and not allow_weak:
-        raise ZenCoderError(
-            f"weak sandbox: {weak}; run as root (in a VM or container) for full isolation, or "
-            "pass --allow-weak-sandbox to run the programs anyway"
-        )
-    if weak:
+    if weak := require_isolation(allow_weak):
         warning = Text(f"zen-coder: warning: weak sandbox: {weak}")
         Console(stderr=True).print(warning, soft_wrap=True)
 
@@ -432,6 +425,7 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
         limit=args.limit,
         workers=args.workers,
         history_template=args.history_template,
+        allow_weak_sandbox=args.allow_weak_sandbox,
     )
     generator = None
     if args.model is not None:

