@@ -51,11 +51,11 @@ BLOCK_NAMES = {
     "blocks.{i}.attention.o.weight": "model.layers.{i}.self_attn.o_proj.weight",
     "blocks.{i}.moe_norm.weight": "model.layers.{i}.post_attention_layernorm.weight",
     "blocks.{i}.moe.router.weight": "model.layers.{i}.mlp.gate.weight",
-    "blocks.{i}.moe.w2": "model.layers.{i}.mlp.experts.down_proj",
+    "blocks.{i}.moe.experts.w2": "model.layers.{i}.mlp.experts.down_proj",
 }
 FUSED_GATE_UP = (
-    "blocks.{i}.moe.w1",
-    "blocks.{i}.moe.w3",
+    "blocks.{i}.moe.experts.w1",
+    "blocks.{i}.moe.experts.w3",
     "model.layers.{i}.mlp.experts.gate_up_proj",
 )
 

@@ -30,17 +30,17 @@ def test_grouped_experts_in_bfloat16_compute_each_experts_own_product():
     which expert 0 computes with expert 1's weights, 0.35."""
     torch.manual_seed(0)
     moe = MoE(SMALL).cuda()
-    for weight in (moe.w1, moe.w2, moe.w3, moe.router.weight):
+    for weight in (moe.experts.w1, moe.experts.w2, moe.experts.w3, moe.router.weight):
         torch.nn.init.normal_(weight, std=0.02)
     x = torch.randn(4096, SMALL.d_model, device="cuda")
     upstream = torch.randn_like(x)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         y, stats = moe(x, None)
-    grouped = torch.autograd.grad((y * upstream).sum(), [moe.w1, moe.w2, moe.w3])
+    grouped = torch.autograd.grad((y * upstream).sum(), list(moe.experts.parameters()))
     with torch.autocast("cuda", dtype=torch.bfloat16):  # route exactly as the module did
         probs = moe.router(x).float().softmax(-1)
     expected = experts_by_hand(moe, x, probs)
-    reference = torch.autograd.grad((expected * upstream).sum(), [moe.w1, moe.w2, moe.w3])
+    reference = torch.autograd.grad((expected * upstream).sum(), list(moe.experts.parameters()))
     assert int(stats.load.sum()) == 4096 * SMALL.experts_per_token
     assert relative_error(y, expected) < 2e-2
     for mine, theirs in zip(grouped, reference, strict=True):
@@ -94,7 +94,7 @@ def test_inference_groups_unpadded_and_empty_compute_what_training_groups_do(tok
     0.26 (1,000 tokens) apart."""
     torch.manual_seed(0)
     moe = MoE(SMALL).cuda()
-    for weight in (moe.w1, moe.w2, moe.w3, moe.router.weight):
+    for weight in (moe.experts.w1, moe.experts.w2, moe.experts.w3, moe.router.weight):
         torch.nn.init.normal_(weight, std=0.02)
     x = torch.randn(tokens, SMALL.d_model, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):

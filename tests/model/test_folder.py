@@ -122,3 +122,16 @@ def test_damaged_folders_are_one_line_errors(folder, tokenizer_folder):
     assert "not a zen-coder model config" in one_line_error(load_model, folder)
     (folder / CONFIG_FILE).unlink()
     assert "is not a zen-coder model" in one_line_error(load_model, folder)
+
+
+def test_a_folder_from_before_the_experts_module_reads_back(folder):
+    """Folders written before the experts became a submodule name them `blocks.N.moe.w1`.
+    (Without the renaming on load, this fails with "tensor blocks.0.moe.w1 does not fit".)"""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / WEIGHTS_FILE)
+    old = {name.replace(".moe.experts.", ".moe."): tensor for name, tensor in weights.items()}
+    assert any(name.endswith(".moe.w1") for name in old)
+    save_file(old, folder / WEIGHTS_FILE)
+    loaded = load_model(folder).state_dict()
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in weights.items())

@@ -107,7 +107,7 @@ def test_balance_and_z_losses_on_a_hand_computed_example():
         moe.router.weight[:, :2] = torch.tensor(
             [[math.log(0.8), math.log(0.3)], [math.log(0.2), math.log(0.7)]]
         )
-        for weight in (moe.w1, moe.w2, moe.w3):
+        for weight in (moe.experts.w1, moe.experts.w2, moe.experts.w3):
             weight.normal_()
     x = torch.eye(2, 8)  # token 1 routes 0.8/0.2 (expert 0), token 2 0.3/0.7 (expert 1)
     _, stats = moe(x, None)
@@ -125,12 +125,11 @@ def experts_by_hand(moe: MoE, x: torch.Tensor, probs: torch.Tensor) -> torch.Ten
     weights = probs.gather(-1, chosen)
     weights = weights / weights.sum(-1, keepdim=True)
     expected = torch.zeros_like(x)
-    for expert in range(moe.w1.shape[0]):
+    w1, w2, w3 = moe.experts.w1, moe.experts.w2, moe.experts.w3
+    for expert in range(w1.shape[0]):
         token, slot = (chosen == expert).nonzero(as_tuple=True)
-        hidden = torch.nn.functional.silu(x[token] @ moe.w1[expert].T) * (
-            x[token] @ moe.w3[expert].T
-        )
-        expected.index_add_(0, token, weights[token, slot, None] * (hidden @ moe.w2[expert].T))
+        hidden = torch.nn.functional.silu(x[token] @ w1[expert].T) * (x[token] @ w3[expert].T)
+        expected.index_add_(0, token, weights[token, slot, None] * (hidden @ w2[expert].T))
     return expected
 
 
@@ -140,14 +139,14 @@ def test_grouped_experts_compute_each_tokens_own_experts_and_their_gradients():
     config = dataclasses.replace(TINY, language_routing=False)
     moe = MoE(config)
     torch.nn.init.normal_(moe.router.weight)
-    for weight in (moe.w1, moe.w2, moe.w3):
+    for weight in (moe.experts.w1, moe.experts.w2, moe.experts.w3):
         torch.nn.init.normal_(weight, std=0.1)
     x = torch.randn(5, config.d_model)
     upstream = torch.randn(5, config.d_model)
     y, stats = moe(x, None)
-    grouped = torch.autograd.grad((y * upstream).sum(), [moe.w1, moe.w2, moe.w3])
+    grouped = torch.autograd.grad((y * upstream).sum(), list(moe.experts.parameters()))
     expected = experts_by_hand(moe, x, (x @ moe.router.weight.T).softmax(-1))
-    reference = torch.autograd.grad((expected * upstream).sum(), [moe.w1, moe.w2, moe.w3])
+    reference = torch.autograd.grad((expected * upstream).sum(), list(moe.experts.parameters()))
     assert torch.allclose(y, expected, atol=1e-5)
     for mine, theirs in zip(grouped, reference, strict=True):
         assert torch.allclose(mine, theirs, atol=1e-5)

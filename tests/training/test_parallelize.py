@@ -140,7 +140,7 @@ def test_fsdp_shards_tensor_parallel_shards_further(both):
     assert q["local_shape"] == [q["shape"][0] // 4, q["shape"][1]]
     assert o["placements"] == [SHARD_ROWS, SHARD_COLUMNS]
     assert o["local_shape"] == [o["shape"][0] // 2, o["shape"][1] // 2]
-    expert = plan["blocks.0.moe.w1"]
+    expert = plan["blocks.0.moe.experts.w1"]
     assert (expert["mesh"], expert["placements"]) == (["dp"], [SHARD_ROWS])
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -190,11 +191,17 @@ def _check_table(table: object, config: ModelConfig, what: str, fix: str) -> Non
 def _read_weights(directory: Path) -> dict[str, Tensor]:
     path = directory / WEIGHTS_FILE
     try:
-        return load_file(path)
+        return {_current_name(name): tensor for name, tensor in load_file(path).items()}
     except FileNotFoundError:
         raise ZenCoderError(f"{path} not found; export the model again") from None
     except (SafetensorError, OSError) as exc:
         raise ZenCoderError(f"{path} cannot be read ({exc}); export the model again") from None
+
+
+def _current_name(name: str) -> str:
+    """A weight's name in today's model: folders written before the experts became a module of
+    their own name them `blocks.N.moe.w1` where the model now has `blocks.N.moe.experts.w1`."""
+    return re.sub(r"(\.moe)\.(w[123])$", r"\1.experts.\2", name)
 
 
 def _rows_by_name(rows: Tensor, table: Sequence[str], languages: Sequence[str]) -> Tensor:

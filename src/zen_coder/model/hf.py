@@ -77,23 +77,26 @@ SHARED_WEIGHTS = {
 FEED_FORWARD_WEIGHTS: dict[str, dict[str, str | tuple[str, str]]] = {
     # Llama, Mistral, Qwen2: one SwiGLU MLP, loaded as every expert (or sliced among them).
     "dense": {
-        "model.layers.{i}.mlp.gate_proj.weight": "blocks.{i}.moe.w1",
-        "model.layers.{i}.mlp.up_proj.weight": "blocks.{i}.moe.w3",
-        "model.layers.{i}.mlp.down_proj.weight": "blocks.{i}.moe.w2",
+        "model.layers.{i}.mlp.gate_proj.weight": "blocks.{i}.moe.experts.w1",
+        "model.layers.{i}.mlp.up_proj.weight": "blocks.{i}.moe.experts.w3",
+        "model.layers.{i}.mlp.down_proj.weight": "blocks.{i}.moe.experts.w2",
     },
     # Mixtral as transformers (4.x and 5.x) writes it: one tensor per expert.
     "mixtral": {
         "model.layers.{i}.block_sparse_moe.gate.weight": "blocks.{i}.moe.router.weight",
-        "model.layers.{i}.block_sparse_moe.experts.{j}.w1.weight": "blocks.{i}.moe.w1",
-        "model.layers.{i}.block_sparse_moe.experts.{j}.w3.weight": "blocks.{i}.moe.w3",
-        "model.layers.{i}.block_sparse_moe.experts.{j}.w2.weight": "blocks.{i}.moe.w2",
+        "model.layers.{i}.block_sparse_moe.experts.{j}.w1.weight": "blocks.{i}.moe.experts.w1",
+        "model.layers.{i}.block_sparse_moe.experts.{j}.w3.weight": "blocks.{i}.moe.experts.w3",
+        "model.layers.{i}.block_sparse_moe.experts.{j}.w2.weight": "blocks.{i}.moe.experts.w2",
     },
     # Mixtral as transformers 5.x holds it in memory (a raw state_dict saved as is): experts
     # stacked, gate and up concatenated along the width.
     "fused": {
         "model.layers.{i}.mlp.gate.weight": "blocks.{i}.moe.router.weight",
-        "model.layers.{i}.mlp.experts.gate_up_proj": ("blocks.{i}.moe.w1", "blocks.{i}.moe.w3"),
-        "model.layers.{i}.mlp.experts.down_proj": "blocks.{i}.moe.w2",
+        "model.layers.{i}.mlp.experts.gate_up_proj": (
+            "blocks.{i}.moe.experts.w1",
+            "blocks.{i}.moe.experts.w3",
+        ),
+        "model.layers.{i}.mlp.experts.down_proj": "blocks.{i}.moe.experts.w2",
     },
 }
 
@@ -284,7 +287,7 @@ def _checkpoint_tensors(config: ModelConfig, layout: str) -> dict[str, Target]:
             if hf_name == "lm_head.weight" and config.tie_embeddings:
                 continue
             names = (native,) if isinstance(native, str) else native
-            spread = layout == "dense" and ".moe.w" in names[0]
+            spread = layout == "dense" and ".moe.experts.w" in names[0]
             experts = range(config.n_experts) if "{j}" in hf_name else [None]
             for expert in experts:
                 tensors[hf_name.format(i=layer, j=expert)] = Target(

@@ -214,6 +214,29 @@ class RouterStats:
     load: Tensor  # tokens routed to each expert [E]
 
 
+class Experts(nn.Module):
+    """E SwiGLU experts as stacked weights, run on token groups by grouped matrix products.
+
+    A module of its own, so parallelism can treat the experts apart from the router: tensor
+    parallelism splits their width (w1 and w3 by rows, w2 by columns) while the router stays
+    whole, and each rank's partial outputs are summed.
+    """
+
+    def __init__(self, experts: int, width: int, expert_width: int) -> None:
+        super().__init__()
+        self.w1 = nn.Parameter(torch.empty(experts, expert_width, width))  # gate projection
+        self.w3 = nn.Parameter(torch.empty(experts, expert_width, width))  # up projection
+        self.w2 = nn.Parameter(torch.empty(experts, width, expert_width))  # down projection
+
+    def forward(self, routed: Tensor, ends: Tensor) -> Tensor:
+        """routed [rows, D], grouped by expert, group e ending at row ends[e]; in its dtype."""
+        dtype = routed.dtype
+        gate = torch._grouped_mm(routed, self.w1.to(dtype).transpose(1, 2), offs=ends)
+        up = torch._grouped_mm(routed, self.w3.to(dtype).transpose(1, 2), offs=ends)
+        hidden = F.silu(gate) * up  # [rows, F]
+        return torch._grouped_mm(hidden, self.w2.to(dtype).transpose(1, 2), offs=ends)
+
+
 class MoE(nn.Module):
     """SwiGLU experts behind a softmax top-k router; dropless (every token gets its k experts).
 
@@ -233,9 +256,7 @@ class MoE(nn.Module):
         self.top_k = config.experts_per_token
         self.renormalize = config.router_renormalize
         self.router = nn.Linear(D, E, bias=False)
-        self.w1 = nn.Parameter(torch.empty(E, Fd, D))  # gate projection
-        self.w3 = nn.Parameter(torch.empty(E, Fd, D))  # up projection
-        self.w2 = nn.Parameter(torch.empty(E, D, Fd))  # down projection
+        self.experts = Experts(E, D, Fd)
         self.language = (
             nn.Parameter(torch.zeros(config.n_languages, E)) if config.language_routing else None
         )
@@ -248,7 +269,7 @@ class MoE(nn.Module):
     ) -> tuple[Tensor, RouterStats]:
         """x [N, D], the batch's tokens flattened; `losses=False` skips the balance statistics
         (generation needs none)."""
-        E = self.w1.shape[0]
+        E = self.router.out_features
         logits = self.router(x).float()  # [N, E], routing in fp32
         if self.language is not None and language is not None:
             logits = logits + self.language[language]
@@ -270,10 +291,7 @@ class MoE(nn.Module):
             routed = routed.new_zeros(rows, x.shape[1]).index_copy(0, slot, routed)
         else:
             ends, slot = load.cumsum(0).to(torch.int32), None
-        gate = torch._grouped_mm(routed, self.w1.to(dtype).transpose(1, 2), offs=ends)
-        up = torch._grouped_mm(routed, self.w3.to(dtype).transpose(1, 2), offs=ends)
-        hidden = F.silu(gate) * up  # [rows, F]
-        out = torch._grouped_mm(hidden, self.w2.to(dtype).transpose(1, 2), offs=ends)
+        out = self.experts(routed, ends)
         if slot is not None:
             out = out[slot]
         combined = out * weights.reshape(-1)[order, None].to(dtype)  # [N*k, D]
@@ -387,7 +405,7 @@ class ZenCoder(nn.Module):
                 parameter.zero_()
             elif parameter.dim() < 2:
                 parameter.fill_(1.0)  # norm weights
-            elif name.endswith(("attention.o.weight", "moe.w2")):
+            elif name.endswith(("attention.o.weight", "moe.experts.w2")):
                 nn.init.normal_(parameter, std=residual)
             else:
                 nn.init.normal_(parameter, std=std)

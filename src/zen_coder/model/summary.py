@@ -17,7 +17,7 @@ def parameter_counts(config: ModelConfig) -> dict[str, int]:
         model = ZenCoder(config)
     total = sum(parameter.numel() for parameter in model.parameters())
     experts = sum(
-        getattr(block.moe, name).numel() for block in model.blocks for name in ("w1", "w2", "w3")
+        parameter.numel() for block in model.blocks for parameter in block.moe.experts.parameters()
     )
     unused = experts * (config.n_experts - config.experts_per_token) // config.n_experts
     embedding = model.embed.weight.numel() + (model.repo.weight.numel() if model.repo else 0)
