@@ -326,3 +326,15 @@ def test_generation_ends_once_every_row_is_finished():
         return torch.tensor([generated.shape[1] >= 3, generated.shape[1] >= 5])
 
     assert model.generate(tokens, 20, finished=finished).shape == (2, 6 + 5)
+
+
+def test_qk_norms_start_at_one_and_biases_at_zero():
+    model = ZenCoder(dataclasses.replace(TINY, qk_norm=True, attention_bias=True))
+    for block in model.blocks:
+        attention = block.attention
+        for norm in (attention.q_norm, attention.k_norm):
+            assert norm.weight.shape == (TINY.head_dimension,)
+            assert torch.equal(norm.weight, torch.ones_like(norm.weight))
+        for projection in (attention.q, attention.k, attention.v):
+            assert not projection.bias.any()
+    assert ZenCoder(TINY).blocks[0].attention.q_norm is None

@@ -25,8 +25,9 @@ from zen_coder.model.config import preset
 from zen_coder.model.model import ZenCoder, next_token_targets
 from zen_coder.training.parallelize import Distributed, init_distributed, parallelize, shutdown
 
-# Every technique on. No repository dropout: it draws random numbers per sequence, so a rank
-# holding half the batch would draw different ones than the single-process reference.
+# Every technique on, and Qwen3's q/k norms. No repository dropout: it draws random numbers per
+# sequence, so a rank holding half the batch would draw different ones than the single-process
+# reference.
 CONFIG = dataclasses.replace(
     preset("tiny"),
     vocab_size=256,
@@ -39,6 +40,7 @@ CONFIG = dataclasses.replace(
     expert_dim=32,
     n_repos=5,
     repo_dropout=0.0,
+    qk_norm=True,
 )
 BATCH, LENGTH, STEPS = 4, 16, 3
 GLOO_THREADS = ("pt_gloo_runloop", "gloo_tcp_loop")  # the names gloo gives its threads

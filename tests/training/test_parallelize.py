@@ -7,12 +7,14 @@ contrastive losses depend on which sequences share a batch), so the reference av
 losses of the two halves, which is what averaging gradients over ranks computes.
 
 Each run is compared by its per-step losses, every parameter's gradient after the first step
-and the trained model's logits. Measured by hand (torch 2.13, 2-core CPU): the parallel runs are
-within 3.1e-5 of one process in any parameter's gradient and 9.2e-8 in the logits (data
-parallelism alone is exact). Broken on purpose, they exceed the tolerances below: the row-wise
-attention output left un-reduced (one missing all-reduce under tensor parallelism) puts a
-gradient off by 0.046 and the logits by 0.036 on every rank; FSDP reducing gradients in bfloat16
-puts a gradient off by 2.8e-3 and the logits by 9.6e-4, while moving the losses by only 6e-6.
+and the trained model's logits. Measured by hand (torch 2.13, 2-core CPU, q/k norms on): the
+parallel runs are within 4.7e-5 of one process in any parameter's gradient and 1.9e-7 in the
+logits (data parallelism alone is exact). Broken on purpose, they exceed the tolerances below:
+the row-wise attention output left un-reduced (one missing all-reduce under tensor parallelism)
+puts a gradient off by 0.046 and the logits by 0.036 on every rank; the q/k norms left out of
+the tensor-parallel plan (each rank's norm gradient then covers only its own heads) put q_norm's
+gradient off by 0.89; FSDP reducing gradients in bfloat16 puts a gradient off by 2.8e-3 and the
+logits by 9.6e-4, while moving the losses by only 6e-6.
 """
 
 from __future__ import annotations
@@ -121,10 +123,14 @@ def test_tensor_parallel_splits_attention_by_heads(tensor_parallel):
         elif layer.endswith("attention.o"):
             assert entry["placements"] == [SHARD_COLUMNS], name
             assert entry["local_shape"] == [entry["shape"][0], entry["shape"][1] // 2], name
+        elif layer.endswith(("attention.q_norm", "attention.k_norm")):  # whole on every rank
+            assert entry["placements"] == ["Replicate()"], name
+            assert entry["local_shape"] == entry["shape"], name
         else:  # the MoE, embeddings, norms, head: replicated, plain tensors
             assert "placements" not in entry, name
             assert entry["local_shape"] == entry["shape"], name
     assert "blocks.1.attention.temporal.weight" in plan
+    assert "blocks.1.attention.k_norm.weight" in plan
 
 
 def test_fsdp_shards_every_parameter_over_dp(data_parallel):

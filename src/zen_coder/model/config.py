@@ -42,6 +42,7 @@ class ModelConfig:
     expert_dim: int = 64
     norm_eps: float = 1e-5
     attention_bias: bool = False  # biases on the q, k, v projections (Qwen2)
+    qk_norm: bool = False  # RMSNorm over each head's queries and keys, before RoPE (Qwen3)
     tie_embeddings: bool = False
 
     # Rotary position embeddings; "llama3" is Llama 3.1's long-context frequency scaling.

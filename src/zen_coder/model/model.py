@@ -136,6 +136,10 @@ class Attention(nn.Module):
         self.k = nn.Linear(config.d_model, kv_heads * width, bias=bias)
         self.v = nn.Linear(config.d_model, kv_heads * width, bias=bias)
         self.o = nn.Linear(heads * width, config.d_model, bias=False)
+        # Qwen3's q/k norms: one weight over the head dimension, shared by every head. Applied
+        # per head, so a split of q and k by heads leaves each rank the whole norm.
+        self.q_norm = nn.RMSNorm(width, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(width, eps=config.norm_eps) if config.qk_norm else None
         # The Fourier coefficients (c, s) of every head, head-major, as the weight of a linear
         # map of a constant: split by heads like q, so tensor parallelism shards both alike.
         self.frequencies = config.temporal_frequencies
@@ -148,8 +152,11 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, context: AttentionContext, cache: KVCache | None) -> Tensor:
         B, T, _ = x.shape
         # -1: the heads this module computes (all of them, or a tensor-parallel share).
-        q = self.q(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, H, T, Hd]
-        k = self.k(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # [B, K, T, Hd]
+        q = self.q(x).view(B, T, -1, self.head_dim)  # [B, T, H, Hd]
+        k = self.k(x).view(B, T, -1, self.head_dim)  # [B, T, K, Hd]
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [B, H, T, Hd], [B, K, T, Hd]
         v = self.v(x).view(B, T, -1, self.head_dim).transpose(1, 2)
         q, k = rotate(q, context.cos, context.sin), rotate(k, context.cos, context.sin)
         if self.temporal is not None and context.time_cos is not None:

@@ -7,6 +7,8 @@ while data-parallel ranks exchange only parameters and gradients.
 Tensor parallelism (Megatron style) splits each block's attention by heads: q, k, v and the
 temporal-attention coefficients are split by output rows (column-wise), so each rank computes
 its own heads; o is split by input columns (row-wise) and its partial outputs are all-reduced.
+Qwen3's q/k norms act per head, so each rank applies the whole (replicated) weight to its own
+heads, and the weight's gradient, a sum over every head, is all-reduced.
 Then each block may be compiled (`torch.compile`): one graph per block, shared by all blocks,
 fuses the small elementwise kernels (norms, rotary embedding, casts, SwiGLU) and cuts kernel
 launches. Last, FSDP2 shards every parameter over "dp", one block at a time, so a block's
@@ -28,7 +30,12 @@ import torch
 import torch.distributed as torch_dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
 
 from zen_coder.errors import ZenCoderError
 from zen_coder.model.model import ZenCoder
@@ -135,6 +142,11 @@ def _tensor_parallel(model: ZenCoder, mesh: DeviceMesh) -> None:
         # Its rows are grouped by head like q's, so a column-wise split gives each rank the
         # coefficients of its own heads.
         plan["temporal"] = ColwiseParallel()
+    if model.config.qk_norm:
+        # Each rank normalizes its own heads (dimension 2 of [B, T, heads, Hd]) with the whole
+        # weight, replicated; its gradient sums over every head, so it is all-reduced.
+        plan["q_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
+        plan["k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
     for block in model.blocks:
         parallelize_module(block.attention, mesh, plan)
 
