@@ -1,4 +1,5 @@
-"""Hugging Face interop: load Llama, Mistral, Qwen2 and Mixtral checkpoints, save as Mixtral/Llama.
+"""Hugging Face interop: load Llama, Mistral, Qwen2, Qwen3, Mixtral and Qwen3-MoE checkpoints,
+save as Llama, Qwen2, Qwen3, Mixtral or Qwen3-MoE.
 
 A Hugging Face model folder is `config.json` plus safetensors weights (one `model.safetensors`,
 or shards listed by `model.safetensors.index.json`). With the card's four techniques off the
@@ -6,9 +7,9 @@ native model computes exactly what these families compute, so conversion is rena
 stacking experts:
 
     config_from_hf(json.load(...))        config.json -> ModelConfig (techniques off)
-    load_pretrained(folder)                dense checkpoint -> one-expert model, Mixtral -> MoE
+    load_pretrained(folder)                dense checkpoint -> one-expert model, MoE -> MoE
     load_pretrained(folder, experts=16)    dense checkpoint -> sparse-upcycled MoE
-    save_pretrained(model, folder)         MoE -> Mixtral, dense -> Llama (Qwen2 with q/k/v biases)
+    save_pretrained(model, folder)         the family that holds the model (_export_architecture)
 
 Loading reads the weights one shard at a time and needs no `transformers`.
 """
@@ -46,15 +47,34 @@ UPCYCLED_EXPERTS_PER_TOKEN = 4  # the card's choice: 4 of 16 experts active
 class Family:
     model_type: str
     rope_theta: float  # what transformers assumes when config.json leaves rope_theta out
-    moe: bool = False
-    attention_bias: bool = False  # biases on q, k and v, never on o
+    layout: str = "dense"  # the FEED_FORWARD_WEIGHTS names transformers writes the family in
+    attention_bias: bool = False  # always biases on q, k and v, never on o (Qwen2)
+    qk_norm: bool = False  # RMSNorm over each head's queries and keys (Qwen3)
+    head_dim: int | None = None  # what transformers assumes when config.json leaves it out
+    expert_dim: str = "intermediate_size"  # config.json's field for an expert's width
+    # config.json's switch for renormalizing the top-k routing weights, and what transformers
+    # assumes without it; None: the family always renormalizes.
+    renormalize: tuple[str, bool] | None = None
+
+    @property
+    def moe(self) -> bool:
+        return self.layout != "dense"
 
 
 FAMILIES = {
     "LlamaForCausalLM": Family("llama", 10_000.0),
     "MistralForCausalLM": Family("mistral", 10_000.0),
     "Qwen2ForCausalLM": Family("qwen2", 10_000.0, attention_bias=True),
-    "MixtralForCausalLM": Family("mixtral", 1_000_000.0, moe=True),
+    "Qwen3ForCausalLM": Family("qwen3", 10_000.0, qk_norm=True, head_dim=128),
+    "MixtralForCausalLM": Family("mixtral", 1_000_000.0, layout="mixtral"),
+    "Qwen3MoeForCausalLM": Family(
+        "qwen3_moe",
+        10_000.0,
+        layout="qwen3_moe",
+        qk_norm=True,
+        expert_dim="moe_intermediate_size",
+        renormalize=("norm_topk_prob", False),
+    ),
 }
 
 # Hugging Face name -> native name; {i} is the layer, {j} the expert. RoPE is rotate-half in both
@@ -72,10 +92,12 @@ SHARED_WEIGHTS = {
     "model.layers.{i}.self_attn.k_proj.bias": "blocks.{i}.attention.k.bias",
     "model.layers.{i}.self_attn.v_proj.bias": "blocks.{i}.attention.v.bias",
     "model.layers.{i}.self_attn.o_proj.weight": "blocks.{i}.attention.o.weight",
+    "model.layers.{i}.self_attn.q_norm.weight": "blocks.{i}.attention.q_norm.weight",
+    "model.layers.{i}.self_attn.k_norm.weight": "blocks.{i}.attention.k_norm.weight",
     "model.layers.{i}.post_attention_layernorm.weight": "blocks.{i}.moe_norm.weight",
 }
 FEED_FORWARD_WEIGHTS: dict[str, dict[str, str | tuple[str, str]]] = {
-    # Llama, Mistral, Qwen2: one SwiGLU MLP, loaded as every expert (or sliced among them).
+    # Llama, Mistral, Qwen2, Qwen3: one SwiGLU MLP, loaded as every expert (or sliced among them).
     "dense": {
         "model.layers.{i}.mlp.gate_proj.weight": "blocks.{i}.moe.experts.w1",
         "model.layers.{i}.mlp.up_proj.weight": "blocks.{i}.moe.experts.w3",
@@ -88,8 +110,15 @@ FEED_FORWARD_WEIGHTS: dict[str, dict[str, str | tuple[str, str]]] = {
         "model.layers.{i}.block_sparse_moe.experts.{j}.w3.weight": "blocks.{i}.moe.experts.w3",
         "model.layers.{i}.block_sparse_moe.experts.{j}.w2.weight": "blocks.{i}.moe.experts.w2",
     },
-    # Mixtral as transformers 5.x holds it in memory (a raw state_dict saved as is): experts
-    # stacked, gate and up concatenated along the width.
+    # Qwen3-MoE as transformers (4.x and 5.x) writes it: one tensor per expert, no shared expert.
+    "qwen3_moe": {
+        "model.layers.{i}.mlp.gate.weight": "blocks.{i}.moe.router.weight",
+        "model.layers.{i}.mlp.experts.{j}.gate_proj.weight": "blocks.{i}.moe.experts.w1",
+        "model.layers.{i}.mlp.experts.{j}.up_proj.weight": "blocks.{i}.moe.experts.w3",
+        "model.layers.{i}.mlp.experts.{j}.down_proj.weight": "blocks.{i}.moe.experts.w2",
+    },
+    # Mixtral and Qwen3-MoE as transformers 5.x holds them in memory (a raw state_dict saved as
+    # is): experts stacked, gate and up concatenated along the width.
     "fused": {
         "model.layers.{i}.mlp.gate.weight": "blocks.{i}.moe.router.weight",
         "model.layers.{i}.mlp.experts.gate_up_proj": (
@@ -127,6 +156,7 @@ def config_from_hf(hf_config: dict, **overrides: Any) -> ModelConfig:
     checkpoint was trained without them) and `overrides` (ModelConfig fields) applied last."""
     architecture = _architecture(hf_config)
     family = FAMILIES[architecture]
+    _check_supported(hf_config, family)
     fields = {
         "vocab_size": _field(hf_config, "vocab_size"),
         "context_length": _context_length(hf_config),
@@ -134,28 +164,60 @@ def config_from_hf(hf_config: dict, **overrides: Any) -> ModelConfig:
         "n_layers": _field(hf_config, "num_hidden_layers"),
         "n_heads": _field(hf_config, "num_attention_heads"),
         "n_kv_heads": hf_config.get("num_key_value_heads") or hf_config["num_attention_heads"],
-        "head_dim": hf_config.get("head_dim") or 0,
-        "n_experts": _field(hf_config, "num_local_experts") if family.moe else 1,
+        "head_dim": hf_config.get("head_dim") or family.head_dim or 0,
+        "n_experts": _experts(hf_config) if family.moe else 1,
         "experts_per_token": _field(hf_config, "num_experts_per_tok") if family.moe else 1,
-        "expert_dim": _field(hf_config, "intermediate_size"),
+        "expert_dim": _field(hf_config, family.expert_dim),
         "norm_eps": _field(hf_config, "rms_norm_eps"),
         "attention_bias": family.attention_bias,
+        "qk_norm": family.qk_norm,
         "tie_embeddings": bool(hf_config.get("tie_word_embeddings", False)),
-        "router_renormalize": True,  # Mixtral always renormalizes its top-k weights
+        "router_renormalize": _renormalizes(hf_config, family),
         "balancing": "aux_loss",
         **_rope_from_hf(hf_config, family.rope_theta),
     }
-    for name in ("mlp_bias", "attention_bias"):
-        if hf_config.get(name) and not family.attention_bias:
+    return apply_overrides(ModelConfig(**fields).without_techniques(), "model", overrides)
+
+
+def _check_supported(hf_config: dict, family: Family) -> None:
+    """Fail on the switches of config.json that give a model zen-coder's cannot compute."""
+    biases = {"attention_bias": "q, k, v and o", "mlp_bias": "the MLP"}
+    for name, where in biases.items():
+        if hf_config.get(name) and not (name == "attention_bias" and family.attention_bias):
             raise ZenCoderError(
-                f"config.json: {name}=true is not supported; zen-coder's model has no such biases"
+                f"config.json: {name}=true (biases on {where}) is not supported; zen-coder's "
+                "model has biases on q, k and v only, as Qwen2"
             )
     if hf_config.get("hidden_act", "silu") != "silu":
         raise ZenCoderError(
             f"config.json: hidden_act {hf_config['hidden_act']!r} is not supported; zen-coder's "
             "experts are SwiGLU (silu)"
         )
-    return apply_overrides(ModelConfig(**fields).without_techniques(), "model", overrides)
+    # Qwen3-MoE's dense layers among the sparse ones: every zen-coder block is a mixture.
+    if hf_config.get("decoder_sparse_step", 1) != 1:
+        raise ZenCoderError(
+            f"config.json: decoder_sparse_step {hf_config['decoder_sparse_step']} is not "
+            "supported; zen-coder's blocks are all mixtures of experts (decoder_sparse_step 1)"
+        )
+    if hf_config.get("mlp_only_layers"):
+        raise ZenCoderError(
+            f"config.json: mlp_only_layers {hf_config['mlp_only_layers']} is not supported; "
+            "zen-coder's blocks are all mixtures of experts (mlp_only_layers [])"
+        )
+
+
+def _experts(hf_config: dict) -> int:
+    """The number of experts: Mixtral's `num_local_experts`, or Qwen3-MoE's `num_experts`
+    (transformers 5 writes Qwen3-MoE's as `num_local_experts` too)."""
+    return hf_config.get("num_experts") or _field(hf_config, "num_local_experts")
+
+
+def _renormalizes(hf_config: dict, family: Family) -> bool:
+    """Whether the top-k routing weights are renormalized to sum to 1 (Mixtral always does)."""
+    if family.renormalize is None:
+        return True
+    name, default = family.renormalize
+    return bool(hf_config.get(name, default))
 
 
 def _architecture(hf_config: dict) -> str:
@@ -221,12 +283,19 @@ def _rope_from_hf(hf_config: dict, default_theta: float) -> dict[str, Any]:
     )
 
 
-def _config_to_hf(config: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
-    """config.json for `config`: Mixtral when it has experts, else Llama (Qwen2 with biases)."""
+def _export_architecture(config: ModelConfig) -> str:
+    """The family a model exports as: with q/k norms Qwen3, or Qwen3-MoE when it has experts;
+    without, Mixtral when it has experts, else Qwen2 with q/k/v biases, else Llama."""
+    if config.qk_norm:
+        return "Qwen3MoeForCausalLM" if config.n_experts > 1 else "Qwen3ForCausalLM"
     if config.n_experts > 1:
-        architecture = "MixtralForCausalLM"
-    else:
-        architecture = "Qwen2ForCausalLM" if config.attention_bias else "LlamaForCausalLM"
+        return "MixtralForCausalLM"
+    return "Qwen2ForCausalLM" if config.attention_bias else "LlamaForCausalLM"
+
+
+def _config_to_hf(config: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
+    """config.json for `config`, in the family `_export_architecture` chooses."""
+    architecture = _export_architecture(config)
     rope: dict[str, Any] = {"rope_type": "default", "rope_theta": config.rope_theta}
     if config.rope_scaling == "linear":
         rope |= {"rope_type": "linear", "factor": config.rope_factor}
@@ -258,16 +327,36 @@ def _config_to_hf(config: ModelConfig, dtype: torch.dtype) -> dict[str, Any]:
         "rope_scaling": None if config.rope_scaling == "none" else rope,
         "dtype": str(dtype).removeprefix("torch."),
     }
-    if config.n_experts > 1:
-        hf_config |= {
+    return hf_config | _family_fields(config, architecture)
+
+
+def _family_fields(config: ModelConfig, architecture: str) -> dict[str, Any]:
+    """The fields of config.json only `architecture` has. zen-coder attends to the whole
+    context, so every sliding window is off."""
+    no_window = {"use_sliding_window": False, "sliding_window": None}
+    if architecture == "MixtralForCausalLM":
+        return {
             "num_local_experts": config.n_experts,
             "num_experts_per_tok": config.experts_per_token,
             "router_aux_loss_coef": config.balance_loss_weight,
-            "sliding_window": None,  # zen-coder attends to the whole context
+            "sliding_window": None,
         }
-    elif config.attention_bias:
-        hf_config |= {"use_sliding_window": False, "sliding_window": None}
-    return hf_config
+    if architecture == "Qwen3MoeForCausalLM":
+        return no_window | {
+            "attention_bias": False,
+            "num_experts": config.n_experts,
+            "num_experts_per_tok": config.experts_per_token,
+            "moe_intermediate_size": config.expert_dim,
+            "norm_topk_prob": config.router_renormalize,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": [],
+            "router_aux_loss_coef": config.balance_loss_weight,
+        }
+    if architecture == "Qwen3ForCausalLM":
+        return no_window | {"attention_bias": False}
+    if architecture == "Qwen2ForCausalLM":
+        return no_window
+    return {}
 
 
 # -- the weight map -----------------------------------------------------------------------------
@@ -283,6 +372,8 @@ def _checkpoint_tensors(config: ModelConfig, layout: str) -> dict[str, Target]:
             if ("{i}" in hf_name) != (layer is not None):
                 continue
             if hf_name.endswith(".bias") and not config.attention_bias:
+                continue
+            if hf_name.endswith(("q_norm.weight", "k_norm.weight")) and not config.qk_norm:
                 continue
             if hf_name == "lm_head.weight" and config.tie_embeddings:
                 continue
@@ -450,11 +541,13 @@ def _upcycling(
 
 
 def _layout(moe: bool, files: dict[str, Path]) -> str:
-    """Which FEED_FORWARD_WEIGHTS names the checkpoint uses."""
+    """Which FEED_FORWARD_WEIGHTS names the checkpoint uses: the names tell, whichever family
+    the checkpoint is (transformers 5 holds Mixtral in memory under Qwen3-MoE's fused names)."""
     if not moe:
         return "dense"
-    fused = any(name.endswith(".mlp.experts.gate_up_proj") for name in files)
-    return "fused" if fused else "mixtral"
+    if any(name.endswith(".mlp.experts.gate_up_proj") for name in files):
+        return "fused"
+    return "qwen3_moe" if any(".mlp.experts." in name for name in files) else "mixtral"
 
 
 def _check_names(
@@ -512,8 +605,8 @@ def _load_tensor(
 
 
 def save_pretrained(model: ZenCoder, path: Path, *, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
-    """Write `model` as a folder `transformers.AutoModelForCausalLM.from_pretrained` loads:
-    Mixtral when it has experts, Llama (Qwen2 with q/k/v biases) when it has one.
+    """Write `model` as a folder `transformers.AutoModelForCausalLM.from_pretrained` loads, in
+    the family `_export_architecture` chooses (Llama, Qwen2, Qwen3, Mixtral or Qwen3-MoE).
 
     Each file is written under a temporary name and renamed, so a reader never sees a
     half-written file; weight files of an earlier save that this one does not replace are then
@@ -522,15 +615,10 @@ def save_pretrained(model: ZenCoder, path: Path, *, max_shard_bytes: int = MAX_S
     """
     config = model.config
     path = Path(path)
-    if config.n_experts > 1 and config.attention_bias:
-        raise ZenCoderError("Mixtral has no q/k/v biases; export a model with attention_bias off")
-    if config.n_experts > 1 and not config.router_renormalize:
-        raise ZenCoderError(
-            "Mixtral always renormalizes its top-k weights; export a model with "
-            "router_renormalize on"
-        )
+    architecture = _export_architecture(config)
+    _check_exportable(config, architecture)
     _warn_dropped_techniques(model, path)
-    layout = "mixtral" if config.n_experts > 1 else "dense"
+    layout = FAMILIES[architecture].layout
     tensors = {
         name: _export_tensor(model, target)
         for name, target in _checkpoint_tensors(config, layout).items()
@@ -559,6 +647,21 @@ def save_pretrained(model: ZenCoder, path: Path, *, max_shard_bytes: int = MAX_S
             stale.unlink()
     dtype = next(model.parameters()).dtype
     write_json_atomic(path / CONFIG, _config_to_hf(config, dtype), indent=2, sort_keys=False)
+
+
+def _check_exportable(config: ModelConfig, architecture: str) -> None:
+    """Fail where the chosen family cannot compute what `config` does."""
+    name, family = architecture.removesuffix("ForCausalLM"), FAMILIES[architecture]
+    if config.attention_bias and not family.attention_bias:
+        raise ZenCoderError(
+            f"{name} has no biases on q, k and v alone (only Qwen2, dense and without q/k "
+            "norms, has); export a model with attention_bias off"
+        )
+    if family.moe and family.renormalize is None and not config.router_renormalize:
+        raise ZenCoderError(
+            f"{name} always renormalizes its top-k weights; export a model with "
+            "router_renormalize on"
+        )
 
 
 def _warn_dropped_techniques(model: ZenCoder, path: Path) -> None:
