@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.inference.prompts import PROMPTS, ascii_piece
-from zen_coder.data.tokenizer import load_tokenizer, special_ids
+from zen_coder.data.tokenizer import load_tokenizer, read_tokenizer
 from zen_coder.errors import ZenCoderError
 from zen_coder.history.languages import LANGUAGES
 from zen_coder.inference.generation import GenerationConfig, cut_at_stop
@@ -55,7 +55,7 @@ def test_greedy_completions_are_the_models_argmax(native, native_folder):
 
 
 def test_special_tokens_spelled_in_a_prompt_are_those_tokens(native, native_folder):
-    ids = special_ids(load_tokenizer(native_folder))
+    ids = read_tokenizer(native_folder).ids
     prompt = "<|repo|>zen<|path|>a.py<|before|>x = 1\n<|after|>"
     by_id = [ids["<|repo|>"], *encode(native_folder, "zen"), ids["<|path|>"]]
     by_id += [*encode(native_folder, "a.py"), ids["<|before|>"], *encode(native_folder, "x = 1\n")]
