@@ -107,8 +107,8 @@ def test_text_that_spells_a_marker_stays_text(base):
 def test_transformers_reads_the_saved_folder_with_our_ids_and_the_bases_eos(
     base, tmp_path, monkeypatch
 ):
-    """Broken by hand once: writing zen-coder's own settings for a base (as before) reported
-    <|endoftext|> as the CodeLlama and plain bases' EOS and failed here."""
+    """Broken by hand once: writing zen-coder's own settings for a base (as before) failed here
+    for every base; transformers reported <|endoftext|> as the CodeLlama and plain bases' EOS."""
     transformers = pytest.importorskip("transformers")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     read = read_tokenizer(base.path)
@@ -185,8 +185,9 @@ def _documents(prepared: Path, split: str, eos: int) -> list[list[int]]:
 def test_prepare_frames_every_sample_with_the_bases_tokens(name, mined_dir, tmp_path):
     """Each document is BOS (where the base has one) ... EOS, in the base's ids, and its FIM
     samples use the base's markers; the spelled markers in pkg/spelled.py stayed text. Broken by
-    hand once: with `encode_special_tokens` left off, the spelled <|endoftext|> became an EOS and
-    the document count exceeded the sample count."""
+    hand once each: with `encode_special_tokens` left off, the spelled <|endoftext|> became an EOS
+    and the document count exceeded the sample count; with no BOS packed, the CodeLlama case
+    failed on the documents' first tokens."""
     base = BASES[name](tmp_path / "base")
     config = dataclasses.replace(SMALL, fim_rate=1.0, context_length=256)
     report = prepare(mined_dir, tmp_path / "prepared", config, tokenizer=base.path, benchmarks=[])
@@ -222,7 +223,8 @@ def test_prepare_frames_every_sample_with_the_bases_tokens(name, mined_dir, tmp_
 
 
 def test_changed_base_settings_rebuild_the_prepared_data(mined_dir, tmp_path):
-    """The settings beside tokenizer.json are part of the tokenizer: another EOS, another run."""
+    """The settings beside tokenizer.json are part of the tokenizer: another EOS, another run.
+    Broken by hand once: with only tokenizer.json in the identity, the second run was reused."""
     base = bases.qwen(tmp_path / "base")
     out = tmp_path / "prepared"
     first = prepare(mined_dir, out, SMALL, tokenizer=base.path, benchmarks=[])
