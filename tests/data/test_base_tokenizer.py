@@ -86,6 +86,17 @@ def test_eos_is_the_one_the_settings_name_and_a_pad_equal_to_it_is_not_the_pad(t
     assert (pretrained["<|endoftext|>"], pretrained["<|pad|>"]) == ("<|endoftext|>", "<|pad|>")
 
 
+def test_two_roles_never_share_a_token(tmp_path):
+    """A base whose EOS is also a family's file marker keeps it as the EOS; the path role gets a
+    token of its own (else every file marker would end a document). Broken by hand once: with
+    taken tokens allowed, both roles were <|file_sep|>."""
+    base = bases.qwen(tmp_path / "qwen", eos="<|file_sep|>")
+    read = read_tokenizer(base.path)
+    assert read.role_tokens()["<|endoftext|>"] == "<|file_sep|>"
+    assert read.role_tokens()["<|path|>"] == "<|path|>"
+    assert len(set(read.ids.values())) == len(SPECIAL_TOKENS)
+
+
 def test_a_lone_file_falls_back_to_what_the_file_says(tmp_path):
     """Without config.json the plain base's <eos> is unknown: an EOS of our own is added."""
     base = bases.plain(tmp_path / "plain")

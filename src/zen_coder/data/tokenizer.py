@@ -342,7 +342,7 @@ def _token_name(value: object) -> str | None:
 def _found_roles(
     tokenizer: Tokenizer, named: dict[str, Any], folder: Path | None, file: Path
 ) -> dict[str, int]:
-    """The roles the tokenizer has a token for, with its id."""
+    """The roles the tokenizer has a token for, with its id; no two roles share one."""
     ids: dict[str, int] = {}
     eos = _named_id(tokenizer, named, "eos_token", file)
     if eos is None and folder is not None:
@@ -350,17 +350,16 @@ def _found_roles(
     if eos is not None:
         ids[EOS] = eos
     pad = _named_id(tokenizer, named, "pad_token", file)
-    if pad is not None and pad != ids.get(EOS):
+    if pad is not None and pad != eos:
         ids[PAD] = pad
     for role in SPECIAL_TOKENS:
-        if role in ids or role == PAD:
+        if role in ids:
             continue
+        taken = set(ids.values())
         found = (tokenizer.token_to_id(token) for token in _CANDIDATES[role])
-        id_ = next((id_ for id_ in found if id_ is not None), None)
+        id_ = next((id_ for id_ in found if id_ is not None and id_ not in taken), None)
         if id_ is not None:
             ids[role] = id_
-    if PAD not in ids and tokenizer.token_to_id(PAD) not in (None, ids.get(EOS)):
-        ids[PAD] = tokenizer.token_to_id(PAD)
     return ids
 
 
