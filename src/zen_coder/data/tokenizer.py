@@ -285,8 +285,8 @@ def read_tokenizer(path: Path) -> RoleTokenizer:
     config.json or generation_config.json); pad is the named pad token when it is not the EOS
     (the trainer ignores pad targets, so a pad equal to EOS would hide every EOS target); every
     other role, and EOS where nothing names it, is its own name or a family's token
-    (BASE_FAMILY_TOKENS), whichever the tokenizer has first. Role tokens are special, so text
-    that spells one is encoded as text (`encode_special_tokens`).
+    (BASE_FAMILY_TOKENS), whichever the tokenizer has first. No two roles share a token. Role
+    tokens are special, so text that spells one is encoded as text (`encode_special_tokens`).
     """
     file = tokenizer_file(path)
     tokenizer = _read_tokenizer_json(file)
