@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.data import bases
 from tests.gitrepo import GitRepo
 
 
@@ -171,7 +172,14 @@ def test_prepare_prints_a_summary_and_errors_in_one_line(tmp_path):
     assert result.returncode == 0, result.stderr
     for text in ("vocabulary", "train", "validation", "commit_edit", "manifest:"):
         assert text in result.stdout
-    assert (out / "tokenizer.json").exists()
+    assert (out / "tokenizer.json").exists() and "added" not in result.stdout
+    base = bases.codellama(tmp_path / "codellama").path
+    args = ["prepare", str(mined), "--out", str(tmp_path / "p2"), "--tokenizer", str(base)]
+    result = zen_coder(
+        *args, "--quiet", "--set", "context_length=64", "--set", "decontaminate=false"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "12 special tokens added" in result.stdout
     assert_one_line_error(
         zen_coder("prepare", str(tmp_path / "nothing"), "--out", str(out)),
         2,

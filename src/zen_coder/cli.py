@@ -200,9 +200,12 @@ def print_prepare_summary(console: Console, report) -> None:
     overview = Table(title=f"zen-coder prepare → {report.out}", title_justify="left")
     overview.add_column("")
     overview.add_column("", justify="right")
+    vocabulary = f"{manifest['vocab_size']:,} tokens ({manifest['tokenizer_source']})"
+    if manifest["added_tokens"]:
+        vocabulary += f", {len(manifest['added_tokens'])} special tokens added"
     rows = [
         ("repositories", f"{manifest['repositories']:,}"),
-        ("vocabulary", f"{manifest['vocab_size']:,} tokens ({manifest['tokenizer_source']})"),
+        ("vocabulary", vocabulary),
         ("context length", f"{manifest['context_length']:,}"),
     ]
     for split, count in manifest["sequences"].items():
@@ -513,8 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument(
         "--tokenizer",
         type=Path,
-        help="use this tokenizer (a tokenizer.json or its folder, e.g. a base model's) "
-        "instead of training one",
+        help="use this tokenizer instead of training one: a base model's folder (its settings "
+        "are kept) or a tokenizer.json; the base's own EOS, BOS and fill-in-the-middle and file "
+        "markers frame the samples, and only the markers it lacks are added",
     )
     prep.add_argument(
         "--benchmarks",

@@ -16,8 +16,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from zen_coder.data.tokenizer import (
     SPECIAL_TOKENS,
     load_tokenizer,
+    read_tokenizer,
     save_tokenizer,
-    special_ids,
     train_tokenizer,
 )
 from zen_coder.errors import ZenCoderError
@@ -79,10 +79,12 @@ def test_compresses_python(tokenizer, corpus):
     assert len(text) / len(tokenizer.encode(text).ids) > 2.5
 
 
-def test_special_tokens_take_the_first_ids_in_order(tokenizer, loaded):
+def test_special_tokens_take_the_first_ids_in_order(tokenizer, saved):
     expected = {token: index for index, token in enumerate(SPECIAL_TOKENS)}
-    assert special_ids(tokenizer) == expected
-    assert special_ids(loaded) == expected
+    assert {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS} == expected
+    read = read_tokenizer(saved)
+    assert read.ids == expected
+    assert (read.bos_id, read.added) == (None, ())  # ours: no BOS, nothing to add
     assert len(SPECIAL_TOKENS) == 16
 
 
@@ -198,8 +200,8 @@ def _foreign_tokenizer(path: Path) -> int:
 
 def test_a_foreign_tokenizer_gets_the_missing_special_tokens(tmp_path):
     size = _foreign_tokenizer(tmp_path / "tokenizer.json")
-    tokenizer = load_tokenizer(tmp_path)
-    ids = special_ids(tokenizer)
+    read = read_tokenizer(tmp_path)
+    tokenizer, ids = read.tokenizer, read.ids
     assert ids["<|endoftext|>"] == 1
     others = [ids[token] for token in SPECIAL_TOKENS if token != "<|endoftext|>"]
     assert others == list(range(size, size + len(others)))
@@ -207,11 +209,6 @@ def test_a_foreign_tokenizer_gets_the_missing_special_tokens(tmp_path):
         encoded = tokenizer.encode(text).ids
         assert not set(encoded) & set(ids.values())
         assert _round_trips(tokenizer, text)
-
-
-def test_a_tokenizer_without_our_special_tokens_is_refused_by_special_ids():
-    with pytest.raises(ZenCoderError, match=r"has no <\|endoftext\|>, <\|pad\|>"):
-        special_ids(Tokenizer(models.BPE()))
 
 
 def test_missing_tokenizer_is_reported(tmp_path):

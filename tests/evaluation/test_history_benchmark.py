@@ -13,12 +13,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from tests.data import bases
 from tests.gitrepo import GitRepo
 from zen_coder.data.config import PrepareConfig
 from zen_coder.data.loader import open_split
+from zen_coder.data.pack import tokenize
 from zen_coder.data.pipeline import prepare
 from zen_coder.data.samples import RecordSamples
-from zen_coder.data.tokenizer import load_tokenizer
+from zen_coder.data.tokenizer import load_tokenizer, read_tokenizer
 from zen_coder.errors import ZenCoderError
 from zen_coder.evaluation.history_benchmark import (
     HistoryProblem,
@@ -251,6 +253,38 @@ def test_native_prompt_is_the_prepare_sample_up_to_the_new_file(project, problem
     assert history_prompt(problem, "zen-coder") + problem.after == text
     assert history_prompt(problem, "zen-coder").endswith("<|after|>")
     assert stop_sequences("zen-coder") == ("<|endoftext|>",)
+
+
+def test_a_base_tokenizers_markers_spell_the_native_prompt(project, tmp_path):
+    """Prepared with a Qwen-shaped instruct base (EOS <|im_end|>, <|repo_name|>, <|file_sep|>),
+    the prompt spells the base's tokens, and encoded as the native backend encodes a prompt it
+    is the very ids `prepare` trained on, up to the new file. Broken by hand once each: spelled
+    with zen-coder's own names (<|repo|>, which this tokenizer lacks), the ids differed; stopped
+    at the role's own name, the stop was <|endoftext|>, which this model never ends with."""
+    _, commits, mined = project
+    base = bases.qwen(tmp_path / "base", eos="<|im_end|>")
+    out = tmp_path / "prepared"
+    config = dataclasses.replace(PREPARE, edit_target="after")
+    prepare(mined, out, config, tokenizer=base.path, benchmarks=[])
+    problem = find(load_history_problems(out, tests=False), commits["tested"], "calc/ops.py")
+    prompt = history_prompt(problem, "zen-coder")
+    assert prompt.startswith("<|repo_name|>calc<|file_sep|>calc/ops.py<|lang|>Python<|before|>")
+    assert stop_sequences("zen-coder", problem.markers) == ("<|im_end|>",)
+    assert extract_file(f"{problem.after}<|file_sep|>x", "zen-coder", problem.markers) == (
+        problem.after
+    )
+    row = next(
+        r for r in mined_rows(mined) if r["commit"] == problem.commit and r["path"] == problem.path
+    )
+    sample = RecordSamples(config).commit_edit(
+        row, row["old_content"], row["new_content"], "validation"
+    )
+    tokenizer = read_tokenizer(out)
+    trained = tokenize([sample], tokenizer, {}, {})[0].tokens.tolist()
+    tokenizer.tokenizer.encode_special_tokens = False  # as NativeGenerator reads prompts
+    prompted = tokenizer.tokenizer.encode(prompt, add_special_tokens=False).ids
+    assert prompted[-1] == tokenizer.ids["<|after|>"] and len(trained) > len(prompted)
+    assert prompted == trained[: len(prompted)]
 
 
 def test_plain_prompt_asks_for_the_whole_file_in_a_fence(problems):

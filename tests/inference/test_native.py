@@ -3,19 +3,25 @@ sequences cut and end generation, batches of different-length prompts change not
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from tests.data import bases
 from tests.inference.prompts import PROMPTS, ascii_piece
-from zen_coder.data.tokenizer import load_tokenizer, special_ids
+from tests.models import LANGUAGE_TABLE
+from zen_coder.data.tokenizer import load_tokenizer, read_tokenizer, save_base_tokenizer
 from zen_coder.errors import ZenCoderError
 from zen_coder.history.languages import LANGUAGES
 from zen_coder.inference.generation import GenerationConfig, cut_at_stop
 from zen_coder.inference.native import NativeGenerator
-from zen_coder.model.folder import load_model
+from zen_coder.model.config import preset
+from zen_coder.model.folder import load_model, read_config, save_model
+from zen_coder.model.model import ZenCoder
 
 GREEDY = GenerationConfig(max_new_tokens=12)
 SAMPLED = GenerationConfig(n=4, temperature=1.0, top_p=0.95, max_new_tokens=12, seed=7)
@@ -26,10 +32,34 @@ def native(native_folder) -> NativeGenerator:
     return NativeGenerator(native_folder)
 
 
+@pytest.fixture(scope="module")
+def fine_tuned_folder(tmp_path_factory) -> Path:
+    """A native model as a run fine-tuned from a CodeLlama-shaped base saves it: its tokenizer is
+    the prepared data's (the base's, extended), so <s> starts a text and </s> ends one."""
+    root = tmp_path_factory.mktemp("fine-tuned")
+    tokenizer = root / "tokenizer"
+    tokenizer.mkdir()
+    save_base_tokenizer(read_tokenizer(bases.codellama(root / "base").path), tokenizer, 256)
+    config = dataclasses.replace(
+        preset("tiny"),
+        vocab_size=load_tokenizer(tokenizer).get_vocab_size(),
+        context_length=256,
+        d_model=64,
+        n_layers=2,
+        n_experts=4,
+        experts_per_token=2,
+        expert_dim=32,
+    )
+    torch.manual_seed(0)
+    folder = root / "model"
+    save_model(folder, config, ZenCoder(config).state_dict(), LANGUAGE_TABLE, tokenizer)
+    return folder
+
+
 def hand_rolled_greedy(folder, ids: list[int], steps: int) -> str:
     """Greedy decoding the long way: the whole sequence through the model for every token."""
     model, tokenizer = load_model(folder), load_tokenizer(folder)
-    eos = tokenizer.token_to_id("<|endoftext|>")
+    eos = read_tokenizer(folder).eos_id
     new: list[int] = []
     with torch.no_grad():
         for _ in range(steps):
@@ -55,7 +85,7 @@ def test_greedy_completions_are_the_models_argmax(native, native_folder):
 
 
 def test_special_tokens_spelled_in_a_prompt_are_those_tokens(native, native_folder):
-    ids = special_ids(load_tokenizer(native_folder))
+    ids = read_tokenizer(native_folder).ids
     prompt = "<|repo|>zen<|path|>a.py<|before|>x = 1\n<|after|>"
     by_id = [ids["<|repo|>"], *encode(native_folder, "zen"), ids["<|path|>"]]
     by_id += [*encode(native_folder, "a.py"), ids["<|before|>"], *encode(native_folder, "x = 1\n")]
@@ -162,3 +192,39 @@ def test_bad_inputs_are_one_line_errors(native_folder, native):
         NativeGenerator(native_folder.parent)
     with pytest.raises(ZenCoderError, match="prompt is empty"):
         native.complete([""], GREEDY)
+
+
+def test_a_fine_tuned_models_prompts_start_with_the_bases_bos(fine_tuned_folder):
+    """`prepare` started every sample with <s>; so does every prompt. The comparison can fail:
+    the same greedy decoding without <s> continues differently (and broken by hand once, with
+    no <s> prepended, the completion differed)."""
+    generator = NativeGenerator(fine_tuned_folder)
+    bos = generator.tokenizer.token_to_id("<s>")
+    ids = encode(fine_tuned_folder, PROMPTS[0])
+    with_bos = hand_rolled_greedy(fine_tuned_folder, [bos, *ids], GREEDY.max_new_tokens)
+    assert generator.complete(PROMPTS[:1], GREEDY) == [[with_bos]]
+    assert hand_rolled_greedy(fine_tuned_folder, ids, GREEDY.max_new_tokens) != with_bos
+
+
+def test_a_fine_tuned_model_stops_at_the_bases_eos(fine_tuned_folder, tmp_path):
+    """The output row of </s> is scaled so that the model's first token is </s>: the completion
+    is empty. Broken by hand once: ending at the token named <|endoftext|>, as before (this
+    tokenizer has none), ran on and returned "</s></s>..."."""
+    model = load_model(fine_tuned_folder)
+    tokenizer = read_tokenizer(fine_tuned_folder)
+    eos = tokenizer.eos_id
+    assert tokenizer.tokenizer.id_to_token(eos) == "</s>"
+    prompt = [tokenizer.bos_id, *encode(fine_tuned_folder, PROMPTS[0])]
+    with torch.no_grad():
+        first = model(torch.tensor([prompt])).logits[0, -1, eos]
+        model.head.weight[eos] *= 1000 * first.sign()
+    folder = tmp_path / "model"
+    save_model(
+        folder,
+        read_config(fine_tuned_folder),
+        model.state_dict(),
+        LANGUAGE_TABLE,
+        fine_tuned_folder,
+    )
+    assert hand_rolled_greedy(folder, prompt, 1) == ""
+    assert NativeGenerator(folder).complete(PROMPTS[:1], GREEDY) == [[""]]

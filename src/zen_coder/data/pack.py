@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from zen_coder.data.samples import Sample
+from zen_coder.data.tokenizer import RoleTokenizer
 from zen_coder.files import write_bytes_atomic
 
 CHANNELS = ("tokens", "repo", "language", "time", "segment")
@@ -41,29 +41,34 @@ class Document:
 
 def tokenize(
     samples: Sequence[Sample],
-    tokenizer: Tokenizer,
-    special_ids: dict[str, int],
+    tokenizer: RoleTokenizer,
     repo_ids: dict[str, int],
     language_ids: dict[str, int],
 ) -> list[Document]:
     """Encode the samples' text parts in one batch and assemble documents with their channels.
 
-    `encode_batch` runs in Rust threads without the GIL; special tokens go in by id.
+    `encode_batch` runs in Rust threads without the GIL; special tokens go in by id, each role
+    as the tokenizer's token for it. A document starts with the tokenizer's BOS where it has one
+    (a base that saw one before every text in pretraining) and ends with its EOS.
     """
     texts = [value for sample in samples for special, value, _ in sample.parts if not special]
-    encodings = iter(tokenizer.encode_batch(texts, add_special_tokens=False))
-    end_of_text = special_ids["<|endoftext|>"]
+    encodings = iter(tokenizer.tokenizer.encode_batch(texts, add_special_tokens=False))
+    role_ids = tokenizer.ids
     documents = []
     for sample in samples:
         ids: list[int] = []
         times: list[int] = []
         lengths: list[int] = []
+        if tokenizer.bos_id is not None:
+            ids.append(tokenizer.bos_id)
+            times.append(sample.parts[0][2])
+            lengths.append(1)
         for special, value, time in sample.parts:
-            piece = [special_ids[value]] if special else next(encodings).ids
+            piece = [role_ids[value]] if special else next(encodings).ids
             ids.extend(piece)
             times.append(time)
             lengths.append(len(piece))
-        ids.append(end_of_text)
+        ids.append(tokenizer.eos_id)
         times.append(sample.parts[-1][2])
         lengths.append(1)
         documents.append(

@@ -40,10 +40,11 @@ from zen_coder.data.samples import (
     validation_commits,
 )
 from zen_coder.data.tokenizer import (
-    load_tokenizer,
+    RoleTokenizer,
+    read_tokenizer,
+    save_base_tokenizer,
     save_tokenizer,
-    special_ids,
-    tokenizer_file,
+    tokenizer_sources,
     train_tokenizer,
 )
 from zen_coder.errors import ZenCoderError
@@ -56,7 +57,7 @@ from zen_coder.files import (
 )
 from zen_coder.history.languages import LANGUAGES
 
-FORMAT_VERSION = 2  # 2: the manifest records the split
+FORMAT_VERSION = 3  # 2: the manifest records the split; 3: a base tokenizer's own role tokens
 SPLITS = ("train", "validation")
 DEFAULT_BENCHMARKS = ("humaneval", "mbpp", "multipl-e")
 CHARS_PER_TOKEN = 3.0  # for cutting file histories into chunks of about one context
@@ -214,11 +215,15 @@ def _batches(samples: Iterator[Sample], size: int) -> Iterator[list[Sample]]:
 
 
 def _tokenizer_identity(tokenizer: Path | None) -> str:
-    """The given tokenizer by content: the same file copied elsewhere is the same tokenizer, and
-    another one written over the old path is not."""
+    """The given tokenizer by content (tokenizer.json and the settings read beside it): the same
+    files copied elsewhere are the same tokenizer, and others written over the old path are not."""
     if tokenizer is None:
         return "trained"
-    return "sha256:" + hashlib.sha256(tokenizer_file(tokenizer).read_bytes()).hexdigest()
+    digest = hashlib.sha256()
+    for source in tokenizer_sources(tokenizer):
+        digest.update(f"{source.name}\0{source.stat().st_size}\0".encode())
+        digest.update(source.read_bytes())
+    return "sha256:" + digest.hexdigest()
 
 
 def _previous_output(out: Path, identity: dict) -> dict | None:
@@ -273,12 +278,16 @@ def prepare(
     work.mkdir(parents=True)
     try:
         repositories = split_repositories(dataset, config.validation_fraction)
+        added: tuple[str, ...] = ()
         if tokenizer is not None:
-            tok = load_tokenizer(tokenizer)
+            base = read_tokenizer(tokenizer)
+            save_base_tokenizer(base, work, config.context_length)
+            added = base.added
         else:
             texts = _training_texts(dataset, repositories, config.tokenizer_train_chars)
-            tok = train_tokenizer(texts, config.vocab_size)
-        save_tokenizer(tok, work, config.context_length)
+            save_tokenizer(train_tokenizer(texts, config.vocab_size), work, config.context_length)
+        # Read back as training and inference will read it, so that all agree on the roles.
+        tok = read_tokenizer(work)
         index = None
         if sources:
             problems = [problem for source in sources for problem in load_problems(source)]
@@ -296,6 +305,7 @@ def prepare(
                     "repositories": {repo.name: repo.record() for repo in repositories},
                 },
                 "tokenizer_source": str(tokenizer.resolve()) if tokenizer else "trained",
+                "added_tokens": list(added),
                 "benchmarks": identity["benchmarks"],
                 "seconds": round(time.monotonic() - started, 2),
             }
@@ -313,7 +323,7 @@ def _write_splits(
     dataset: MinedDataset,
     repositories: list[RepositorySplit],
     config: PrepareConfig,
-    tok,
+    tok: RoleTokenizer,
     index: BenchmarkIndex | None,
     progress: Callable[[int], Callable[[int], None]] | None,
 ) -> dict:
@@ -321,11 +331,10 @@ def _write_splits(
     language_names = ["<unknown>", *LANGUAGES]
     repo_ids = {name: number for number, name in enumerate(repo_names) if number}
     language_ids = {name: number for number, name in enumerate(language_names) if number}
-    ids = special_ids(tok)
-    dtypes = channel_dtypes(tok.get_vocab_size(), len(repo_names), config.context_length)
+    dtypes = channel_dtypes(tok.tokenizer.get_vocab_size(), len(repo_names), config.context_length)
     writers = {
         split: SplitWriter(
-            work / split, config.context_length, dtypes, ids["<|pad|>"], seed=config.seed
+            work / split, config.context_length, dtypes, tok.pad_id, seed=config.seed
         )
         for split in SPLITS
     }
@@ -354,7 +363,7 @@ def _write_splits(
                         "task_id": problem.task_id,
                     }
                 )
-            documents = tokenize(kept, tok, ids, repo_ids, language_ids)
+            documents = tokenize(kept, tok, repo_ids, language_ids)
             for sample, document in zip(kept, documents, strict=True):
                 writers[sample.split].add(document)
                 key = f"{sample.split}/{sample.format}"
@@ -376,8 +385,9 @@ def _write_splits(
     return {
         "format_version": FORMAT_VERSION,
         "config": config.to_dict(),
-        "vocab_size": tok.get_vocab_size(),
-        "special_tokens": ids,
+        "vocab_size": tok.tokenizer.get_vocab_size(),
+        "special_tokens": tok.ids,
+        "bos_token_id": tok.bos_id,
         "context_length": config.context_length,
         "channels": dtypes,
         "sequences": sequences,

@@ -12,8 +12,12 @@ temporal position (the file's history position) its tokens carry. The formats:
                   <|repo|>r<|path|>p<|lang|>l<|fim_suffix|>suf<|fim_prefix|>pre<|fim_middle|>mid
     instruction   <|instruction|>msg<|before|>old<|response|>diff
 
-Each ends with <|endoftext|> when packed. Special tokens are inserted by id, never parsed from
-text, so a file that contains "<|endoftext|>" cannot forge one.
+Each ends with <|endoftext|> when packed, and starts with the tokenizer's BOS where it has one.
+The special tokens named here are roles: with a base model's tokenizer each is the base's own
+token for it where it has one (zen_coder.data.tokenizer.BASE_FAMILY_TOKENS), so a Qwen2.5-Coder
+base sees <|repo_name|>r<|file_sep|>p... and its own fill-in-the-middle markers. Special tokens
+are inserted by id, never parsed from text, so a file that contains "<|endoftext|>" cannot forge
+one.
 """
 
 from __future__ import annotations

@@ -216,7 +216,7 @@ def _history_task(benchmark: str, problem: HistoryProblem, template: str) -> Tas
         task_id=problem.task_id,
         language=problem.language.lower(),
         prompt=history_prompt(problem, template),
-        stop=stop_sequences(template),
+        stop=stop_sequences(template, problem.markers),
         tests="",
         reference=problem.after,
     )

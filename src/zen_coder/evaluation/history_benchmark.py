@@ -20,8 +20,8 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path, PurePosixPath
 
@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from zen_coder.data.pipeline import prepared_split
 from zen_coder.data.records import read_shard
-from zen_coder.data.tokenizer import SPECIAL_TOKENS
+from zen_coder.data.tokenizer import EOS, SPECIAL_TOKENS, read_tokenizer
 from zen_coder.errors import ZenCoderError
 from zen_coder.evaluation.sandbox import Limits, Sandbox
 from zen_coder.files import user_cache_dir
@@ -59,7 +59,8 @@ TEST_LIMITS = Limits(wall_seconds=120.0, memory_bytes=4 << 30)
 
 PROMPT_TEMPLATES: dict[str, str] = {
     # `zen-coder prepare`'s commit_edit sample with edit_target "after", cut where the new file
-    # begins: a native model continues with the file and then <|endoftext|>.
+    # begins: a native model continues with the file and then <|endoftext|>. Each special token
+    # is a role, spelled as the prepared data's tokenizer spells it (HistoryProblem.markers).
     "zen-coder": (
         "<|repo|>{repo}<|path|>{path}<|lang|>{language}"
         "<|before|>{before}<|message|>{message}<|after|>"
@@ -73,7 +74,10 @@ PROMPT_TEMPLATES: dict[str, str] = {
         "`{path}` in a single fenced code block, and nothing else.\n"
     ),
 }
-_STOP = {"zen-coder": ("<|endoftext|>",), "plain": ()}
+_STOP = {"zen-coder": (EOS,), "plain": ()}
+# The roles spelled as a tokenizer `prepare` trained spells them: by their own names.
+OWN_MARKERS: Mapping[str, str] = {role: role for role in SPECIAL_TOKENS}
+_ROLE = re.compile("|".join(map(re.escape, SPECIAL_TOKENS)))
 _FENCED = re.compile(r"^(`{3,})[^`\n]*\n(.*?)(?:^\1`*[ \t]*$|\Z)", re.MULTILINE | re.DOTALL)
 
 
@@ -91,6 +95,9 @@ class HistoryProblem:
     diff: str
     source: str | None  # the repository's path or URL from the mined manifest, for its tests
     test_command: tuple[str, ...] | None  # run from the checkout's root; "python": the evaluator's
+    # Each role's token as the prepared data's tokenizer spells it: a model fine-tuned from a
+    # base learned the base's tokens (its EOS, its file markers) for zen-coder's roles.
+    markers: Mapping[str, str] = field(default_factory=lambda: OWN_MARKERS)
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,8 @@ def load_history_problems(
     ]
     rows = list(_in_turn(per_repository))[:limit]
     commands = {source: _TestCommands(source) for source in sources.values() if tests and source}
-    return [_problem(row, sources.get(row["repo"]), commands) for row in rows]
+    markers = read_tokenizer(Path(prepared)).role_tokens()
+    return [_problem(row, sources.get(row["repo"]), commands, markers) for row in rows]
 
 
 def _validation_modifications(shards: list[Path], held_out: set[str], max_chars: int) -> list[dict]:
@@ -150,7 +158,9 @@ def _validation_modifications(shards: list[Path], held_out: set[str], max_chars:
     return sorted(rows, key=lambda row: (row["committer_time"], row["commit"], row["path"]))
 
 
-def _problem(row: dict, source: str | None, commands: dict[str, _TestCommands]) -> HistoryProblem:
+def _problem(
+    row: dict, source: str | None, commands: dict[str, _TestCommands], markers: Mapping[str, str]
+) -> HistoryProblem:
     tested = row["language"] == "Python" and source in commands
     return HistoryProblem(
         task_id=f"{row['repo']}@{row['commit'][:12]}:{row['path']}",
@@ -165,6 +175,7 @@ def _problem(row: dict, source: str | None, commands: dict[str, _TestCommands]) 
         diff=row["diff"],
         source=source,
         test_command=commands[source].for_file(row["commit"], row["path"]) if tested else None,
+        markers=markers,
     )
 
 
@@ -250,25 +261,33 @@ def history_prompt(problem: HistoryProblem, template: str) -> str:
         "fence": _fence_for(problem.before),
         "info": problem.language.lower().replace(" ", ""),
     }
-    return _template(template).format(**fields)
+    spelled = _ROLE.sub(lambda role: _literal(problem.markers[role.group()]), _template(template))
+    return spelled.format(**fields)
 
 
-def stop_sequences(template: str) -> tuple[str, ...]:
+def _literal(text: str) -> str:
+    """`text` as it reads in a template for str.format."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def stop_sequences(template: str, markers: Mapping[str, str] = OWN_MARKERS) -> tuple[str, ...]:
+    """Where a completion for `template` ends, each role as `markers` spell it."""
     _template(template)
-    return _STOP[template]
+    return tuple(markers[role] for role in _STOP[template])
 
 
-def extract_file(completion: str, template: str) -> str:
+def extract_file(completion: str, template: str, markers: Mapping[str, str] = OWN_MARKERS) -> str:
     """The file a completion proposes.
 
-    A native model writes the file and stops at <|endoftext|>; anything after a special token is
-    not the file. A plain-template model answers with fenced blocks: the longest one is taken, as
-    chat models sometimes quote a snippet before the whole file; an unclosed block (the answer ran
-    out of tokens) counts up to the end, and an answer without a fence counts whole.
+    A native model writes the file and stops at its EOS; anything after a role's token (as
+    `markers` spell them) is not the file. A plain-template model answers with fenced blocks:
+    the longest one is taken, as chat models sometimes quote a snippet before the whole file; an
+    unclosed block (the answer ran out of tokens) counts up to the end, and an answer without a
+    fence counts whole.
     """
     _template(template)
     if template == "zen-coder":
-        return re.split("|".join(map(re.escape, SPECIAL_TOKENS)), completion, maxsplit=1)[0]
+        return re.split("|".join(map(re.escape, markers.values())), completion, maxsplit=1)[0]
     blocks = [match.group(2) for match in _FENCED.finditer(completion)]
     return max(blocks, key=len) if blocks else completion
 
@@ -366,7 +385,7 @@ def score(
 ) -> HistoryScore:
     """Score one completion. Tests run in sandbox slot `sandbox_slot` with `python` (default:
     this interpreter), which must have pytest and the project's dependencies installed."""
-    proposed = extract_file(completion, template)
+    proposed = extract_file(completion, template, problem.markers)
     normalized = normalize(proposed)
     exact = normalized == problem.after
     similarity = edit_similarity(normalized, problem.after)

@@ -16,7 +16,7 @@ import torch
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from zen_coder.data.tokenizer import load_tokenizer, special_ids
+from zen_coder.data.tokenizer import read_tokenizer
 from zen_coder.errors import ZenCoderError
 from zen_coder.inference.generation import GenerationConfig, complete_in_batches, cut_at_stop
 from zen_coder.model.folder import WEIGHTS_FILE, load_model, read_languages
@@ -48,8 +48,11 @@ class NativeGenerator:
     """Greedy or nucleus sampling from a zen-coder model with `ZenCoder.generate`.
 
     Special tokens spelled out in a prompt ("<|repo|>", "<|after|>", ...) are encoded as those
-    tokens, as `prepare` inserts them by id, so prompts in the training format work; completions
-    end at <|endoftext|> and show any other special token as its text, where a caller can cut.
+    tokens, as `prepare` inserts them by id, so prompts in the training format work; a model
+    fine-tuned from a base spells its roles with the base's tokens (`RoleTokenizer.role_tokens`).
+    Every prompt starts with the tokenizer's BOS where `prepare` started every sample with it.
+    Completions end at the model's EOS and show any other special token as its text, where a
+    caller can cut.
     `config.extra["language"]`, a language name such as "Python" (any case), sets the language
     side channel for language routing, by the id the model was trained with (the folder's
     language table); without it, or for a language the model does not know, it is unknown.
@@ -60,11 +63,11 @@ class NativeGenerator:
         self.device = torch.device(device)
         self.model = load_model(self.folder).to(device=self.device, dtype=torch_dtype(dtype))
         self.language_ids = language_ids(read_languages(self.folder))  # the ids it learned
-        self.tokenizer = load_tokenizer(self.folder)
+        roles = read_tokenizer(self.folder)  # the prepared data's, which the model learned
+        self.tokenizer = roles.tokenizer
         # Prompts spell special tokens as text ("<|repo|>...<|after|>") where `prepare` put ids.
         self.tokenizer.encode_special_tokens = False
-        ids = special_ids(self.tokenizer)
-        self.eos_id, self.pad_id = ids["<|endoftext|>"], ids["<|pad|>"]
+        self.eos_id, self.pad_id, self.bos_id = roles.eos_id, roles.pad_id, roles.bos_id
 
     def identity(self) -> dict[str, Any]:
         config = self.model.config
@@ -96,7 +99,8 @@ class NativeGenerator:
         self, rows: list[str], config: GenerationConfig, generator: torch.Generator, language: int
     ) -> list[str]:
         encodings = self.tokenizer.encode_batch(rows, add_special_tokens=False)
-        encoded = [encoding.ids for encoding in encodings]
+        start = [] if self.bos_id is None else [self.bos_id]
+        encoded = [start + encoding.ids for encoding in encodings]
         if not all(encoded):
             raise ZenCoderError("a prompt is empty; a native model needs at least one token")
         width = max(len(ids) for ids in encoded)
