@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shutil
 import sys
 from pathlib import Path
 
@@ -194,16 +195,23 @@ def test_bad_inputs_are_one_line_errors(native_folder, native):
         native.complete([""], GREEDY)
 
 
-def test_a_fine_tuned_models_prompts_start_with_the_bases_bos(fine_tuned_folder):
+def test_a_fine_tuned_models_prompts_start_with_the_bases_bos(fine_tuned_folder, tmp_path):
     """`prepare` started every sample with <s>; so does every prompt. The comparison can fail:
-    the same greedy decoding without <s> continues differently (and broken by hand once, with
-    no <s> prepended, the completion differed)."""
-    generator = NativeGenerator(fine_tuned_folder)
-    bos = generator.tokenizer.token_to_id("<s>")
-    ids = encode(fine_tuned_folder, PROMPTS[0])
-    with_bos = hand_rolled_greedy(fine_tuned_folder, [bos, *ids], GREEDY.max_new_tokens)
-    assert generator.complete(PROMPTS[:1], GREEDY) == [[with_bos]]
-    assert hand_rolled_greedy(fine_tuned_folder, ids, GREEDY.max_new_tokens) != with_bos
+    the attention outputs are made large, so that what a prompt starts with reaches the next
+    token (a random model's greedy text depends on the last token only), and a prompt without
+    <s> then continues differently. Broken by hand once (no <s> prepended), it failed."""
+    folder = tmp_path / "model"
+    shutil.copytree(fine_tuned_folder, folder)
+    model = load_model(folder)
+    bos = read_tokenizer(folder).bos_id
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attention.o.weight *= 100
+    save_model(folder, model.config, model.state_dict(), LANGUAGE_TABLE, folder)
+    ids = encode(folder, PROMPTS[0])
+    with_bos = hand_rolled_greedy(folder, [bos, *ids], GREEDY.max_new_tokens)
+    assert hand_rolled_greedy(folder, ids, GREEDY.max_new_tokens) != with_bos
+    assert NativeGenerator(folder).complete(PROMPTS[:1], GREEDY) == [[with_bos]]
 
 
 def test_a_fine_tuned_model_stops_at_the_bases_eos(fine_tuned_folder, tmp_path):
