@@ -6,9 +6,9 @@ runs on CPU with gloo, and runs `train` on the same model and batches in its own
 reference. Each rank saves OUT/rank-R.pt after it has left the run: the per-step losses, every
 parameter's whole gradient after the first step, the logits of the trained model on the first
 global batch, its sharding plan and the bytes of expert weights it holds, the first step's
-gradients with each kind of activation checkpointing, the same training with CPU offload (with
-data parallelism), the logits of the model started on the meta device, the bfloat16 steps
-(eager and compiled) and the gloo threads still alive after `shutdown`.
+gradients with each kind of activation checkpointing, the logits of the model started on the
+meta device, the same training started there with CPU offload (with data parallelism), the
+bfloat16 steps (eager and compiled) and the gloo threads still alive after `shutdown`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,13 @@ from torch.distributed.tensor import DTensor
 from tests.model.compare import full, gradients
 from zen_coder.model.config import preset
 from zen_coder.model.model import ZenCoder, next_token_targets
-from zen_coder.training.parallelize import Distributed, init_distributed, parallelize, shutdown
+from zen_coder.training.parallelize import (
+    Distributed,
+    init_distributed,
+    materialize,
+    parallelize,
+    shutdown,
+)
 
 # Every technique on. No repository dropout: it draws random numbers per sequence, so a rank
 # holding half the batch would draw different ones than the single-process reference.
@@ -217,8 +223,9 @@ def trained(model: ZenCoder, dist: Distributed, steps: list[list[Batch]]) -> dic
 
 
 def offloaded(dist: Distributed, steps: list[list[Batch]]) -> dict:
-    """Trained with FSDP's CPU offload, and the offload policy each sharded module took."""
-    model = parallelize(build_model(), dist, cpu_offload=True)
+    """Started on the meta device and trained with FSDP's CPU offload, and the offload policy
+    each sharded module took."""
+    model = meta_start(dist, cpu_offload=True)
     modules = [*model.blocks, model]
     policies = [type(m._get_fsdp_state()._fsdp_param_group.offload_policy) for m in modules]
     return {**trained(model, dist, steps), "policies": [policy.__name__ for policy in policies]}
@@ -229,14 +236,13 @@ def first_step(model: ZenCoder, steps: list[list[Batch]]) -> dict[str, Tensor]:
     return train(model, steps[:1])[1]
 
 
-def meta_start(dist: Distributed) -> ZenCoder:
-    """The model built on the meta device, parallelized, materialized on this rank's device
-    and filled with build_model's weights, each rank taking its own shards of them."""
+def meta_start(dist: Distributed, cpu_offload: bool = False) -> ZenCoder:
+    """The model built on the meta device, parallelized, materialized and filled with
+    build_model's weights, each rank taking its own shards of them."""
     with torch.device("meta"):
         model = ZenCoder(CONFIG)
-    parallelize(model, dist)
-    model.to_empty(device=dist.device)
-    model.init_non_persistent_buffers()
+    parallelize(model, dist, cpu_offload=cpu_offload)
+    materialize(model, dist, cpu_offload)
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, build_model().state_dict(), options=options)
     return model

@@ -41,6 +41,7 @@ from zen_coder.training.config import TrainConfig, load_run_config
 from zen_coder.training.parallelize import (
     Distributed,
     init_distributed,
+    materialize,
     parallelize,
     shutdown,
 )
@@ -122,7 +123,7 @@ def test_checkpointed_blocks_compute_what_one_process_does(layout, parts, reques
 @pytest.mark.parametrize(("layout", "parts"), [("data_parallel", 2), ("both", 2)])
 def test_cpu_offload_trains_what_one_process_does(layout, parts, request):
     """FSDP2's CPU offload runs on a CPU-only machine too (shards not pinned: pinning needs a
-    GPU) and trains exactly what the run without it does."""
+    GPU) and trains exactly what the run without it does, here from a meta-device start."""
     expected = reference(parts)
     for report in request.getfixturevalue(layout):
         offloaded = report["offloaded"]
@@ -362,8 +363,7 @@ def test_a_model_started_on_the_meta_device_computes_what_the_eager_one_does_alo
     with torch.device("meta"):
         model = ZenCoder(CONFIG)
     parallelize(model, ALONE, activation_checkpointing="full")
-    model.to_empty(device="cpu")
-    model.init_non_persistent_buffers()
+    materialize(model, ALONE)
     model.load_state_dict(build_model().state_dict())
     expected = logits(build_model(), global_batches()[0])
     error = relative_error(logits(model, global_batches()[0]), expected)

@@ -138,10 +138,10 @@ def parallelize(
 
     Every rank must hold the same full weights (build the model from the same seed on
     dist.device), or none yet: a model built on the meta device is parallelized as it is, then
-    materialized (`model.to_empty(device=...)`, `model.init_non_persistent_buffers()`) and
-    filled, each rank in its own shards. Tensor parallelism comes first because FSDP2 shards
-    the tensor-parallel shards further, along "dp"; checkpointing comes before compiling so
-    that each block compiles with its recomputation in the graph.
+    given memory by `materialize` and filled, each rank in its own shards. Tensor parallelism
+    comes first because FSDP2 shards the tensor-parallel shards further, along "dp";
+    checkpointing comes before compiling so that each block compiles with its recomputation in
+    the graph.
 
     `param_dtype` (bfloat16) is the dtype FSDP gathers parameters in for compute; gradients are
     still reduced in float32 and the sharded master weights stay float32. It applies only
@@ -163,6 +163,22 @@ def parallelize(
     if dist.dp_size > 1:
         _fully_shard(model, dist, param_dtype, cpu_offload)
     return model
+
+
+def materialize(model: ZenCoder, dist: Distributed, cpu_offload: bool = False) -> None:
+    """Give a model built on the meta device, and parallelized, its memory on this rank: its
+    own shards only. The parameters and the persistent buffers (expert biases) then hold
+    whatever memory was there, until loaded or reset; the non-persistent buffers (rotary and
+    temporal frequencies), which no checkpoint holds, are computed.
+
+    Under CPU offload FSDP keeps the parameter shards in host memory and refuses them on the
+    GPU, so they are materialized there, while the buffers go to the device, where the forward
+    reads them."""
+    model.to_empty(device="cpu" if cpu_offload else dist.device)
+    for module in model.modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            setattr(module, name, buffer.to(dist.device))
+    model.init_non_persistent_buffers()
 
 
 def _check(
