@@ -178,6 +178,8 @@ class Attention(nn.Module):
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
     def _with_time(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+        # A [1, 1] input: with a 1-D one the product is squeezed in place, which selective
+        # activation checkpointing refuses (it keeps the products' outputs unchanged).
         table = self.temporal(q.new_ones(1, 1, dtype=self.temporal.weight.dtype))
         c, s = table.view(-1, 2, 1, self.frequencies).unbind(1)  # each [H, 1, M]
         # Scaled by sqrt(Hd) so that SDPA's 1/sqrt(Hd) leaves the bias itself in the score.
