@@ -5,8 +5,10 @@ tests.training.parallel_run --tensor-parallel TP [--bfloat16] OUT`) with GPUs hi
 runs on CPU with gloo, and runs `train` on the same model and batches in its own process as the
 reference. Each rank saves OUT/rank-R.pt after it has left the run: the per-step losses, every
 parameter's whole gradient after the first step, the logits of the trained model on the first
-global batch, its sharding plan, the bfloat16 steps (eager and compiled) and the gloo
-threads still alive after `shutdown`.
+global batch, its sharding plan and the bytes of expert weights it holds, the first step's
+gradients with each kind of activation checkpointing, the logits of the model started on the
+meta device, the same training started there with CPU offload (with data parallelism), the
+bfloat16 steps (eager and compiled) and the gloo threads still alive after `shutdown`.
 """
 
 from __future__ import annotations
@@ -18,12 +20,19 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_dist
 from torch import Tensor
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.tensor import DTensor
 
 from tests.model.compare import full, gradients
 from zen_coder.model.config import preset
 from zen_coder.model.model import ZenCoder, next_token_targets
-from zen_coder.training.parallelize import Distributed, init_distributed, parallelize, shutdown
+from zen_coder.training.parallelize import (
+    Distributed,
+    init_distributed,
+    materialize,
+    parallelize,
+    shutdown,
+)
 
 # Every technique on, and Qwen3's q/k norms. No repository dropout: it draws random numbers per
 # sequence, so a rank holding half the batch would draw different ones than the single-process
@@ -184,19 +193,71 @@ def main() -> None:
 def _run(dist: Distributed, bfloat16: bool) -> dict:
     """Everything this rank reports but its threads; the models it built are gone on return."""
     model = parallelize(build_model(), dist)
+    plan, expert_bytes = describe(model), local_bytes(model, ".moe.experts.")
     steps = [[share(batch, dist.dp_rank, dist.dp_size)] for batch in global_batches()]
-    losses, first = train(model, steps)
-    torch_dist.all_reduce(losses)  # tensor-parallel ranks hold equal losses: mean over "dp"
     fields = ("rank", "world_size", "local_rank", "dp_rank", "dp_size", "tp_size", "is_main")
     return {
-        "losses": losses / dist.world_size,
-        "gradients": first,
-        "plan": describe(model),  # before a forward, which leaves FSDP's root unsharded
-        "logits": logits(model, global_batches()[0]),
+        **trained(model, dist, steps),
+        "plan": plan,  # before a forward, which leaves FSDP's root unsharded
+        "expert_bytes": expert_bytes,
+        "checkpointed": {
+            mode: first_step(parallelize(build_model(), dist, activation_checkpointing=mode), steps)
+            for mode in ("full", "selective")
+        },
+        "offloaded": offloaded(dist, steps) if dist.dp_size > 1 else None,
+        "meta_start_logits": logits(meta_start(dist), global_batches()[0]),
         "rank": {name: getattr(dist, name) for name in fields},
         "mesh": list(dist.mesh.mesh_dim_names),
         "bfloat16": bfloat16_steps(dist) if bfloat16 else None,
     }
+
+
+def trained(model: ZenCoder, dist: Distributed, steps: list[list[Batch]]) -> dict:
+    """Train on the steps: the mean loss of each step over the data-parallel ranks, the first
+    step's whole gradients and the trained model's logits on the first global batch."""
+    losses, first = train(model, steps)
+    torch_dist.all_reduce(losses)  # tensor-parallel ranks hold equal losses: mean over "dp"
+    return {
+        "losses": losses / dist.world_size,
+        "gradients": first,
+        "logits": logits(model, global_batches()[0]),
+    }
+
+
+def offloaded(dist: Distributed, steps: list[list[Batch]]) -> dict:
+    """Started on the meta device and trained with FSDP's CPU offload, and the offload policy
+    each sharded module took."""
+    model = meta_start(dist, cpu_offload=True)
+    modules = [*model.blocks, model]
+    policies = [type(m._get_fsdp_state()._fsdp_param_group.offload_policy) for m in modules]
+    return {**trained(model, dist, steps), "policies": [policy.__name__ for policy in policies]}
+
+
+def first_step(model: ZenCoder, steps: list[list[Batch]]) -> dict[str, Tensor]:
+    """The whole gradients of the first step."""
+    return train(model, steps[:1])[1]
+
+
+def meta_start(dist: Distributed, cpu_offload: bool = False) -> ZenCoder:
+    """The model built on the meta device, parallelized, materialized and filled with
+    build_model's weights, each rank taking its own shards of them."""
+    with torch.device("meta"):
+        model = ZenCoder(CONFIG)
+    parallelize(model, dist, cpu_offload=cpu_offload)
+    materialize(model, dist, cpu_offload)
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, build_model().state_dict(), options=options)
+    return model
+
+
+def local_bytes(model: ZenCoder, part: str) -> int:
+    """Bytes this rank holds of the parameters whose names contain `part`."""
+    total = 0
+    for name, parameter in model.named_parameters():
+        if part in name:
+            local = parameter.to_local() if isinstance(parameter, DTensor) else parameter
+            total += local.numel() * local.element_size()
+    return total
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""`zen-coder train` itself under torchrun, as the README starts it: data-parallel,
-tensor-parallel and 2-D (data 2 x tensor 2) runs of the real trainer, gloo on CPU, against one
-process on the same recipe, steps and seed.
+"""`zen-coder train` itself under torchrun, as the README starts it: data-parallel (with full
+activation checkpointing), tensor-parallel and 2-D (data 2 x tensor 2, with selective
+checkpointing and FSDP's CPU offload) runs of the real trainer, gloo on CPU, against one process
+on the same recipe, steps and seed.
 
 Each layout is one launch shared by its tests. They compare the per-step training and
 validation losses (metrics.jsonl), every exported weight and the exported model's logits on a
@@ -34,7 +35,13 @@ from zen_coder.training.trainer import train
 # every layout draws the same (none).
 RECIPE = ["train.steps=3", "model.repo_dropout=0"]
 LOSS_TOLERANCE, WEIGHT_TOLERANCE, LOGITS_TOLERANCE = 1e-5, 1e-2, 1e-4
-LAYOUTS = {"data_parallel": (2, 1), "tensor_parallel": (2, 2), "both": (4, 2)}
+# Processes, tensor-parallel ranks and the recipe's other parallel switches, which change how
+# the run computes, never what.
+LAYOUTS = {
+    "data_parallel": (2, 1, ["train.activation_checkpointing=full"]),
+    "tensor_parallel": (2, 2, []),
+    "both": (4, 2, ["train.activation_checkpointing=selective", "train.cpu_offload=true"]),
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +54,11 @@ def single(data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module", params=list(LAYOUTS))
 def parallel(request, data, tmp_path_factory) -> Path:
     """One torchrun launch of `python -m zen_coder.training` per layout."""
-    processes, tensor_parallel = LAYOUTS[request.param]
+    processes, tensor_parallel, switches = LAYOUTS[request.param]
     out = tmp_path_factory.mktemp(request.param) / "run"
     arguments = ["--data", str(data), "--out", str(out), "--quiet"]
     arguments += ["--config", str(ROOT / "configs" / "tiny.toml")]
-    for setting in [*FAST, *RECIPE, f"train.tensor_parallel={tensor_parallel}"]:
+    for setting in [*FAST, *RECIPE, f"train.tensor_parallel={tensor_parallel}", *switches]:
         arguments += ["--set", setting]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc-per-node", str(processes), "-m", "zen_coder.training", *arguments]

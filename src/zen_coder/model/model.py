@@ -16,6 +16,7 @@ in a packed sequence). The card's four techniques use them, each behind a switch
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -184,7 +185,9 @@ class Attention(nn.Module):
         return self.o(y.transpose(1, 2).reshape(B, T, -1))
 
     def _with_time(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
-        table = self.temporal(q.new_ones(1, dtype=self.temporal.weight.dtype))
+        # A [1, 1] input: with a 1-D one the product is squeezed in place, which selective
+        # activation checkpointing refuses (it keeps the products' outputs unchanged).
+        table = self.temporal(q.new_ones(1, 1, dtype=self.temporal.weight.dtype))
         c, s = table.view(-1, 2, 1, self.frequencies).unbind(1)  # each [H, 1, M]
         # Scaled by sqrt(Hd) so that SDPA's 1/sqrt(Hd) leaves the bias itself in the score.
         root = self.head_dim**0.5
@@ -236,12 +239,29 @@ class Experts(nn.Module):
         self.w2 = nn.Parameter(torch.empty(experts, width, expert_width))  # down projection
 
     def forward(self, routed: Tensor, ends: Tensor) -> Tensor:
-        """routed [rows, D], grouped by expert, group e ending at row ends[e]; in its dtype."""
+        """routed [rows, D], grouped by expert, group e ending at row ends[e]; in its dtype.
+
+        Split by tensor parallelism, the weights are DTensors holding a slice of the expert
+        width, and the output is this rank's partial sum (parallelize sums them)."""
         dtype = routed.dtype
-        gate = torch._grouped_mm(routed, self.w1.to(dtype).transpose(1, 2), offs=ends)
-        up = torch._grouped_mm(routed, self.w3.to(dtype).transpose(1, 2), offs=ends)
+        w1, w3, w2 = (_local(weight).to(dtype) for weight in (self.w1, self.w3, self.w2))
+        gate = torch._grouped_mm(routed, w1.transpose(1, 2), offs=ends)
+        up = torch._grouped_mm(routed, w3.transpose(1, 2), offs=ends)
         hidden = F.silu(gate) * up  # [rows, F]
-        return torch._grouped_mm(hidden, self.w2.to(dtype).transpose(1, 2), offs=ends)
+        return torch._grouped_mm(hidden, w2.transpose(1, 2), offs=ends)
+
+
+def _local(weight: Tensor) -> Tensor:
+    """The part of a weight this process holds: a sharded weight's (a DTensor's) local slice,
+    which grouped products take, or the weight itself.
+
+    DTensor's module is looked up, not imported: a weight is a DTensor only once parallelism
+    has loaded it, and importing it would cost every process that loads the model (inference,
+    serving) most of a second. The lookup is a constant to torch.compile."""
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    if dtensor is not None and isinstance(weight, dtensor.DTensor):
+        return weight.to_local()
+    return weight
 
 
 class MoE(nn.Module):
@@ -399,6 +419,14 @@ class ZenCoder(nn.Module):
         self.register_buffer("inverse_frequencies", rope_frequencies(config), persistent=False)
         self.register_buffer("time_frequencies", temporal_frequencies(config), persistent=False)
         self.reset_parameters()
+
+    @torch.no_grad()
+    def init_non_persistent_buffers(self) -> None:
+        """Compute the buffers no checkpoint holds (the rotary and temporal frequencies) in
+        place. A model built on the meta device and materialized with `to_empty` has garbage
+        there, and loading its weights does not fill them."""
+        self.inverse_frequencies.copy_(rope_frequencies(self.config))
+        self.time_frequencies.copy_(temporal_frequencies(self.config))
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

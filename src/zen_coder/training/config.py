@@ -18,6 +18,7 @@ from zen_coder.model.config import ModelConfig, preset
 from zen_coder.settings import apply_overrides, parse_assignments
 
 DTYPES = ("float32", "bfloat16")
+ACTIVATION_CHECKPOINTING = ("off", "full", "selective")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class TrainConfig:
     upcycle_experts: int = 0  # with a dense base: experts to upcycle it into (0: keep dense)
     upcycle: str = "copy"  # "copy" or "slice"
     tensor_parallel: int = 1  # tensor-parallel degree; data parallel takes the other ranks
+    activation_checkpointing: str = "off"  # per block: "off", "full" or "selective"
+    cpu_offload: bool = False  # FSDP2 keeps parameter, gradient, optimizer shards on the CPU
     num_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -65,6 +68,11 @@ class TrainConfig:
             raise ZenCoderError(
                 "train setting compile needs dtype bfloat16 (the compiled grouped expert "
                 "products run in bfloat16); set dtype=bfloat16 or compile=false"
+            )
+        if self.activation_checkpointing not in ACTIVATION_CHECKPOINTING:
+            raise ZenCoderError(
+                "train setting activation_checkpointing must be one of "
+                + ", ".join(ACTIVATION_CHECKPOINTING)
             )
         if self.upcycle not in ("copy", "slice"):
             raise ZenCoderError("train setting upcycle must be copy or slice")

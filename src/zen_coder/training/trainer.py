@@ -274,7 +274,14 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
     torch.manual_seed(config.seed + dist.dp_rank)  # but each data-parallel rank its own dropout
     model_config = model.config
     param_dtype = torch.bfloat16 if config.dtype == "bfloat16" else None
-    model = parallelize(model, dist, param_dtype, compile=config.compile)
+    model = parallelize(
+        model,
+        dist,
+        param_dtype,
+        compile=config.compile,
+        activation_checkpointing=config.activation_checkpointing,
+        cpu_offload=config.cpu_offload,
+    )
     optimizer = build_optimizer(model, config, dist.device)
     scheduler = build_scheduler(optimizer, config)
     dataset = PackedDataset(
