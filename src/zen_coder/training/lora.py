@@ -40,6 +40,10 @@ from zen_coder.training.config import LoraConfig
 
 ATTENTION = ("q", "k", "v", "o")
 EXPERT_WEIGHTS = ("w1", "w2", "w3")
+# CUDA's grouped products want every row of their operands a multiple of 16 bytes: the rank
+# dimension of the expert adapters is padded with zeros to a multiple of 8 (bfloat16) when the
+# rank is not one (seen on an H200: rank 4 fails "strides should be multiple of 16 bytes").
+RANK_ALIGN = 8
 _TECHNIQUE_TABLES = ("attention.temporal.weight", "moe.language")  # per block; repo and
 # projection (the contrastive head) are modules of the model itself
 # An adapter's parameters in a state dict: MODULE.lora.WEIGHT.a and .b adapt MODULE.WEIGHT.
@@ -74,9 +78,12 @@ class Adapter(nn.Module):
     def grouped(self, x: Tensor, ends: Tensor) -> Tensor:
         """The update of the experts' output: x [rows, in] grouped by expert as the experts
         take it (group e ends at row ends[e]) -> [rows, out], in x's dtype."""
-        dtype = x.dtype
-        low = torch._grouped_mm(self.dropout(x), self.a.to(dtype).transpose(1, 2), offs=ends)
-        return torch._grouped_mm(low, self.b.to(dtype).transpose(1, 2), offs=ends) * self.scale
+        a, b = self.a.to(x.dtype), self.b.to(x.dtype)
+        spare = -a.shape[-2] % RANK_ALIGN
+        if spare:  # zero rank rows and columns: the same products, with aligned strides
+            a, b = F.pad(a, (0, 0, 0, spare)), F.pad(b, (0, spare))
+        low = torch._grouped_mm(self.dropout(x), a.transpose(1, 2), offs=ends)
+        return torch._grouped_mm(low, b.transpose(1, 2), offs=ends) * self.scale
 
 
 class LoraExperts(Experts):
