@@ -32,6 +32,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from tests.model.compare import relative_error
+from tests.test_cli import assert_one_line_error, zen_coder
 from tests.training.test_parallel_train import fixed_batch
 from tests.training.test_train import FAST, ROOT, configs, losses
 from zen_coder.errors import ZenCoderError
@@ -135,6 +136,16 @@ def test_recipes_set_lora_and_bad_settings_are_one_line_errors(tmp_path):
         ZenCoderError, match=r"train\.lora adapts a base model: set train\.init_from"
     ):
         load_run_config(None, ["train.lora.rank=4"])
+
+
+def test_zen_coder_train_says_what_is_wrong_in_one_line(tmp_path):
+    result = zen_coder(
+        "train", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+        "--set", "train.init_from=base", "--set", "train.lora.rank=8",
+        "--set", "train.lora.targets=q,gate",
+    )  # fmt: skip
+    message = "train.lora setting targets has unknown 'gate'; choose among q, k, v, o, w1, w2, w3"
+    assert_one_line_error(result, 2, message)
 
 
 def test_adapters_are_stacked_per_expert_and_only_what_trains_has_gradients():
