@@ -44,8 +44,9 @@ EXPERT_WEIGHTS = ("w1", "w2", "w3")
 # dimension of the expert adapters is padded with zeros to a multiple of 8 (bfloat16) when the
 # rank is not one (seen on an H200: rank 4 fails "strides should be multiple of 16 bytes").
 RANK_ALIGN = 8
-_TECHNIQUE_TABLES = ("attention.temporal.weight", "moe.language")  # per block; repo and
-# projection (the contrastive head) are modules of the model itself
+# The technique tables inside the blocks; the repository embedding and the contrastive projection
+# are modules of the model itself (`repo`, `projection`).
+_TECHNIQUE_TABLES = ("attention.temporal.weight", "moe.language")
 # An adapter's parameters in a state dict: MODULE.lora.WEIGHT.a and .b adapt MODULE.WEIGHT.
 _ADAPTER = re.compile(r"^(?P<module>.*)\.lora\.(?P<weight>\w+)\.(?P<factor>[ab])$")
 
