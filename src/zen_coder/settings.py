@@ -13,8 +13,14 @@ from zen_coder.errors import ZenCoderError
 
 Settings = TypeVar("Settings")
 
-_TYPES = {"bool": bool, "int": int, "float": float, "str": str}
-_EXPECTED = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
+_TYPES = {"bool": bool, "int": int, "float": float, "str": str, "tuple[str, ...]": tuple}
+_EXPECTED = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "text",
+    tuple: "a list of names (in TOML a list, on the command line comma-separated)",
+}
 
 
 def _coerce(label: str, kind: type, value: Any) -> Any:
@@ -39,6 +45,11 @@ def _coerce(label: str, kind: type, value: Any) -> Any:
                 return float(value)
             except ValueError:
                 pass
+    elif kind is tuple:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        if isinstance(value, (list, tuple)) and all(isinstance(name, str) for name in value):
+            return tuple(value)
     elif isinstance(value, str):
         return value
     raise ZenCoderError(f"{label} expects {_EXPECTED[kind]}, got {value!r}")
@@ -48,8 +59,14 @@ def apply_overrides(settings: Settings, section: str, values: dict[str, Any]) ->
     """`settings` with `values` (from TOML or `--set`) applied, names and types checked.
 
     `section` names the settings in errors: "mine setting max_files expects an integer, ...".
+    A field of another type (a nested table of settings, like `train.lora`) is not set here:
+    its own section sets it.
     """
-    known = {field.name: _TYPES[str(field.type)] for field in dataclasses.fields(settings)}
+    known = {
+        field.name: _TYPES[str(field.type)]
+        for field in dataclasses.fields(settings)
+        if str(field.type) in _TYPES
+    }
     changes = {}
     for name, value in values.items():
         if name not in known:

@@ -216,7 +216,7 @@ def test_recipes_and_overrides():
     assert config.dtype == "bfloat16" and config.global_batch == 256
     model, config = load_run_config(None, ["lr=0.5", "model.n_layers=3"])
     assert config.lr == 0.5 and model.n_layers == 3
-    with pytest.raises(ZenCoderError, match="the section must be model or train"):
+    with pytest.raises(ZenCoderError, match=r"the section must be model, train or train\.lora"):
         load_run_config(None, ["optimizer.lr=1"])
     with pytest.raises(ZenCoderError, match="global_batch must be a multiple of micro_batch"):
         TrainConfig(global_batch=10, micro_batch=4)

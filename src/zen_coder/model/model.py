@@ -244,14 +244,14 @@ class Experts(nn.Module):
         Split by tensor parallelism, the weights are DTensors holding a slice of the expert
         width, and the output is this rank's partial sum (parallelize sums them)."""
         dtype = routed.dtype
-        w1, w3, w2 = (_local(weight).to(dtype) for weight in (self.w1, self.w3, self.w2))
+        w1, w3, w2 = (local_part(weight).to(dtype) for weight in (self.w1, self.w3, self.w2))
         gate = torch._grouped_mm(routed, w1.transpose(1, 2), offs=ends)
         up = torch._grouped_mm(routed, w3.transpose(1, 2), offs=ends)
         hidden = F.silu(gate) * up  # [rows, F]
         return torch._grouped_mm(hidden, w2.transpose(1, 2), offs=ends)
 
 
-def _local(weight: Tensor) -> Tensor:
+def local_part(weight: Tensor) -> Tensor:
     """The part of a weight this process holds: a sharded weight's (a DTensor's) local slice,
     which grouped products take, or the weight itself.
 

@@ -1,8 +1,10 @@
 """Training checkpoints with `torch.distributed.checkpoint`, and the export of a run's model.
 
 A checkpoint holds everything a resumed run needs to continue exactly where the interrupted one
-stood: model and optimizer (sharded as they are, when FSDP shards them), scheduler, the data
-loader's position, the step counters and every rank's random-number generator states. It is
+stood: the model's trained parameters and buffers and the optimizer (sharded as they are, when
+FSDP shards them), scheduler, the data loader's position, the step counters and every rank's
+random-number generator states. Frozen parameters (a LoRA run's base) are left out: the run
+reads them from its `init_from` at every start, so its checkpoints hold the adapters alone. It is
 written under a temporary name and renamed when every rank is done, so a run killed mid-write
 resumes from the previous one; only the newest `keep` are kept, and never fewer than one while
 the run goes on.
@@ -35,8 +37,14 @@ from zen_coder.errors import ZenCoderError
 from zen_coder.files import install_directory
 from zen_coder.model.config import ModelConfig
 from zen_coder.model.folder import save_model
+from zen_coder.training.config import LoraConfig
+from zen_coder.training.lora import merge_weights
 
 PREFIX = "step-"
+# What a checkpoint holds of the model: what trains (all of it, but in a LoRA run). Loading
+# restores what the checkpoint holds and leaves the frozen base as the run built it.
+TRAINED = StateDictOptions(ignore_frozen_params=True)
+RESTORE = StateDictOptions(ignore_frozen_params=True, strict=False)
 
 
 def _rng_state() -> bytes:
@@ -68,7 +76,7 @@ class TrainState(Stateful):
         self.loader, self.counters, self.rank = loader, counters, rank
 
     def state_dict(self) -> dict:
-        model_state, optimizer_state = get_state_dict(self.model, self.optimizer)
+        model_state, optimizer_state = get_state_dict(self.model, self.optimizer, options=TRAINED)
         return {
             "model": model_state,
             "optimizer": optimizer_state,
@@ -84,6 +92,7 @@ class TrainState(Stateful):
             self.optimizer,
             model_state_dict=state["model"],
             optim_state_dict=state["optimizer"],
+            options=RESTORE,
         )
         self.scheduler.load_state_dict(state["scheduler"])
         self.loader.load_state_dict(state["data"])
@@ -160,11 +169,15 @@ def export_native(
     directory: Path,
     languages: Sequence[str],
     tokenizer: Path,
+    lora: LoraConfig | None = None,
 ) -> None:
     """The trained model as a zen-coder model folder (`zen_coder.model.folder`): every rank
-    gathers the full weights (collective under FSDP), the first writes them."""
+    gathers the full weights (collective under FSDP), the first writes them, with a LoRA run's
+    adapters merged into their weights (`lora`): the folder holds a plain model."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(model, options=options)
     if not torch_distributed.is_initialized() or torch_distributed.get_rank() == 0:
+        if lora is not None and lora.enabled:
+            weights = merge_weights(weights, lora)
         save_model(directory, config, weights, languages, tokenizer)
     _barrier()

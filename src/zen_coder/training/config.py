@@ -1,14 +1,15 @@
 """Every setting of `zen-coder train`, and reading a run's recipe.
 
 A recipe (configs/*.toml) is the single source of truth: its `[model]` table picks a preset and
-changes fields, its `[train]` table sets the training fields below. `--set train.lr=3e-4` or
-`--set model.n_layers=2` override single fields (a key without a section is a train setting).
+changes fields, its `[train]` table sets the training fields below and its `[train.lora]` table
+the LoRA fields. `--set train.lr=3e-4`, `--set model.n_layers=2` or `--set train.lora.rank=16`
+override single fields (a key without a section is a train setting).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,62 @@ from zen_coder.settings import apply_overrides, parse_assignments
 
 DTYPES = ("float32", "bfloat16")
 ACTIVATION_CHECKPOINTING = ("off", "full", "selective")
+LORA_TARGETS = ("q", "k", "v", "o", "w1", "w2", "w3")  # attention and expert projections
+# What else trains beside the adapters (`zen_coder.training.lora` says which parameters each is).
+LORA_TRAINABLE = ("router", "techniques", "norms", "embeddings")
+SECTIONS = ("model", "train", "train.lora")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters on a frozen base: W + (alpha / rank) B A on each target projection.
+
+    Rank 0 (the default) is no LoRA: the whole model trains. `trainable` names what trains
+    beside the adapters: the routers and the technique tables by default, since a fine-tuning
+    run starts them new (an upcycled router, the data's repository and language rows, temporal
+    coefficients at zero) and they are small.
+    """
+
+    rank: int = 0
+    alpha: float = 16.0
+    dropout: float = 0.0  # on the adapters' input only
+    targets: tuple[str, ...] = LORA_TARGETS
+    trainable: tuple[str, ...] = ("router", "techniques")
+
+    def __post_init__(self) -> None:
+        if self.rank < 0:
+            raise ZenCoderError("train.lora setting rank must be 0 (no LoRA) or more")
+        if self.alpha <= 0:
+            raise ZenCoderError("train.lora setting alpha must be more than 0")
+        if not 0 <= self.dropout < 1:
+            raise ZenCoderError("train.lora setting dropout must be at least 0 and below 1")
+        for name, value, known in (
+            ("targets", self.targets, LORA_TARGETS),
+            ("trainable", self.trainable, LORA_TRAINABLE),
+        ):
+            unknown = [item for item in value if item not in known]
+            if unknown:
+                raise ZenCoderError(
+                    f"train.lora setting {name} has unknown {unknown[0]!r}; choose among "
+                    f"{', '.join(known)}"
+                )
+        if self.enabled and not self.targets:
+            raise ZenCoderError(
+                f"train.lora setting targets is empty; name some of {', '.join(LORA_TARGETS)}"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+    @property
+    def scale(self) -> float:
+        """The adapters' factor alpha / rank: the update's size does not change with the rank."""
+        return self.alpha / self.rank
+
+    def to_dict(self) -> dict[str, Any]:
+        fields = dataclasses.asdict(self)
+        return {**fields, "targets": list(self.targets), "trainable": list(self.trainable)}
 
 
 @dataclass(frozen=True)
@@ -50,6 +107,7 @@ class TrainConfig:
     activation_checkpointing: str = "off"  # per block: "off", "full" or "selective"
     cpu_offload: bool = False  # FSDP2 keeps parameter, gradient, optimizer shards on the CPU
     num_workers: int = 0
+    lora: LoraConfig = field(default_factory=LoraConfig)  # the [train.lora] table
 
     def __post_init__(self) -> None:
         positive = ("steps", "global_batch", "micro_batch", "eval_batches", "log_every")
@@ -81,9 +139,22 @@ class TrainConfig:
                 "train setting global_batch must be a multiple of micro_batch "
                 f"(got {self.global_batch} and {self.micro_batch})"
             )
+        if self.lora.enabled and not self.init_from:
+            raise ZenCoderError(
+                "train.lora adapts a base model: set train.init_from, or train.lora.rank=0 to "
+                "train the whole model"
+            )
+        if self.lora.enabled and self.tensor_parallel > 1:
+            raise ZenCoderError(
+                "train.lora does not work with tensor_parallel > 1 (the adapters are not split "
+                "across tensor-parallel ranks); set train.tensor_parallel=1 (data parallelism "
+                "shards a LoRA run)"
+            )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The settings as JSON writes them (lists, not tuples), so a run folder's saved
+        settings compare equal to the same settings read again."""
+        return {**dataclasses.asdict(self), "lora": self.lora.to_dict()}
 
 
 def load_run_config(
@@ -93,16 +164,21 @@ def load_run_config(
     document = read_toml(recipe, "recipe") if recipe is not None else {}
     model_table = dict(document.get("model", {}))
     train_table = dict(document.get("train", {}))
-    overrides: dict[str, dict[str, str]] = {"model": {}, "train": {}}
+    lora_table = train_table.pop("lora", {})
+    if not isinstance(lora_table, dict):
+        raise ZenCoderError(f"{recipe}: lora must be a table of its own, [train.lora]")
+    overrides: dict[str, dict[str, str]] = {section: {} for section in SECTIONS}
     for key, value in parse_assignments(assignments or []).items():
         section, _, name = key.rpartition(".")
         section = section or "train"
         if section not in overrides:
-            raise ZenCoderError(f"--set {key}: the section must be model or train")
+            raise ZenCoderError(f"--set {key}: the section must be model, train or train.lora")
         overrides[section][name] = value
     name = str(overrides["model"].pop("preset", model_table.pop("preset", "tiny")))
     model = apply_overrides(preset(name), "model", model_table)
     model = apply_overrides(model, "model", overrides["model"])
+    lora = apply_overrides(LoraConfig(), "train.lora", lora_table)
+    lora = apply_overrides(lora, "train.lora", overrides["train.lora"])
     train = apply_overrides(TrainConfig(), "train", train_table)
     train = apply_overrides(train, "train", overrides["train"])
-    return model, train
+    return model, dataclasses.replace(train, lora=lora)

@@ -35,6 +35,7 @@ from zen_coder.model.folder import TOKENIZER_FILES, is_model_folder, load_model
 from zen_coder.model.model import IGNORE, ZenCoder, next_token_targets
 from zen_coder.training import checkpoint
 from zen_coder.training.config import TrainConfig
+from zen_coder.training.lora import apply_lora
 from zen_coder.training.metrics import MetricsWriter
 from zen_coder.training.optim import build_optimizer, build_scheduler
 from zen_coder.training.parallelize import Distributed, init_distributed, parallelize, shutdown
@@ -270,7 +271,7 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
             f"micro_batch x data-parallel ranks ({config.micro_batch} x {dist.dp_size})"
         )
     torch.manual_seed(config.seed)  # the same initial weights on every rank
-    model = _build_model(model_config, config, prepared).to(dist.device)
+    model = apply_lora(_build_model(model_config, config, prepared), config.lora).to(dist.device)
     torch.manual_seed(config.seed + dist.dp_rank)  # but each data-parallel rank its own dropout
     model_config = model.config
     param_dtype = torch.bfloat16 if config.dtype == "bfloat16" else None
@@ -360,7 +361,7 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
         if report.validation is None:
             report.validation = validation_loss(model, data, config, dist, pad_id, languages)
         report.model_dir, report.hf_dir = _export(
-            model, model_config, languages, data, out, dist, report
+            model, model_config, config, languages, data, out, dist, report
         )
         if config.keep_checkpoints == 0 and dist.is_main:
             checkpoint.prune(checkpoints, 0)
@@ -430,12 +431,21 @@ def _clip(model: torch.nn.Module, max_norm: float) -> float:
 
 
 def _export(
-    model, config: ModelConfig, languages: list[str], data: Path, out: Path, dist, report
+    model,
+    config: ModelConfig,
+    train_config: TrainConfig,
+    languages: list[str],
+    data: Path,
+    out: Path,
+    dist,
+    report,
 ) -> tuple[Path, Path | None]:
     """The trained model as a zen-coder folder (with the data's language table) and a Hugging
-    Face one, each with the data's tokenizer."""
+    Face one, each with the data's tokenizer; a LoRA run's adapters merged into the weights."""
     model_dir, hf_dir = out / "model", out / "hf"
-    checkpoint.export_native(model, config, model_dir, languages, tokenizer=data)
+    checkpoint.export_native(
+        model, config, model_dir, languages, tokenizer=data, lora=train_config.lora
+    )
     if not dist.is_main:
         return model_dir, hf_dir
     native = load_model(model_dir)
