@@ -109,14 +109,17 @@ def _check_run_folder(out: Path, effective: dict) -> None:
     if not path.exists():
         return
     previous = json.loads(path.read_text())
+    # A setting the run's config.json lacks was added to zen-coder after the run started, which
+    # then ran with its default.
+    defaults = {"model": ModelConfig().to_dict(), "train": TrainConfig().to_dict()}
     changed = sorted(
         f"model.{key}"
         for key, value in effective["model"].items()
-        if previous["model"].get(key) != value
+        if previous["model"].get(key, defaults["model"][key]) != value
     ) + sorted(
         f"train.{key}"
         for key, value in effective["train"].items()
-        if key not in RESUMABLE and previous["train"].get(key) != value
+        if key not in RESUMABLE and previous["train"].get(key, defaults["train"][key]) != value
     )
     if previous.get("data") != effective["data"]:
         changed.append("data")
