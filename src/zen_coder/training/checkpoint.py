@@ -160,11 +160,14 @@ def export_native(
     directory: Path,
     languages: Sequence[str],
     tokenizer: Path,
+    *,
+    repos: Sequence[str],
 ) -> None:
-    """The trained model as a zen-coder model folder (`zen_coder.model.folder`): every rank
-    gathers the full weights (collective under FSDP), the first writes them."""
+    """The trained model as a zen-coder model folder (`zen_coder.model.folder`), with the data's
+    language and repository tables: every rank gathers the full weights (collective under
+    FSDP), the first writes them."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(model, options=options)
     if not torch_distributed.is_initialized() or torch_distributed.get_rank() == 0:
-        save_model(directory, config, weights, languages, tokenizer)
+        save_model(directory, config, weights, languages, tokenizer, repos=repos)
     _barrier()
