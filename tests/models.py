@@ -64,7 +64,8 @@ def native_folder(tmp_path_factory, tokenizer_folder) -> Path:
         for block in model.blocks:
             block.moe.language.normal_(std=2.0)
     folder = tmp_path_factory.mktemp("native") / "model"
-    save_model(folder, config, model.state_dict(), LANGUAGE_TABLE, tokenizer_folder)
+    repos = ["<unknown>"]  # n_repos 1: the unknown repository's row only
+    save_model(folder, config, model.state_dict(), LANGUAGE_TABLE, tokenizer_folder, repos=repos)
     return folder
 
 

@@ -1,4 +1,5 @@
-"""The zen-coder model folder: what it holds, what reads back, the language table it carries."""
+"""The zen-coder model folder: what it holds, what reads back, the language and repository
+tables it carries."""
 
 from __future__ import annotations
 
@@ -13,19 +14,28 @@ from zen_coder.model.config import preset
 from zen_coder.model.folder import (
     CONFIG_FILE,
     LANGUAGES_FILE,
+    REPOS_FILE,
     TABLE_BEFORE_LANGUAGES_FILE,
     TOKENIZER_FILES,
     WEIGHTS_FILE,
     is_model_folder,
     load_model,
     read_languages,
+    read_repos,
     save_model,
 )
 from zen_coder.model.model import ZenCoder
 
 TABLE = ["<unknown>", "Python", "Go", "Rust"]
+REPOS = ["<unknown>", "attrs", "click", "flask"]
 CONFIG = dataclasses.replace(
-    preset("tiny"), vocab_size=256, n_layers=2, n_experts=4, experts_per_token=2, n_languages=4
+    preset("tiny"),
+    vocab_size=256,
+    n_layers=2,
+    n_experts=4,
+    experts_per_token=2,
+    n_languages=4,
+    n_repos=4,
 )
 
 
@@ -37,39 +47,45 @@ def one_line_error(function, *args, **kwargs) -> str:
 
 
 def model_with_language_rows(config=CONFIG) -> ZenCoder:
-    """A model whose language rows all differ (a new model's are all zero)."""
+    """A model whose language and repository rows all differ (a new model's are all zero)."""
     torch.manual_seed(0)
     model = ZenCoder(config)
     with torch.no_grad():
+        model.repo.weight.normal_()
         for block in model.blocks:
             block.moe.language.normal_()
     return model
 
 
+def save(folder, config=CONFIG, languages=TABLE, tokenizer=None, repos=REPOS, weights=None):
+    weights = model_with_language_rows(config).state_dict() if weights is None else weights
+    save_model(folder, config, weights, languages, tokenizer, repos=repos)
+
+
 @pytest.fixture
 def folder(tmp_path, tokenizer_folder):
     folder = tmp_path / "model"
-    save_model(folder, CONFIG, model_with_language_rows().state_dict(), TABLE, tokenizer_folder)
+    save(folder, tokenizer=tokenizer_folder)
     return folder
 
 
 def test_a_saved_model_reads_back_whole(folder):
     files = sorted(path.name for path in folder.iterdir())
-    assert files == sorted([CONFIG_FILE, WEIGHTS_FILE, LANGUAGES_FILE, *TOKENIZER_FILES])
+    expected_files = [CONFIG_FILE, WEIGHTS_FILE, LANGUAGES_FILE, REPOS_FILE, *TOKENIZER_FILES]
+    assert files == sorted(expected_files)
     loaded = load_model(folder)
     assert loaded.config == CONFIG and not loaded.training
     expected = model_with_language_rows().state_dict()
     assert all(torch.equal(tensor, expected[name]) for name, tensor in loaded.state_dict().items())
-    assert read_languages(folder) == TABLE
+    assert read_languages(folder) == TABLE and read_repos(folder) == REPOS
 
 
 def test_a_save_interrupted_midway_leaves_no_model(folder, tmp_path):
     """Saving over a model stops after the weights (the tokenizer is missing): the folder no
     longer claims to hold a model. (Broken by hand, keeping the old config until the end, the
     folder still looked like a model.)"""
-    weights = model_with_language_rows().state_dict()
     with pytest.raises(FileNotFoundError):
-        save_model(folder, CONFIG, weights, TABLE, tmp_path / "no-tokenizer")
+        save(folder, tokenizer=tmp_path / "no-tokenizer")
     assert (folder / WEIGHTS_FILE).exists() and not is_model_folder(folder)
 
 
@@ -87,6 +103,30 @@ def test_language_rows_follow_their_names_into_another_table(folder):
         assert not block.moe.language[[2, 4]].any()
 
 
+def test_repository_rows_follow_their_names_into_another_table(folder):
+    """A fine-tuning run's data with other repositories: each keeps its embedding under its new
+    id, a new one starts at zero, and the table's size is the data's. (Broken by hand, loading
+    the rows by id, row 1 holds attrs' embedding instead of flask's.)"""
+    rows = model_with_language_rows().repo.weight.detach()
+    other = ["<unknown>", "flask", "django", "attrs"]
+    moved = load_model(folder, repos=other)
+    assert moved.config.n_repos == len(other)
+    table = moved.repo.weight.detach()
+    assert torch.equal(table[0], rows[0])
+    assert torch.equal(table[1], rows[REPOS.index("flask")])
+    assert torch.equal(table[3], rows[REPOS.index("attrs")])
+    assert not table[2].any()
+
+
+def test_a_folder_from_before_the_repository_table_starts_its_repositories_at_zero(folder):
+    (folder / REPOS_FILE).unlink()
+    with pytest.warns(UserWarning, match=f"{folder} has no repos.json .* start at zero"):
+        moved = load_model(folder, repos=REPOS)
+    assert not moved.repo.weight.any()
+    assert moved.blocks[0].moe.language.any()  # the language table is still known
+    assert load_model(folder).repo.weight.any()  # read as it is, the folder keeps its rows
+
+
 def test_a_folder_from_before_the_language_table_reads_the_table_of_its_time(
     tmp_path, tokenizer_folder
 ):
@@ -95,7 +135,7 @@ def test_a_folder_from_before_the_language_table_reads_the_table_of_its_time(
     config = dataclasses.replace(CONFIG, n_languages=len(TABLE_BEFORE_LANGUAGES_FILE))
     folder = tmp_path / "old"
     model = model_with_language_rows(config)
-    save_model(folder, config, model.state_dict(), TABLE_BEFORE_LANGUAGES_FILE, tokenizer_folder)
+    save(folder, config, TABLE_BEFORE_LANGUAGES_FILE, tokenizer_folder, weights=model.state_dict())
     (folder / LANGUAGES_FILE).unlink()
     with pytest.warns(UserWarning, match=f"{folder} has no languages.json .* Copy the"):
         assert read_languages(folder) == list(TABLE_BEFORE_LANGUAGES_FILE)
@@ -112,8 +152,13 @@ def test_damaged_folders_are_one_line_errors(folder, tokenizer_folder):
     (folder / LANGUAGES_FILE).write_text("[")
     assert f"{folder / LANGUAGES_FILE} cannot be read" in one_line_error(read_languages, folder)
     unknown_not_first = ["Python", *TABLE[1:]]
-    message = one_line_error(save_model, folder, CONFIG, {}, unknown_not_first, tokenizer_folder)
+    message = one_line_error(save, folder, CONFIG, unknown_not_first, tokenizer_folder)
     assert f"the language table for {folder} does not fit the model" in message
+    message = one_line_error(save, folder, CONFIG, TABLE, tokenizer_folder, repos=REPOS[:2])
+    assert f"the repository table for {folder} does not fit the model" in message
+    (folder / REPOS_FILE).write_text(json.dumps(["<unknown>", "attrs", "attrs", "flask"]))
+    message = one_line_error(read_repos, folder)
+    assert f"{folder / REPOS_FILE} does not fit the model: it needs 4 distinct" in message
     (folder / WEIGHTS_FILE).write_bytes(b"garbage")
     assert f"{folder / WEIGHTS_FILE} cannot be read" in one_line_error(load_model, folder)
     (folder / WEIGHTS_FILE).unlink()

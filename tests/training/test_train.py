@@ -117,7 +117,9 @@ def test_fine_tuning_a_model_folder_keeps_each_languages_routing_rows(data, tmp_
     with torch.no_grad():
         for block in base.blocks:
             block.moe.language.normal_()
-    save_model(tmp_path / "base", base_config, base.state_dict(), base_table, tokenizer=data)
+    repos = json.loads((data / "repos.json").read_text())
+    weights = base.state_dict()
+    save_model(tmp_path / "base", base_config, weights, base_table, data, repos=repos)
     out = tmp_path / "run"
     train(data, out, *configs("train.steps=1", f"train.init_from={tmp_path / 'base'}"))
     assert read_languages(out / "model") == table

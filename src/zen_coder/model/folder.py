@@ -4,11 +4,13 @@
     model.safetensors       the weights, whole tensors
     languages.json          the language table the model was trained with (list index = the
                             language id, 0 = "<unknown>"), a copy of the prepared data's
+    repos.json              the repository table, likewise (list index = the repository id)
     tokenizer.json, tokenizer_config.json, special_tokens_map.json   the data's tokenizer
 
-The language table travels with the weights because the routing has one row per language id:
-a model read with any other table (the mining stage's list reordered or extended since) would
-route every language through another language's row, and nothing would say so.
+The tables travel with the weights because the language routing and the repository embeddings
+have one row per id: a model read with any other table (the mining stage's list reordered or
+extended since, a fine-tuning run's data with other repositories) would give each language or
+repository another one's row, and nothing would say so.
 """
 
 from __future__ import annotations
@@ -20,27 +22,40 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from zen_coder.errors import ZenCoderError
 from zen_coder.files import write_atomic, write_bytes_atomic, write_json_atomic
 from zen_coder.model.config import ModelConfig
 from zen_coder.model.model import ZenCoder
+from zen_coder.model.weights import (
+    Checkpoint,
+    Rows,
+    Source,
+    Stored,
+    build,
+    filled_weights,
+    grow_vocabulary,
+)
 
 CONFIG_FILE = "zen_coder_config.json"
 WEIGHTS_FILE = "model.safetensors"
 LANGUAGES_FILE = "languages.json"
+REPOS_FILE = "repos.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-UNKNOWN_LANGUAGE = "<unknown>"
+UNKNOWN = "<unknown>"  # id 0 of the language and the repository table
 LANGUAGE_ROWS = ".moe.language"  # the name ending of each block's language-routing table
+REPOSITORY_ROWS = "repo.weight"  # the repository embeddings
+TIED_HEAD = "head.weight"  # with tie_embeddings, the embedding itself
 
 # The table of every model folder written before languages.json existed: the prepared data's
 # order then, ["<unknown>", *zen_coder.history.languages.LANGUAGES] as that list stood. Frozen
 # here so those folders keep their meaning whatever later happens to the mining stage's list.
 TABLE_BEFORE_LANGUAGES_FILE = (
-    UNKNOWN_LANGUAGE,
+    UNKNOWN,
     "Python",
     "TypeScript",
     "JavaScript",
@@ -86,48 +101,86 @@ def save_model(
     weights: Mapping[str, Tensor],
     languages: Sequence[str],
     tokenizer: Path,
+    *,
+    repos: Sequence[str],
 ) -> None:
-    """Write a model folder: `weights` (a full state dict on the CPU), the language table the
-    model was trained with and the tokenizer files found in the folder `tokenizer`. Every file
-    is replaced atomically and the config, which marks a model folder, goes first and comes back
-    last: a save interrupted midway, over an older model or not, never looks complete."""
-    _check_table(
-        list(languages),
-        config,
-        f"the language table for {directory}",
-        "pass the table of the data the model was trained on",
-    )
+    """Write a model folder: `weights` (a full state dict on the CPU), the language and
+    repository tables the model was trained with and the tokenizer files found in the folder
+    `tokenizer`. Every file is replaced atomically and the config, which marks a model folder,
+    goes first and comes back last: a save interrupted midway, over an older model or not, never
+    looks complete."""
+    fix = "pass the table of the data the model was trained on"
+    _check_table(list(languages), config.n_languages, f"the language table for {directory}", fix)
+    _check_table(list(repos), config.n_repos, f"the repository table for {directory}", fix)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_FILE).unlink(missing_ok=True)
     tensors = {name: tensor.contiguous() for name, tensor in weights.items()}
+    if config.tie_embeddings:  # the output head is the embedding: stored once
+        tensors.pop(TIED_HEAD, None)
     write_atomic(directory / WEIGHTS_FILE, lambda temporary: save_file(tensors, str(temporary)))
     write_json_atomic(directory / LANGUAGES_FILE, list(languages))
+    write_json_atomic(directory / REPOS_FILE, list(repos))
     for name in TOKENIZER_FILES:
         write_bytes_atomic(directory / name, (tokenizer / name).read_bytes())
     write_json_atomic(directory / CONFIG_FILE, config.to_dict())
 
 
-def load_model(directory: Path, languages: Sequence[str] | None = None) -> ZenCoder:
-    """The model saved in `directory`, in eval mode. With `languages` (another table, e.g. the
-    data a fine-tuning run reads) its language rows are rearranged by name to that table's ids;
-    a language the model never saw starts at zero, as every row of a new model does."""
+def load_model(
+    directory: Path,
+    languages: Sequence[str] | None = None,
+    repos: Sequence[str] | None = None,
+) -> ZenCoder:
+    """The model saved in `directory`, in eval mode, read tensor by tensor. With `languages` or
+    `repos` (other tables, e.g. those of the data a fine-tuning run reads) its rows are
+    rearranged by name (`model_sources`)."""
+    config, sources = model_sources(directory, languages=languages, repos=repos)
+    return build(config, sources, seed=0).eval()
+
+
+def model_sources(
+    directory: Path,
+    *,
+    languages: Sequence[str] | None = None,
+    repos: Sequence[str] | None = None,
+    vocab_size: int | None = None,
+) -> tuple[ModelConfig, dict[str, Source]]:
+    """The model saved in `directory` and where each of its weights comes from, for
+    `weights.build` to read tensor by tensor, whole or as each rank's shards.
+
+    With `languages` or `repos` (the tables of the data a fine-tuning run reads) the language
+    rows and the repository embeddings are rearranged by name to those tables' ids; a name the
+    model never saw starts at zero, as every row of a new model does. A folder written before
+    repos.json existed cannot say which row is which repository: its repository rows all start
+    at zero, with a warning. With `vocab_size` the token rows grow to at least that many
+    (`weights.grow_vocabulary`)."""
     config = read_config(directory)
-    weights = _read_weights(directory)
+    checkpoint = _checkpoint(directory)
+    stored = {_current_name(name): name for name in checkpoint.shapes}
     if languages is not None:
-        table = read_languages(directory)
-        weights = {
-            name: _rows_by_name(tensor, table, languages)
-            if name.endswith(LANGUAGE_ROWS)
-            else tensor
-            for name, tensor in weights.items()
-        }
         config = dataclasses.replace(config, n_languages=len(languages))
-    model = ZenCoder(config)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        name = (missing or unexpected)[0]
-        raise ZenCoderError(f"{directory / WEIGHTS_FILE}: tensor {name} does not fit the model")
-    return model.eval()
+    if repos is not None:
+        config = dataclasses.replace(config, n_repos=len(repos))
+    with torch.device("meta"):
+        model = ZenCoder(config)
+    expected = dict(filled_weights(model))
+    known = model.state_dict()  # a tied head too, which folders need not hold
+    for name in [*stored, *expected]:
+        if name not in known or (name in expected and name not in stored):
+            raise ZenCoderError(f"{directory / WEIGHTS_FILE}: tensor {name} does not fit the model")
+    sources: dict[str, Source] = {}
+    for name in expected:
+        source: Source = Stored(checkpoint, stored[name])
+        if name.endswith(LANGUAGE_ROWS) and languages is not None:
+            table = read_languages(directory)
+            source = Rows(source, _rows_by_name(table, languages), len(table), "zero")
+        elif name == REPOSITORY_ROWS and repos is not None:
+            table = read_repos(directory)
+            rows = _rows_by_name(table, repos) if table else (None,) * len(repos)
+            source = Rows(source, rows, len(table or ()), "zero")
+        elif checkpoint.shapes[stored[name]] != tuple(expected[name].shape):
+            raise ZenCoderError(f"{directory / WEIGHTS_FILE}: tensor {name} does not fit the model")
+        sources[name] = source
+    return grow_vocabulary(config, sources, vocab_size)
 
 
 def read_config(directory: Path) -> ModelConfig:
@@ -170,30 +223,57 @@ def read_languages(directory: Path) -> list[str]:
         table = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ZenCoderError(f"{path} cannot be read ({exc}); export the model again") from None
-    _check_table(table, config, str(path), "export the model again")
+    _check_table(table, config.n_languages, str(path), "export the model again")
     return table
 
 
-def _check_table(table: object, config: ModelConfig, what: str, fix: str) -> None:
+def read_repos(directory: Path) -> list[str] | None:
+    """The repository table the model in `directory` was trained with (list index = repository
+    id), or None for a folder written before the table was saved (with a warning: which row
+    belongs to which repository is then unknown)."""
+    config = read_config(directory)
+    path = directory / REPOS_FILE
+    if not path.exists():
+        warnings.warn(
+            f"{directory} has no {REPOS_FILE} (written before zen-coder saved it): which "
+            "repository each of its repository embeddings belongs to is unknown, so they start "
+            f"at zero. Copy the {REPOS_FILE} of the prepared data it was trained on into the "
+            "folder to keep them",
+            stacklevel=2,
+        )
+        return None
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ZenCoderError(f"{path} cannot be read ({exc}); export the model again") from None
+    _check_table(table, config.n_repos, str(path), "export the model again")
+    return table
+
+
+def _check_table(table: object, rows: int, what: str, fix: str) -> None:
+    """A table of `rows` distinct names with the unknown one (id 0) first."""
     fits = (
         isinstance(table, list)
         and all(isinstance(name, str) for name in table)
-        and len(set(table)) == len(table) == config.n_languages
-        and table[0] == UNKNOWN_LANGUAGE
+        and len(set(table)) == len(table) == rows
+        and table[0] == UNKNOWN
     )
     if not fits:
         raise ZenCoderError(
-            f"{what} does not fit the model: it needs {config.n_languages} distinct names, "
-            f"{UNKNOWN_LANGUAGE!r} first; {fix}"
+            f"{what} does not fit the model: it needs {rows} distinct names, "
+            f"{UNKNOWN!r} first; {fix}"
         )
 
 
-def _read_weights(directory: Path) -> dict[str, Tensor]:
+def _checkpoint(directory: Path) -> Checkpoint:
+    """The folder's weights file, opened for reading tensor by tensor."""
     path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise ZenCoderError(f"{path} not found; export the model again")
     try:
-        return {_current_name(name): tensor for name, tensor in load_file(path).items()}
-    except FileNotFoundError:
-        raise ZenCoderError(f"{path} not found; export the model again") from None
+        with safe_open(path, framework="pt") as tensor_file:
+            names = list(tensor_file.keys())
+        return Checkpoint(dict.fromkeys(names, path))
     except (SafetensorError, OSError) as exc:
         raise ZenCoderError(f"{path} cannot be read ({exc}); export the model again") from None
 
@@ -204,11 +284,7 @@ def _current_name(name: str) -> str:
     return re.sub(r"(\.moe)\.(w[123])$", r"\1.experts.\2", name)
 
 
-def _rows_by_name(rows: Tensor, table: Sequence[str], languages: Sequence[str]) -> Tensor:
-    """`rows` (one per language of `table`) rearranged to the ids of `languages`."""
+def _rows_by_name(table: Sequence[str], names: Sequence[str]) -> tuple[int | None, ...]:
+    """For each name of `names`, its row in `table` (None where the table lacks it)."""
     row_of = {name: number for number, name in enumerate(table)}
-    arranged = rows.new_zeros(len(languages), *rows.shape[1:])
-    for number, name in enumerate(languages):
-        if name in row_of:
-            arranged[number] = rows[row_of[name]]
-    return arranged
+    return tuple(row_of.get(name) for name in names)

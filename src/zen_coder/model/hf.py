@@ -11,7 +11,8 @@ stacking experts:
     load_pretrained(folder, experts=16)    dense checkpoint -> sparse-upcycled MoE
     save_pretrained(model, folder)         the family that holds the model (_export_architecture)
 
-Loading reads the weights one shard at a time and needs no `transformers`.
+Loading reads the weights tensor by tensor (`zen_coder.model.weights`, which also starts a
+sharded model from them, each rank reading its own slices) and needs no `transformers`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,17 @@ from zen_coder.errors import ZenCoderError
 from zen_coder.files import write_atomic, write_json_atomic
 from zen_coder.model.config import ModelConfig
 from zen_coder.model.model import ZenCoder
+from zen_coder.model.weights import (
+    Checkpoint,
+    Initial,
+    Shifted,
+    Source,
+    Stacked,
+    Stored,
+    Upcycled,
+    build,
+    grow_vocabulary,
+)
 from zen_coder.settings import apply_overrides
 
 CONFIG = "config.json"
@@ -412,17 +424,6 @@ def _width_dim(target: Target) -> int:
     return 1 if target.native[0].endswith(".w2") else 0
 
 
-def _upcycle(weight: Tensor, target: Target, experts: int, upcycle: str) -> Tensor:
-    """A dense MLP matrix as `experts` experts' matrices ([F, D] -> [E, F', D], [D, F] -> [E, D,
-    F']): whole copies, or slices of the width. A slice's down projection is scaled by E: then
-    k random experts weighted 1/k each give the dense output on average, and all E exactly."""
-    if upcycle == "copy":
-        return weight.expand(experts, *weight.shape)
-    width = _width_dim(target)
-    slices = weight.unflatten(width, (experts, -1)).movedim(width, 0)
-    return slices * experts if width == 1 else slices
-
-
 # -- loading ------------------------------------------------------------------------------------
 
 
@@ -441,8 +442,36 @@ def load_pretrained(
     for any `experts_per_token`; "slice" cuts the MLP width into N slices (experts are cheaper
     and differ from the start), exactly dense when `experts_per_token == N`. `overrides` are
     ModelConfig fields, e.g. `temporal_attention=True` to fine-tune with a technique; its
-    tensors start at zero, where they change nothing.
+    tensors start at zero, where they change nothing. The random parts (the routers of an
+    upcycled checkpoint) are drawn with a seed from torch's global generator.
     """
+    seed = int(torch.randint(2**62, ()))
+    config, sources = pretrained_sources(
+        path,
+        experts=experts,
+        experts_per_token=experts_per_token,
+        upcycle=upcycle,
+        seed=seed,
+        **overrides,
+    )
+    return build(config, sources, seed=seed).eval()
+
+
+def pretrained_sources(
+    path: Path,
+    *,
+    experts: int | None = None,
+    experts_per_token: int | None = None,
+    upcycle: str = "copy",
+    vocab_size: int | None = None,
+    seed: int = 0,
+    **overrides: Any,
+) -> tuple[ModelConfig, dict[str, Source]]:
+    """The model a Hugging Face folder becomes (see `load_pretrained`) and where each of its
+    weights comes from, for `weights.build` to read tensor by tensor, whole or as each rank's
+    shards. With `vocab_size` (the data's tokenizer) the token rows grow to at least that many
+    (`weights.grow_vocabulary`). `seed` draws the routers of a dense checkpoint; the tensors the
+    checkpoint lacks (switched-on techniques) start as a new model's do."""
     path = Path(path)
     hf_config = _read_config(path)
     files = _tensor_files(path)
@@ -453,18 +482,14 @@ def load_pretrained(
     layout = _layout(moe, files)
     tensors = _checkpoint_tensors(config, layout)
     _check_names(tensors, files, path, tied=config.tie_embeddings)
-    model = ZenCoder(config)
-    with torch.no_grad():
-        if layout == "dense":
-            _init_router(model, upcycle)
-        for shard in dict.fromkeys(files.values()):
-            with safe_open(shard, framework="pt") as tensor_file:
-                for name in tensor_file.keys():  # noqa: SIM118 (safe_open is not a dict)
-                    if name in tensors:
-                        target = tensors[name]
-                        tensor = tensor_file.get_tensor(name)
-                        _load_tensor(model, name, target, tensor, shard, upcycle)
-    return model.eval()
+    checkpoint = Checkpoint(files)
+    with torch.device("meta"):
+        model = ZenCoder(config)
+    _check_shapes(model, tensors, checkpoint, upcycle)
+    sources = _checkpoint_sources(model, tensors, checkpoint, upcycle)
+    if layout == "dense":
+        sources |= _router_sources(model, seed)
+    return grow_vocabulary(config, sources, vocab_size)
 
 
 def _read_config(path: Path) -> dict:
@@ -569,36 +594,63 @@ def _check_names(
             )
 
 
-def _init_router(model: ZenCoder, upcycle: str) -> None:
+def _check_shapes(
+    model: ZenCoder, tensors: dict[str, Target], checkpoint: Checkpoint, upcycle: str
+) -> None:
+    """Fail before reading any weights when a tensor's shape does not fit config.json."""
+    for name, target in tensors.items():
+        expected = _checkpoint_shape(_parts(model, target), target, upcycle)
+        shape = checkpoint.shapes[name]
+        if shape != expected:
+            raise ZenCoderError(
+                f"{checkpoint.files[name]}: tensor {name} has shape {list(shape)}, "
+                f"expected {list(expected)} from config.json; the weights do not match the config"
+            )
+
+
+def _checkpoint_sources(
+    model: ZenCoder, tensors: dict[str, Target], checkpoint: Checkpoint, upcycle: str
+) -> dict[str, Source]:
+    """Where each native weight the checkpoint holds comes from: the weight map read backwards."""
+    sources: dict[str, Source] = {}
+    experts: dict[str, dict[int, Source]] = {}
+    for name, target in tensors.items():
+        parts = _parts(model, target)
+        pieces: list[Source] = [Stored(checkpoint, name)]
+        if len(parts) == 2:  # concatenated along dimension 1
+            pieces = [Shifted(pieces[0], 1, 0), Shifted(pieces[0], 1, parts[0].shape[1])]
+        for native, part, piece in zip(target.native, parts, pieces, strict=True):
+            if target.spread:
+                width_dim = _width_dim(target)
+                piece = Upcycled(
+                    piece,
+                    experts=part.shape[0],
+                    width=part.shape[1 + width_dim],
+                    width_dim=width_dim,
+                    sliced=upcycle == "slice",
+                )
+            if target.expert is None:
+                sources[native] = piece
+            else:
+                experts.setdefault(native, {})[target.expert] = piece
+    for native, stacked in experts.items():
+        sources[native] = Stacked(tuple(stacked[index] for index in range(len(stacked))))
+    return sources
+
+
+def _router_sources(model: ZenCoder, seed: int) -> dict[str, Source]:
     """Routers of a dense checkpoint: small random weights when only some experts are active,
     so tokens spread over the experts (a zero router would send every token to the same k:
     ties go to the lowest index, and the others would never train). Copies stay exact whatever
     the router (identical experts, weights summing to 1); slices with every expert active need
     the uniform weights of a zero router."""
     config = model.config
-    for block in model.blocks:
-        router = block.moe.router.weight
-        if config.experts_per_token < config.n_experts:
-            router.normal_(std=1e-3)
-        else:
-            router.zero_()
-
-
-def _load_tensor(
-    model: ZenCoder, name: str, target: Target, tensor: Tensor, shard: Path, upcycle: str
-) -> None:
-    parts = _parts(model, target)
-    expected = _checkpoint_shape(parts, target, upcycle)
-    if tuple(tensor.shape) != expected:
-        raise ZenCoderError(
-            f"{shard}: tensor {name} has shape {list(tensor.shape)}, expected "
-            f"{list(expected)} from config.json; the weights do not match the config"
-        )
-    if target.spread:
-        tensor = _upcycle(tensor, target, model.config.n_experts, upcycle)
-    pieces = tensor.chunk(2, dim=1) if len(parts) == 2 else (tensor,)
-    for part, piece in zip(parts, pieces, strict=True):
-        part.copy_(piece)
+    std = 1e-3 if config.experts_per_token < config.n_experts else 0.0
+    sources: dict[str, Source] = {}
+    for index, block in enumerate(model.blocks):
+        name = f"blocks.{index}.moe.router.weight"
+        sources[name] = Initial(tuple(block.moe.router.weight.shape), 0.0, std, seed, name)
+    return sources
 
 
 # -- saving -------------------------------------------------------------------------------------

@@ -430,20 +430,27 @@ class ZenCoder(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """GPT-2 initialization; output projections scaled by depth; technique tables at zero, so
-        each technique starts as a no-op and is learned."""
-        std = self.config.init_std
-        residual = std / math.sqrt(2 * self.config.n_layers)
-        zero = ("attention.temporal.weight", "moe.language", ".bias")
         for name, parameter in self.named_parameters():
-            if name.endswith(zero) or name.startswith("repo."):
-                parameter.zero_()
-            elif parameter.dim() < 2:
-                parameter.fill_(1.0)  # norm weights
-            elif name.endswith(("attention.o.weight", "moe.experts.w2")):
-                nn.init.normal_(parameter, std=residual)
+            mean, std = self.initial_distribution(name, parameter.dim())
+            if std:
+                parameter.normal_(mean, std)
             else:
-                nn.init.normal_(parameter, std=std)
+                parameter.fill_(mean)
+
+    def initial_distribution(self, name: str, dim: int) -> tuple[float, float]:
+        """The (mean, std) that parameter `name` of `dim` dimensions starts from: GPT-2
+        initialization; output projections scaled by depth; technique tables at zero, so each
+        technique starts as a no-op and is learned; norm weights at one. A model started on the
+        meta device draws each rank's shards from it (`zen_coder.model.weights`)."""
+        std = self.config.init_std
+        zero = ("attention.temporal.weight", "moe.language", ".bias")
+        if name.endswith(zero) or name.startswith("repo."):
+            return 0.0, 0.0
+        if dim < 2:
+            return 1.0, 0.0  # norm weights
+        if name.endswith(("attention.o.weight", "moe.experts.w2")):
+            return 0.0, std / math.sqrt(2 * self.config.n_layers)
+        return 0.0, std
 
     # -- positions and masks --------------------------------------------------------------------
 

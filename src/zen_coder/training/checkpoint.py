@@ -169,15 +169,18 @@ def export_native(
     directory: Path,
     languages: Sequence[str],
     tokenizer: Path,
+    *,
+    repos: Sequence[str],
     lora: LoraConfig | None = None,
 ) -> None:
-    """The trained model as a zen-coder model folder (`zen_coder.model.folder`): every rank
-    gathers the full weights (collective under FSDP), the first writes them, with a LoRA run's
-    adapters merged into their weights (`lora`): the folder holds a plain model."""
+    """The trained model as a zen-coder model folder (`zen_coder.model.folder`), with the data's
+    language and repository tables: every rank gathers the full weights (collective under
+    FSDP), the first writes them, with a LoRA run's adapters merged into their weights
+    (`lora`): the folder holds a plain model."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     weights = get_model_state_dict(model, options=options)
     if not torch_distributed.is_initialized() or torch_distributed.get_rank() == 0:
         if lora is not None and lora.enabled:
             weights = merge_weights(weights, lora)
-        save_model(directory, config, weights, languages, tokenizer)
+        save_model(directory, config, weights, languages, tokenizer, repos=repos)
     _barrier()

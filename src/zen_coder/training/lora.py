@@ -64,13 +64,20 @@ class Adapter(nn.Module):
         self.dropout = nn.Dropout(lora.dropout)
         self.reset_parameters()
 
+    def initial_distribution(self, name: str) -> tuple[float, float]:
+        """The (mean, std) factor `name` starts from: A with the variance nn.Linear gives a
+        weight of its shape (uniform within 1/sqrt(in), std 1/sqrt(3 in)), but normal, the
+        distribution a model started on the meta device draws each rank's shards from
+        (`zen_coder.model.weights`); B at zero, so the adapter starts as a no-op."""
+        if name == "a":
+            return 0.0, 1 / math.sqrt(3 * self.a.shape[-1])
+        return 0.0, 0.0
+
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        """A as nn.Linear initializes a weight of its shape (per expert), B at zero: a no-op.
-        A model built on the meta device calls this once its parameters are materialized."""
-        bound = 1 / math.sqrt(self.a.shape[-1])
-        nn.init.uniform_(self.a, -bound, bound)
-        nn.init.zeros_(self.b)
+        for name, factor in (("a", self.a), ("b", self.b)):
+            mean, std = self.initial_distribution(name)
+            nn.init.normal_(factor, mean, std) if std else nn.init.constant_(factor, mean)
 
     def forward(self, x: Tensor) -> Tensor:
         """The update of a linear layer's output: x [..., in] -> [..., out]."""

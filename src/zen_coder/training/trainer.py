@@ -25,20 +25,28 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_distributed
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 
 from zen_coder.data.loader import PackedDataset, PackedLoader
 from zen_coder.errors import ZenCoderError
 from zen_coder.files import read_json, write_json_atomic
 from zen_coder.model import hf
 from zen_coder.model.config import ModelConfig
-from zen_coder.model.folder import TOKENIZER_FILES, is_model_folder, load_model
+from zen_coder.model.folder import TOKENIZER_FILES, is_model_folder, load_model, model_sources
 from zen_coder.model.model import IGNORE, ZenCoder, next_token_targets
+from zen_coder.model.weights import Source, build
 from zen_coder.training import checkpoint
 from zen_coder.training.config import TrainConfig
 from zen_coder.training.lora import apply_lora
 from zen_coder.training.metrics import MetricsWriter
 from zen_coder.training.optim import build_optimizer, build_scheduler
-from zen_coder.training.parallelize import Distributed, init_distributed, parallelize, shutdown
+from zen_coder.training.parallelize import (
+    Distributed,
+    init_distributed,
+    materialize,
+    parallelize,
+    shutdown,
+)
 
 CHANNELS = ("repo", "language", "time", "segment")
 # Settings a resumed run may change: how long, how often to look, how to load data.
@@ -130,28 +138,89 @@ def _check_run_folder(out: Path, effective: dict) -> None:
         )
 
 
-def _build_model(config: ModelConfig, train: TrainConfig, prepared: dict) -> ZenCoder:
-    if not train.init_from:
-        return ZenCoder(config)
-    base = Path(train.init_from)
-    if is_model_folder(base):
-        # Its language rows follow the names of the data's table, whatever ids the base used.
-        model = load_model(base, languages=prepared["language_names"])
-        if model.config.vocab_size != config.vocab_size:
-            raise ZenCoderError(
-                f"base model {base} has a vocabulary of {model.config.vocab_size}, the data "
-                f"{prepared['vocab_size']}; prepare the data with --tokenizer {base}"
-            )
-        return model.train()
-    overrides = {name: getattr(config, name) for name in FROM_RECIPE}
-    experts = train.upcycle_experts or None
-    model = hf.load_pretrained(base, experts=experts, upcycle=train.upcycle, **overrides)
-    if model.config.vocab_size != config.vocab_size:
-        raise ZenCoderError(
-            f"base model {base} has a vocabulary of {model.config.vocab_size}, the data "
-            f"{prepared['vocab_size']}; prepare the data with --tokenizer {base}"
+def _start_model(
+    config: ModelConfig,
+    train: TrainConfig,
+    prepared: dict,
+    data: Path,
+    dist: Distributed,
+    fresh: bool,
+) -> ZenCoder:
+    """The model, built on the meta device, parallelized, then materialized with only this
+    rank's shards (`zen_coder.model.weights.build`): drawn from the initial distribution, or
+    read from the base (`init_from`), each rank only the slices it holds. Every layout starts
+    from the same weights as one process. A resumed run (not `fresh`) reads no base: its
+    checkpoint replaces every weight."""
+    config, sources = _starting_weights(config, train, prepared, data)
+    param_dtype = torch.bfloat16 if train.dtype == "bfloat16" else None
+
+    def prepare(model: ZenCoder) -> ZenCoder:
+        return parallelize(
+            apply_lora(model, train.lora),
+            dist,
+            param_dtype,
+            compile=train.compile,
+            activation_checkpointing=train.activation_checkpointing,
+            cpu_offload=train.cpu_offload,
         )
+
+    model = build(
+        config,
+        sources if fresh else {},
+        seed=train.seed,
+        prepare=prepare,
+        materialize=lambda model: materialize(model, dist, train.cpu_offload),
+    )
     return model.train()
+
+
+def _starting_weights(
+    config: ModelConfig, train: TrainConfig, prepared: dict, data: Path
+) -> tuple[ModelConfig, dict[str, Source]]:
+    """The model to build and where its weights come from: none for a new model; for a base,
+    its weights fitted to the data. The data's tables decide the language and repository rows
+    (a zen-coder base's rows follow their names), and the token rows grow to the data's
+    vocabulary (a padded base vocabulary stays as it is)."""
+    if not train.init_from:
+        return config, {}
+    base = Path(train.init_from)
+    _check_tokenizer(base, data, prepared)
+    vocabulary = prepared["vocab_size"]
+    if is_model_folder(base):
+        if train.upcycle_experts:
+            raise ZenCoderError(
+                f"train setting upcycle_experts upcycles a Hugging Face base; {base} is a "
+                "zen-coder model, which starts as it is: set upcycle_experts = 0"
+            )
+        tables = {"languages": prepared["language_names"], "repos": prepared["repo_names"]}
+        return model_sources(base, vocab_size=vocabulary, **tables)
+    overrides = {name: getattr(config, name) for name in FROM_RECIPE}
+    return hf.pretrained_sources(
+        base,
+        experts=train.upcycle_experts or None,
+        upcycle=train.upcycle,
+        vocab_size=vocabulary,
+        seed=train.seed,
+        **overrides,
+    )
+
+
+def _check_tokenizer(base: Path, data: Path, prepared: dict) -> None:
+    """Refuse data tokenized with another tokenizer than the base's (one trained by `prepare`,
+    or another model's): every token of the base's tokenizer.json must keep its id in the
+    data's, which may only add markers after them. A base folder without a tokenizer.json
+    cannot be checked."""
+    theirs = base / "tokenizer.json"
+    if not theirs.is_file():
+        return
+    expected = Tokenizer.from_file(str(theirs)).get_vocab(with_added_tokens=True)
+    got = Tokenizer.from_file(str(data / "tokenizer.json")).get_vocab(with_added_tokens=True)
+    if any(got.get(token) != number for token, number in expected.items()):
+        source = prepared.get("tokenizer_source", "unknown")
+        raise ZenCoderError(
+            f"{data} was prepared with another tokenizer ({source}) than the base model {base}; "
+            f"prepare the data again with --tokenizer {base}"
+        )
 
 
 def _batches(loader: PackedLoader) -> Iterator[dict[str, torch.Tensor]]:
@@ -273,19 +342,9 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
             f"train setting global_batch ({config.global_batch}) must be a multiple of "
             f"micro_batch x data-parallel ranks ({config.micro_batch} x {dist.dp_size})"
         )
-    torch.manual_seed(config.seed)  # the same initial weights on every rank
-    model = apply_lora(_build_model(model_config, config, prepared), config.lora).to(dist.device)
-    torch.manual_seed(config.seed + dist.dp_rank)  # but each data-parallel rank its own dropout
+    model = _start_model(model_config, config, prepared, data, dist, fresh=resume is None)
+    torch.manual_seed(config.seed + dist.dp_rank)  # each data-parallel rank its own dropout
     model_config = model.config
-    param_dtype = torch.bfloat16 if config.dtype == "bfloat16" else None
-    model = parallelize(
-        model,
-        dist,
-        param_dtype,
-        compile=config.compile,
-        activation_checkpointing=config.activation_checkpointing,
-        cpu_offload=config.cpu_offload,
-    )
     optimizer = build_optimizer(model, config, dist.device)
     scheduler = build_scheduler(optimizer, config)
     dataset = PackedDataset(
@@ -364,7 +423,7 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
         if report.validation is None:
             report.validation = validation_loss(model, data, config, dist, pad_id, languages)
         report.model_dir, report.hf_dir = _export(
-            model, model_config, config, languages, data, out, dist, report
+            model, model_config, config, prepared, data, out, dist, report
         )
         if config.keep_checkpoints == 0 and dist.is_main:
             checkpoint.prune(checkpoints, 0)
@@ -437,17 +496,19 @@ def _export(
     model,
     config: ModelConfig,
     train_config: TrainConfig,
-    languages: list[str],
+    prepared: dict,
     data: Path,
     out: Path,
     dist,
     report,
 ) -> tuple[Path, Path | None]:
-    """The trained model as a zen-coder folder (with the data's language table) and a Hugging
-    Face one, each with the data's tokenizer; a LoRA run's adapters merged into the weights."""
+    """The trained model as a zen-coder folder (with the data's language and repository
+    tables) and a Hugging Face one, each with the data's tokenizer; a LoRA run's adapters
+    merged into the weights."""
     model_dir, hf_dir = out / "model", out / "hf"
+    tables = {"languages": prepared["language_names"], "repos": prepared["repo_names"]}
     checkpoint.export_native(
-        model, config, model_dir, languages, tokenizer=data, lora=train_config.lora
+        model, config, model_dir, tokenizer=data, lora=train_config.lora, **tables
     )
     if not dist.is_main:
         return model_dir, hf_dir
