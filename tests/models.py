@@ -23,6 +23,10 @@ from zen_coder.model.model import ZenCoder
 LANGUAGE_TABLE = ["<unknown>", *LANGUAGES]
 
 
+# The repository table of a model with n_repos 1: the unknown repository's row only.
+NO_REPOSITORIES = ["<unknown>"]
+
+
 def _python_source(limit: int) -> list[str]:
     texts, size = [], 0
     for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
@@ -64,8 +68,9 @@ def native_folder(tmp_path_factory, tokenizer_folder) -> Path:
         for block in model.blocks:
             block.moe.language.normal_(std=2.0)
     folder = tmp_path_factory.mktemp("native") / "model"
-    repos = ["<unknown>"]  # n_repos 1: the unknown repository's row only
-    save_model(folder, config, model.state_dict(), LANGUAGE_TABLE, tokenizer_folder, repos=repos)
+    save_model(
+        folder, config, model.state_dict(), LANGUAGE_TABLE, tokenizer_folder, repos=NO_REPOSITORIES
+    )
     return folder
 
 

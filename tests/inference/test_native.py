@@ -14,7 +14,7 @@ import torch
 
 from tests.data import bases
 from tests.inference.prompts import PROMPTS, ascii_piece
-from tests.models import LANGUAGE_TABLE
+from tests.models import LANGUAGE_TABLE, NO_REPOSITORIES
 from zen_coder.data.tokenizer import load_tokenizer, read_tokenizer, save_base_tokenizer
 from zen_coder.errors import ZenCoderError
 from zen_coder.history.languages import LANGUAGES
@@ -53,7 +53,14 @@ def fine_tuned_folder(tmp_path_factory) -> Path:
     )
     torch.manual_seed(0)
     folder = root / "model"
-    save_model(folder, config, ZenCoder(config).state_dict(), LANGUAGE_TABLE, tokenizer)
+    save_model(
+        folder,
+        config,
+        ZenCoder(config).state_dict(),
+        LANGUAGE_TABLE,
+        tokenizer,
+        repos=NO_REPOSITORIES,
+    )
     return folder
 
 
@@ -207,7 +214,9 @@ def test_a_fine_tuned_models_prompts_start_with_the_bases_bos(fine_tuned_folder,
     with torch.no_grad():
         for block in model.blocks:
             block.attention.o.weight *= 100
-    save_model(folder, model.config, model.state_dict(), LANGUAGE_TABLE, folder)
+    save_model(
+        folder, model.config, model.state_dict(), LANGUAGE_TABLE, folder, repos=NO_REPOSITORIES
+    )
     ids = encode(folder, PROMPTS[0])
     with_bos = hand_rolled_greedy(folder, [bos, *ids], GREEDY.max_new_tokens)
     assert hand_rolled_greedy(folder, ids, GREEDY.max_new_tokens) != with_bos
@@ -233,6 +242,7 @@ def test_a_fine_tuned_model_stops_at_the_bases_eos(fine_tuned_folder, tmp_path):
         model.state_dict(),
         LANGUAGE_TABLE,
         fine_tuned_folder,
+        repos=NO_REPOSITORIES,
     )
     assert hand_rolled_greedy(folder, prompt, 1) == ""
     assert NativeGenerator(folder).complete(PROMPTS[:1], GREEDY) == [[""]]

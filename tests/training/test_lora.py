@@ -70,7 +70,8 @@ def base(data, tmp_path_factory) -> Path:
     model = ZenCoder(config)
     languages = json.loads((data / "languages.json").read_text())
     folder = tmp_path_factory.mktemp("base") / "model"
-    save_model(folder, config, model.state_dict(), languages, tokenizer=data)
+    repos = json.loads((data / "repos.json").read_text())
+    save_model(folder, config, model.state_dict(), languages, tokenizer=data, repos=repos)
     return folder
 
 

@@ -149,8 +149,8 @@ def _start_model(
     """The model, built on the meta device, parallelized, then materialized with only this
     rank's shards (`zen_coder.model.weights.build`): drawn from the initial distribution, or
     read from the base (`init_from`), each rank only the slices it holds. Every layout starts
-    from the same weights as one process. A resumed run (not `fresh`) reads no base: its
-    checkpoint replaces every weight."""
+    from the same weights as one process. A resumed run (not `fresh`) reads no base, as its
+    checkpoint replaces every weight, unless it is a LoRA run."""
     config, sources = _starting_weights(config, train, prepared, data)
     param_dtype = torch.bfloat16 if train.dtype == "bfloat16" else None
 
@@ -164,9 +164,11 @@ def _start_model(
             cpu_offload=train.cpu_offload,
         )
 
+    # A checkpoint holds what trains: every weight, or a LoRA run's adapters alone (its frozen
+    # base comes from the base again).
     model = build(
         config,
-        sources if fresh else {},
+        sources if fresh or train.lora.enabled else {},
         seed=train.seed,
         prepare=prepare,
         materialize=lambda model: materialize(model, dist, train.cpu_offload),
