@@ -39,13 +39,7 @@ NEW_TOKENS = 12
 CASES = [
     pytest.param("qwen2", [], id="full"),
     pytest.param("llama", ["train.upcycle_experts=4"], id="upcycled"),
-    # LoRA arrives with the lora branch ([train.lora]): its settings go here.
-    pytest.param(
-        "qwen2",
-        ["train.lora.rank=4"],
-        id="lora",
-        marks=pytest.mark.skip(reason="LoRA ([train.lora]) is not in this branch yet"),
-    ),
+    pytest.param("qwen2", ["train.lora.rank=4"], id="lora"),
 ]
 
 
