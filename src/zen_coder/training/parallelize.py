@@ -368,9 +368,28 @@ def _fully_shard(
         CPUOffloadPolicy(pin_memory=dist.device.type == "cuda") if cpu_offload else OffloadPolicy()
     )
     mesh = dist.mesh["dp"]
+    placement = partial(_shard_placement, ranks=mesh.size())
     for block in model.blocks:
-        fully_shard(block, mesh=mesh, mp_policy=policy, offload_policy=offload)
+        fully_shard(
+            block,
+            mesh=mesh,
+            mp_policy=policy,
+            offload_policy=offload,
+            shard_placement_fn=placement,
+        )
     fully_shard(model, mesh=mesh, mp_policy=policy, offload_policy=offload)
+
+
+def _shard_placement(parameter: nn.Parameter, ranks: int) -> Shard:
+    """FSDP splits a parameter along its first dimension, which for stacked expert weights
+    [E, ...] is the experts: with fewer experts than ranks (a dense base is one expert) some
+    ranks would hold whole MLPs and others nothing. Such weights are split along the larger of
+    their other two dimensions that tensor parallelism leaves whole."""
+    if parameter.dim() != 3 or parameter.shape[0] >= ranks:
+        return Shard(0)
+    taken = {p.dim for p in getattr(parameter, "placements", ()) if isinstance(p, Shard)}
+    free = [dim for dim in (1, 2) if dim not in taken]
+    return Shard(max(free, key=lambda dim: parameter.shape[dim]))
 
 
 def shutdown(dist: Distributed) -> None:
