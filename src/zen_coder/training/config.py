@@ -46,6 +46,10 @@ class TrainConfig:
     upcycle_experts: int = 0  # with a dense base: experts to upcycle it into (0: keep dense)
     upcycle: str = "copy"  # "copy" or "slice"
     tensor_parallel: int = 1  # tensor-parallel degree; data parallel takes the other ranks
+    # Reduce (FSDP: reduce-scatter) the gradients after every micro-batch instead of once per
+    # step: more traffic, but FSDP then never holds a rank's whole unsharded gradients between
+    # micro-batches, which no large model's GPU memory has room for.
+    sync_every_micro_batch: bool = False
     num_workers: int = 0
 
     def __post_init__(self) -> None:
@@ -76,6 +80,20 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def micro_batches(self, dp_size: int) -> int:
+        """How many micro-batches each of `dp_size` data-parallel ranks runs per step."""
+        per_step = self.micro_batch * dp_size
+        if self.global_batch % per_step:
+            raise ZenCoderError(
+                f"train setting global_batch ({self.global_batch}) must be a multiple of "
+                f"micro_batch x data-parallel ranks ({self.micro_batch} x {dp_size})"
+            )
+        return self.global_batch // per_step
+
+    def syncs_after(self, micro: int, micro_batches: int) -> bool:
+        """Whether gradients are reduced after micro-batch `micro` (from 0) of a step."""
+        return self.sync_every_micro_batch or micro == micro_batches - 1
 
 
 def load_run_config(

@@ -263,12 +263,7 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", effective)
-    accumulation = config.global_batch // (config.micro_batch * dist.dp_size)
-    if accumulation < 1 or config.global_batch % (config.micro_batch * dist.dp_size):
-        raise ZenCoderError(
-            f"train setting global_batch ({config.global_batch}) must be a multiple of "
-            f"micro_batch x data-parallel ranks ({config.micro_batch} x {dist.dp_size})"
-        )
+    accumulation = config.micro_batches(dist.dp_size)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     model = _build_model(model_config, config, prepared).to(dist.device)
     torch.manual_seed(config.seed + dist.dp_rank)  # but each data-parallel rank its own dropout
@@ -377,7 +372,7 @@ def _accumulate(model, stream, accumulation: int, config: TrainConfig, dist, pad
         batch = {name: value.to(dist.device) for name, value in next(stream).items()}
         targets = next_token_targets(batch["tokens"], batch["segment"], pad_id)
         if sync is not None:
-            sync(micro == accumulation - 1)  # reduce gradients once, after the last micro-batch
+            sync(config.syncs_after(micro, accumulation))
         with _autocast(dist.device, config.dtype):
             output = model(
                 batch["tokens"], targets=targets, **{name: batch[name] for name in CHANNELS}
