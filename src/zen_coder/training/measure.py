@@ -10,8 +10,8 @@ tokens of the recipe's shape. The peak is measured without the planner's tracker
 - on a CPU, from torch.profiler's memory events (every allocation and free of the CPU allocator,
   summed in time order), and, as a second opinion, from the kernel: the process's peak resident
   set (VmHWM, reset at the start) above its size before the model was built, less the pages of
-  code and libraries first read meanwhile. The resident set also holds what no tensor owns
-  (autograd's graph, freed memory the C allocator keeps), so it reads a little higher.
+  code and libraries first read meanwhile. The resident set also holds what no torch tensor
+  owns (autograd's graph, oneDNN's buffers for bfloat16 products), so it reads higher.
 Then rank 0 plans the same recipe for the same number of ranks and prints both.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import sys
 from collections.abc import Iterator
@@ -46,6 +47,8 @@ from zen_coder.training.plan import (
 )
 from zen_coder.training.trainer import _accumulate, _clip
 
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
 
 @dataclass
 class Measured:
@@ -64,6 +67,18 @@ def _status(field: str) -> int:
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
     raise ZenCoderError(f"/proc/self/status has no {field}: measuring needs Linux")
+
+
+def _map_large_blocks() -> None:
+    """Have glibc map every block of 64 KiB or more on its own (M_MMAP_THRESHOLD), as it does
+    by default only up to a threshold it raises as it goes: a freed tensor then leaves the
+    resident set at once, and the resident peak reads what was alive rather than what the C
+    allocator kept. Elsewhere than glibc, nothing to do."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+    except (OSError, AttributeError):
+        pass
 
 
 def _profiled_peak(result) -> int:
@@ -103,6 +118,7 @@ def measure(model_config: ModelConfig, train: TrainConfig, steps: int = 3) -> li
         if on_gpu:
             torch.cuda.reset_peak_memory_stats(dist.device)
         else:
+            _map_large_blocks()
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current size
         baseline, code = _status("VmRSS"), _status("RssFile")
         profiler = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
