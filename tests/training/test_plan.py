@@ -16,6 +16,7 @@ kernel in the plan's step) the two-rank plan is 1.27 of it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -158,3 +159,19 @@ def test_sizes_read_as_written():
     assert parse_size("80GB") == 80 * 10**9
     assert parse_size("141 GiB") == 141 * 2**30
     assert parse_size("1.5tb") == 1.5 * 10**12
+
+
+def test_gradients_reduced_every_micro_batch_are_never_whole(tmp_path):
+    """Reduced once per step, FSDP keeps each rank's whole unsharded gradients (float32)
+    between micro-batches; `sync_every_micro_batch` reduces them after each one instead."""
+    path = tmp_path / "recipe.toml"
+    path.write_text(ACTIVATION_HEAVY)
+    cluster = Cluster(gpus=2, gpu_memory=10**9, device="cpu")
+    model_config, train = planned_configs(path, ["train.micro_batch=1", "train.global_batch=4"])
+    whole = sum(p.numel() for p in _reference_parameters(model_config)) * 4
+    once = plan(model_config, train, cluster)
+    every = plan(model_config, dataclasses.replace(train, sync_every_micro_batch=True), cluster)
+    assert once.peak["gradients"] >= whole
+    assert every.peak["gradients"] < 0.6 * whole  # the shards (half) and a block in flight
+    assert [train.syncs_after(micro, 3) for micro in range(3)] == [False, False, True]
+    assert dataclasses.replace(train, sync_every_micro_batch=True).syncs_after(0, 3)
