@@ -286,13 +286,11 @@ Exit status 0 when it fits, 1 when it does not.
 
 
 def print_plan(console: Console, plan, recipe: str) -> None:
-    from zen_coder.training.plan import USABLE
+    from zen_coder.training.plan import USABLE, memory_size
 
     cluster = plan.cluster
-    table = Table(
-        title=f"zen-coder plan: {recipe} on {cluster.gpus} GPUs of {_size(cluster.gpu_memory)}",
-        title_justify="left",
-    )
+    gpus = f"{cluster.gpus} GPUs of {memory_size(cluster.gpu_memory)}"
+    table = Table(title=f"zen-coder plan: {recipe} on {gpus}", title_justify="left")
     table.add_column("at the peak of a training step")
     table.add_column("per GPU", justify="right")
     for row, size in plan.peak.items():
@@ -613,8 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
     planning.add_argument("--gpus", type=int, required=True, help="GPUs (ranks) of the run")
     planning.add_argument(
         "--gpu-memory",
-        default="80GB",
-        help="memory of each GPU, e.g. 80GB or 141GiB (default 80GB)",
+        default="80GiB",
+        help="memory of each GPU, e.g. 141GB or 80GiB (default 80GiB: an 80 GB H100's)",
     )
     planning.add_argument(
         "--gpus-per-host",

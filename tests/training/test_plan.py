@@ -135,7 +135,7 @@ def test_plan_command_prints_every_row(tmp_path):
     )
     assert markdown.returncode == 1  # it does not fit in 1 MB
     header, _, row = markdown.stdout.strip().splitlines()
-    assert header.startswith("| recipe | GPUs | settings | parameters |")
+    assert header.startswith("| run | GPUs | settings | parameters |")
     assert row.endswith("| no |  |")
 
 

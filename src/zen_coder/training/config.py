@@ -46,6 +46,8 @@ class TrainConfig:
     upcycle_experts: int = 0  # with a dense base: experts to upcycle it into (0: keep dense)
     upcycle: str = "copy"  # "copy" or "slice"
     tensor_parallel: int = 1  # tensor-parallel degree; data parallel takes the other ranks
+    activation_checkpointing: str = "off"  # per block: "off", "full" or "selective"
+    cpu_offload: bool = False  # FSDP2 keeps parameter, gradient, optimizer shards on the CPU
     # Reduce (FSDP: reduce-scatter) the gradients after every micro-batch instead of once per
     # step: more traffic, but FSDP then never holds a rank's whole unsharded gradients between
     # micro-batches, which no large model's GPU memory has room for.

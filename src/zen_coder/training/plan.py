@@ -35,7 +35,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +65,7 @@ from zen_coder.training.parallelize import Distributed, parallelize
 # NCCL's buffers, kernel workspaces and the caching allocator's fragmentation.
 USABLE = 0.9
 # Options of `parallelize` that the recipe sets (TrainConfig fields of the same name), passed
-# where both exist, so the plan applies every option the run will.
+# where `parallelize` takes them, so the plan applies every option the run will.
 PARALLEL_OPTIONS = ("activation_checkpointing", "cpu_offload")
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 _UNITS |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -148,7 +149,7 @@ class MemoryPlan:
         words = [
             f"tensor parallel {self.tp_size} x data parallel {self.dp_size}",
             f"micro-batch {train.micro_batch} x {self.model.context_length:,} tokens",
-            f"{self.micro_batches} micro-batches per step",
+            f"{self.micro_batches} micro-batch{'es' if self.micro_batches > 1 else ''} per step",
             train.dtype,
         ]
         options = parallel_options(train)
@@ -162,12 +163,12 @@ class MemoryPlan:
 
 
 def markdown_table(rows: list[tuple[str, MemoryPlan]]) -> str:
-    """Plans as a Markdown table, one row per (recipe, plan): each row at the peak of a step,
-    in GB per GPU (the columns add up to the peak), and the host memory CPU offload takes."""
-    columns = ["recipe", "GPUs", "settings", *ROWS, "peak per GPU", "fits", "host, offload"]
+    """Plans as a Markdown table, one row per (run, plan): each row at the peak of a step, in GB
+    per GPU (the columns add up to the peak), and the host memory CPU offload takes."""
+    columns = ["run", "GPUs", "settings", *ROWS, "peak per GPU", "fits", "host, offload"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for recipe, plan in rows:
-        cells = [recipe, f"{plan.cluster.gpus} x {gigabytes(plan.cluster.gpu_memory)} GB"]
+    for run, plan in rows:
+        cells = [run, f"{plan.cluster.gpus} x {memory_size(plan.cluster.gpu_memory)}"]
         cells += [plan.settings, *(gigabytes(plan.peak[row]) for row in ROWS)]
         cells += [f"**{gigabytes(plan.total)}**", "yes" if plan.fits else "no"]
         cells.append(f"{gigabytes(plan.host_per_host)} per host" if plan.host else "")
@@ -177,6 +178,11 @@ def markdown_table(rows: list[tuple[str, MemoryPlan]]) -> str:
 
 def gigabytes(size: int) -> str:
     return f"{size / 1e9:,.1f}"
+
+
+def memory_size(size: int) -> str:
+    """A device's memory as it was likely given: whole GiB in GiB, else GB."""
+    return f"{size // 2**30} GiB" if size % 2**30 == 0 else f"{gigabytes(size)} GB"
 
 
 def parse_size(text: str, option: str = "--gpu-memory") -> int:
@@ -219,14 +225,18 @@ def plan(model_config: ModelConfig, train: TrainConfig, cluster: Cluster) -> Mem
         )
     micro_batches = train.micro_batches(cluster.gpus // tp)
     fake = FakeTensorMode()
-    with _fake_ranks(cluster.gpus, tp) as dist:
+    # Torch warns about the stand-ins (random numbers on a CPU mesh, FSDP's hooks on fake
+    # outputs): nothing a user of the plan can act on.
+    with warnings.catch_warnings(), _fake_ranks(cluster.gpus, tp) as dist:
+        warnings.simplefilter("ignore")
         model = _parallel_model(model_config, train, dist, fake)
         with fake:
             parameters = local_bytes(model.parameters())
             gradients = local_bytes(p for p in model.parameters() if p.requires_grad)
             optimizer = build_optimizer(model, train, torch.device(cluster.device))
             _create_optimizer_state(model, optimizer)
-            tracker = _tracker(model, optimizer, offload=parallel_options(train).get("cpu_offload"))
+            offload = bool(parallel_options(train).get("cpu_offload"))
+            tracker = _tracker(model, optimizer, offload)
             with tracker, _GroupedShapes(), _fused_flex_attention():
                 _step(model, optimizer, model_config, train, micro_batches, tracker.reset_mod_stats)
             state = local_bytes(
@@ -267,13 +277,9 @@ def _fake_ranks(gpus: int, tensor_parallel: int) -> Iterator[Distributed]:
 
 
 def parallel_options(train: TrainConfig) -> dict[str, Any]:
-    """The recipe's settings for `parallelize`'s keyword options, where both exist."""
+    """The recipe's settings for `parallelize`'s keyword options, those it takes."""
     accepted = inspect.signature(parallelize).parameters
-    return {
-        name: getattr(train, name)
-        for name in PARALLEL_OPTIONS
-        if name in accepted and hasattr(train, name)
-    }
+    return {name: getattr(train, name) for name in PARALLEL_OPTIONS if name in accepted}
 
 
 def _parallel_model(
@@ -293,7 +299,7 @@ def _parallel_model(
     return model
 
 
-def local_bytes(tensors: Iterator[Tensor]) -> int:
+def local_bytes(tensors: Iterable[Tensor]) -> int:
     """Bytes of this rank's share of each tensor (a DTensor's local shard)."""
     total = 0
     for tensor in tensors:
@@ -401,7 +407,7 @@ class _GroupedShapes(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def _tracker(model, optimizer, offload: bool | None):
+def _tracker(model, optimizer, offload: bool):
     """Torch's tracker of the model and optimizer, with the peak kept apart for the device and
     the host (FSDP2's offload keeps sharded parameters, gradients and optimizer state there)."""
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker, _FSDPRefType
@@ -412,8 +418,8 @@ def _tracker(model, optimizer, offload: bool | None):
 
     class Tracker(base):
         supports_higher_order_operators = True  # FlexAttention's operator is tracked too
-        device_peak: dict[str, int] = dict.fromkeys(ROWS, 0)
-        host_peak = 0
+        device_peak: dict[str, int]  # ROWS -> bytes, at the largest total on the device
+        host_peak: int
 
         def _update_peak_stats(self, peak_state) -> None:
             """After every operation: the totals on the device and on the host. (Replaces
@@ -447,6 +453,7 @@ def _tracker(model, optimizer, offload: bool | None):
             return post_backward
 
     tracker = Tracker(model, optimizer) if base is FSDPMemTracker else Tracker()
+    tracker.device_peak, tracker.host_peak = dict.fromkeys(ROWS, 0), 0
     if base is MemTracker:
         tracker.track_external(model, optimizer)
     return tracker
