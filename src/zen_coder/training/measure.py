@@ -165,12 +165,19 @@ def compare(recipe: Path | None, assignments: list[str], steps: int = 3) -> dict
     cluster = Cluster(len(ranks), _device_memory(device), device=device)
     planned = plan(model_config, train, cluster)
     highest = max(rank.peak for rank in ranks)
+    # On a CPU the offloaded shards share the one memory with the rest.
+    peak = planned.total + (planned.host if device == "cpu" else 0)
     return {
         "ranks": len(ranks),
         "device": device,
-        "planned": {"parameters": planned.parameters, "peak": planned.total, **planned.peak},
+        "planned": {
+            "parameters": planned.parameters,  # the rank's shards
+            "peak": peak,
+            "at_peak": planned.peak,  # the plan's rows, on the device
+            "host": planned.host,  # offloaded, per rank
+        },
         "measured": [asdict(rank) for rank in ranks],
-        "ratio": planned.total / highest,
+        "ratio": peak / highest,
     }
 
 
