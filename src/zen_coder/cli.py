@@ -303,7 +303,8 @@ def print_plan(console: Console, plan, recipe: str) -> None:
     verdict = "fits" if plan.fits else "does not fit"
     lines = [
         f"settings: {plan.settings}",
-        f"between steps each rank holds its shards: parameters {_size(plan.parameters)}, "
+        f"between steps each rank holds its shards{', in host memory' if plan.host else ''}: "
+        f"parameters {_size(plan.parameters)}, "
         f"gradients {_size(plan.gradients)} (once reduced), optimizer state "
         f"{_size(plan.optimizer)}",
         f"{verdict}: {_size(plan.total)} of {_size(plan.usable)} usable per GPU ({USABLE:.0%} "
