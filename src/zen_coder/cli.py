@@ -277,6 +277,67 @@ def run_config(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+PLAN_HELP = """\
+The memory each GPU needs to train a recipe, before renting the GPUs: per rank, the bytes of
+parameters (sharded and gathered), gradients, optimizer state, activations and temporaries at
+the peak of a training step, their total, and whether it fits (with CPU offload, the host
+memory too). Not a formula: the real model is built without memory on a fake process group of
+--gpus ranks, split by the real parallelization, and one real training step of the recipe's
+shape runs on tensors without storage while torch's memory tracker follows every tensor.
+Exit status 0 when it fits, 1 when it does not.
+"""
+
+
+def print_plan(console: Console, plan, recipe: str) -> None:
+    from zen_coder.training.plan import USABLE, memory_size
+
+    cluster = plan.cluster
+    gpus = f"{cluster.gpus} GPUs of {memory_size(cluster.gpu_memory)}"
+    table = Table(title=f"zen-coder plan: {recipe} on {gpus}", title_justify="left")
+    table.add_column("at the peak of a training step")
+    table.add_column("per GPU", justify="right")
+    for row, size in plan.peak.items():
+        table.add_row(row, _size(size))
+    table.add_row("total", _size(plan.total), style="bold")
+    if plan.host:
+        ranks = min(cluster.gpus, cluster.gpus_per_host)
+        table.add_row(f"host memory, CPU offload ({ranks} GPUs a host)", _size(plan.host_per_host))
+    console.print(table)
+    verdict = "fits" if plan.fits else "does not fit"
+    lines = [
+        f"settings: {plan.settings}",
+        f"between steps each rank holds its shards{', in host memory' if plan.host else ''}: "
+        f"parameters {_size(plan.parameters)}, "
+        f"gradients {_size(plan.gradients)} (once reduced), optimizer state "
+        f"{_size(plan.optimizer)}",
+        f"{verdict}: {_size(plan.total)} of {_size(plan.usable)} usable per GPU ({USABLE:.0%} "
+        "of it: the rest is for the CUDA context, NCCL and the allocator)",
+    ]
+    for line in lines:
+        console.print(Text(line), soft_wrap=True)
+
+
+def run_plan(args: argparse.Namespace, console: Console) -> int:
+    from zen_coder.training.plan import Cluster, markdown_table, parse_size, plan, planned_configs
+
+    if args.gpus < 1 or args.gpus_per_host < 1:
+        raise ZenCoderError("--gpus and --gpus-per-host must be at least 1")
+    cluster = Cluster(
+        gpus=args.gpus,
+        gpu_memory=parse_size(args.gpu_memory),
+        gpus_per_host=args.gpus_per_host,
+        device=args.device,
+    )
+    model_config, train_config = planned_configs(args.config, args.set)
+    planned = plan(model_config, train_config, cluster)
+    recipe = str(args.config) if args.config else "tiny (defaults)"
+    if args.markdown:
+        print(markdown_table([(recipe, planned)]))
+    else:
+        print_plan(console, planned, recipe)
+    return 0 if planned.fits else 1
+
+
 TRAIN_HELP = """\
 Train (or fine-tune) the model on data written by `zen-coder prepare`: AdamW with warmup and
 cosine decay, gradient accumulation to the global batch, clipping, bf16 autocast, validation on
@@ -542,6 +603,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _recipe_arguments(config, "[model] table", "n_layers=2")
     config.set_defaults(handler=run_config)
+
+    planning = commands.add_parser(
+        "plan",
+        help="the memory per GPU a recipe needs on N GPUs, from its real sharding, and whether "
+        "it fits",
+        description=PLAN_HELP,
+    )
+    _recipe_arguments(
+        planning, "[model] and [train] tables", "train.micro_batch=1", "SECTION.KEY=VALUE"
+    )
+    planning.add_argument("--gpus", type=int, required=True, help="GPUs (ranks) of the run")
+    planning.add_argument(
+        "--gpu-memory",
+        default="80GiB",
+        help="memory of each GPU, e.g. 141GB or 80GiB (default 80GiB: an 80 GB H100's)",
+    )
+    planning.add_argument(
+        "--gpus-per-host",
+        type=int,
+        default=8,
+        help="GPUs per host, for the host memory CPU offload needs (default 8)",
+    )
+    planning.add_argument(
+        "--device",
+        choices=["cuda", "cpu"],
+        default="cuda",
+        help="plan for GPUs (fused AdamW) or a CPU run (default cuda)",
+    )
+    planning.add_argument(
+        "--markdown", action="store_true", help="print the plan as a Markdown table"
+    )
+    planning.set_defaults(handler=run_plan)
 
     training = commands.add_parser(
         "train",

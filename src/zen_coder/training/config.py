@@ -106,6 +106,10 @@ class TrainConfig:
     tensor_parallel: int = 1  # tensor-parallel degree; data parallel takes the other ranks
     activation_checkpointing: str = "off"  # per block: "off", "full" or "selective"
     cpu_offload: bool = False  # FSDP2 keeps parameter, gradient, optimizer shards on the CPU
+    # Reduce (FSDP: reduce-scatter) the gradients after every micro-batch instead of once per
+    # step: more traffic, but FSDP then never holds a rank's whole unsharded gradients between
+    # micro-batches, which no large model's GPU memory has room for.
+    sync_every_micro_batch: bool = False
     num_workers: int = 0
     lora: LoraConfig = field(default_factory=LoraConfig)  # the [train.lora] table
 
@@ -155,6 +159,20 @@ class TrainConfig:
         """The settings as JSON writes them (lists, not tuples), so a run folder's saved
         settings compare equal to the same settings read again."""
         return {**dataclasses.asdict(self), "lora": self.lora.to_dict()}
+
+    def micro_batches(self, dp_size: int) -> int:
+        """How many micro-batches each of `dp_size` data-parallel ranks runs per step."""
+        per_step = self.micro_batch * dp_size
+        if self.global_batch % per_step:
+            raise ZenCoderError(
+                f"train setting global_batch ({self.global_batch}) must be a multiple of "
+                f"micro_batch x data-parallel ranks ({self.micro_batch} x {dp_size})"
+            )
+        return self.global_batch // per_step
+
+    def syncs_after(self, micro: int, micro_batches: int) -> bool:
+        """Whether gradients are reduced after micro-batch `micro` (from 0) of a step."""
+        return self.sync_every_micro_batch or micro == micro_batches - 1
 
 
 def load_run_config(

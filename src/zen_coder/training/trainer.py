@@ -152,28 +152,31 @@ def _start_model(
     from the same weights as one process. A resumed run (not `fresh`) reads no base, as its
     checkpoint replaces every weight, unless it is a LoRA run."""
     config, sources = _starting_weights(config, train, prepared, data)
-    param_dtype = torch.bfloat16 if train.dtype == "bfloat16" else None
-
-    def prepare(model: ZenCoder) -> ZenCoder:
-        return parallelize(
-            apply_lora(model, train.lora),
-            dist,
-            param_dtype,
-            compile=train.compile,
-            activation_checkpointing=train.activation_checkpointing,
-            cpu_offload=train.cpu_offload,
-        )
-
     # A checkpoint holds what trains: every weight, or a LoRA run's adapters alone (its frozen
     # base comes from the base again).
     model = build(
         config,
         sources if fresh or train.lora.enabled else {},
         seed=train.seed,
-        prepare=prepare,
+        prepare=lambda model: prepare_model(model, train, dist),
         materialize=lambda model: materialize(model, dist, train.cpu_offload),
     )
     return model.train()
+
+
+def prepare_model(model: ZenCoder, train: TrainConfig, dist: Distributed) -> ZenCoder:
+    """The built model made the one a run trains, in place: LoRA adapters on a frozen base
+    (`[train.lora]`), then parallelized with the recipe's options. The memory planner prepares
+    its model the same way."""
+    param_dtype = torch.bfloat16 if train.dtype == "bfloat16" else None
+    return parallelize(
+        apply_lora(model, train.lora),
+        dist,
+        param_dtype,
+        compile=train.compile,
+        activation_checkpointing=train.activation_checkpointing,
+        cpu_offload=train.cpu_offload,
+    )
 
 
 def _starting_weights(
@@ -338,12 +341,7 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / "config.json", effective)
-    accumulation = config.global_batch // (config.micro_batch * dist.dp_size)
-    if accumulation < 1 or config.global_batch % (config.micro_batch * dist.dp_size):
-        raise ZenCoderError(
-            f"train setting global_batch ({config.global_batch}) must be a multiple of "
-            f"micro_batch x data-parallel ranks ({config.micro_batch} x {dist.dp_size})"
-        )
+    accumulation = config.micro_batches(dist.dp_size)
     model = _start_model(model_config, config, prepared, data, dist, fresh=resume is None)
     torch.manual_seed(config.seed + dist.dp_rank)  # each data-parallel rank its own dropout
     model_config = model.config
@@ -449,7 +447,7 @@ def _accumulate(model, stream, accumulation: int, config: TrainConfig, dist, pad
         batch = {name: value.to(dist.device) for name, value in next(stream).items()}
         targets = next_token_targets(batch["tokens"], batch["segment"], pad_id)
         if sync is not None:
-            sync(micro == accumulation - 1)  # reduce gradients once, after the last micro-batch
+            sync(config.syncs_after(micro, accumulation))
         with _autocast(dist.device, config.dtype):
             output = model(
                 batch["tokens"], targets=targets, **{name: batch[name] for name in CHANNELS}
