@@ -175,3 +175,20 @@ def test_gradients_reduced_every_micro_batch_are_never_whole(tmp_path):
     assert every.peak["gradients"] < 0.6 * whole  # the shards (half) and a block in flight
     assert [train.syncs_after(micro, 3) for micro in range(3)] == [False, False, True]
     assert dataclasses.replace(train, sync_every_micro_batch=True).syncs_after(0, 3)
+
+
+def test_a_lora_plan_counts_only_the_adapters_state(tmp_path):
+    """LoRA freezes the base: gradients and optimizer state cover the adapters (and what
+    trains beside them) alone, and the plan is still the measured peak (measured: optimizer
+    state 3.2% of the full fine-tune's, planned / measured peak 1.0000). Planned without the
+    adapters, as before the planner prepared its model as the trainer does, the optimizer row
+    is the whole model's and the first check fails."""
+    lora = ["train.lora.rank=4", "train.init_from=base"]
+    model_config, train = planned_configs(recipe(tmp_path), lora)
+    cluster = Cluster(gpus=1, gpu_memory=10**9, device="cpu")
+    full = plan(*planned_configs(recipe(tmp_path)), cluster)
+    planned = plan(model_config, train, cluster)
+    assert planned.parameters > full.parameters  # the base and its adapters
+    assert planned.optimizer < 0.2 * full.optimizer
+    (measured,) = measure(model_config, train, steps=3)
+    assert abs(planned.total / measured.peak - 1) < TOLERANCE, (planned.total, measured.peak)

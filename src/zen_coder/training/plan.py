@@ -56,9 +56,10 @@ from zen_coder.model.config import ModelConfig
 from zen_coder.model.model import ZenCoder, next_token_targets
 from zen_coder.settings import parse_assignments
 from zen_coder.training.config import TrainConfig, load_run_config
+from zen_coder.training.lora import apply_lora
 from zen_coder.training.optim import build_optimizer
 from zen_coder.training.parallelize import Distributed
-from zen_coder.training.trainer import prepare_model
+from zen_coder.training.trainer import parallelize_as_recipe
 
 # The share of a GPU's memory a plan may fill: the rest is for the CUDA context (about 0.5 GB),
 # NCCL's buffers, kernel workspaces and the caching allocator's fragmentation.
@@ -282,8 +283,8 @@ def _parallel_model(
     the mode: operations on fake tensors stay fake, while the device mesh's own bookkeeping
     (real tensors of rank numbers) runs for real."""
     with fake, dist.device:
-        model = ZenCoder(config)
-    model = prepare_model(model, dataclasses.replace(train, compile=False), dist)
+        model = apply_lora(ZenCoder(config), train.lora)
+    model = parallelize_as_recipe(model, dataclasses.replace(train, compile=False), dist)
     # Documents are chosen by value in the contrastive loss, which fake tensors cannot run; its
     # stand-in takes the same projection (see the module's docstring).
     model.contrastive = lambda hidden, repo, segment: model.no_contrast(hidden)
@@ -427,6 +428,15 @@ def _tracker(model, optimizer, offload: bool):
                 if sum(rows.values()) > sum(self.device_peak.values()):
                     self.device_peak = rows
                 self.host_peak = max(self.host_peak, host)
+
+        def _track_module_params_and_buffers(self, module, install_grad_hooks=True):
+            """Torch's, but without gradient hooks on a module that holds frozen parameters
+            (LoRA's base), which refuse them; such a module's trainable parameters' gradients
+            are then counted as temporaries, still in the total."""
+            trainable = all(parameter.requires_grad for parameter in module.parameters())
+            return super()._track_module_params_and_buffers(
+                module, install_grad_hooks=install_grad_hooks and trainable
+            )
 
         def _fsdp_param_group_post_backward(self, module, original):
             """Torch's wrapper, then: gradients FSDP keeps unsharded between micro-batches (no

@@ -166,11 +166,15 @@ def _start_model(
 
 def prepare_model(model: ZenCoder, train: TrainConfig, dist: Distributed) -> ZenCoder:
     """The built model made the one a run trains, in place: LoRA adapters on a frozen base
-    (`[train.lora]`), then parallelized with the recipe's options. The memory planner prepares
-    its model the same way."""
+    (`[train.lora]`), then parallelized as the recipe says."""
+    return parallelize_as_recipe(apply_lora(model, train.lora), train, dist)
+
+
+def parallelize_as_recipe(model: ZenCoder, train: TrainConfig, dist: Distributed) -> ZenCoder:
+    """`parallelize` with the recipe's options; the memory planner splits its model this way."""
     param_dtype = torch.bfloat16 if train.dtype == "bfloat16" else None
     return parallelize(
-        apply_lora(model, train.lora),
+        model,
         dist,
         param_dtype,
         compile=train.compile,
