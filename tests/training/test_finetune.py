@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from tests.data.test_prepare import build_history
 from tests.training.bases import BASES, hf_base, transformers
 from tests.training.test_train import FAST, ROOT, configs
-from zen_coder.data.tokenizer import load_tokenizer
+from zen_coder.data.tokenizer import load_tokenizer, read_tokenizer
 from zen_coder.errors import ZenCoderError
 from zen_coder.model.folder import load_model, read_repos, save_model
 from zen_coder.model.hf import pretrained_sources
@@ -107,7 +107,14 @@ def test_a_fine_tuned_base_exports_what_transformers_generates_alike(
     assert (vocabulary > base_rows(base)) == grows  # both paths are taken
     model = load_model(out / "model")
     assert model.config.vocab_size == rows == model.embed.weight.shape[0]
-    assert json.loads((out / "hf" / "config.json").read_text())["vocab_size"] == rows
+    hf_config = json.loads((out / "hf" / "config.json").read_text())
+    assert hf_config["vocab_size"] == rows
+    # The exported config names the tokenizer's end and padding tokens, so transformers stops
+    # where zen-coder does (without them, its generation runs on past the end of text).
+    roles = read_tokenizer(out / "hf")
+    assert (hf_config["eos_token_id"], hf_config["pad_token_id"]) == (roles.eos_id, roles.pad_id)
+    assert hf_config.get("bos_token_id") == roles.bos_id
+    assert len(transformers.AutoTokenizer.from_pretrained(out / "hf")) <= rows
     exported = load_file(out / "hf" / "model.safetensors")
     assert exported["model.embed_tokens.weight"].shape[0] == rows
 

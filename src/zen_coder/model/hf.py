@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -656,9 +657,18 @@ def _router_sources(model: ZenCoder, seed: int) -> dict[str, Source]:
 # -- saving -------------------------------------------------------------------------------------
 
 
-def save_pretrained(model: ZenCoder, path: Path, *, max_shard_bytes: int = MAX_SHARD_BYTES) -> None:
+def save_pretrained(
+    model: ZenCoder,
+    path: Path,
+    *,
+    token_ids: Mapping[str, int | None] | None = None,
+    max_shard_bytes: int = MAX_SHARD_BYTES,
+) -> None:
     """Write `model` as a folder `transformers.AutoModelForCausalLM.from_pretrained` loads, in
     the family `_export_architecture` chooses (Llama, Qwen2, Qwen3, Mixtral or Qwen3-MoE).
+
+    `token_ids` (`bos_token_id`, `eos_token_id`, `pad_token_id`: the tokenizer's) go into
+    config.json, where transformers' generation reads when to stop and what to pad with.
 
     Each file is written under a temporary name and renamed, so a reader never sees a
     half-written file; weight files of an earlier save that this one does not replace are then
@@ -698,7 +708,10 @@ def save_pretrained(model: ZenCoder, path: Path, *, max_shard_bytes: int = MAX_S
         ):
             stale.unlink()
     dtype = next(model.parameters()).dtype
-    write_json_atomic(path / CONFIG, _config_to_hf(config, dtype), indent=2, sort_keys=False)
+    hf_config = _config_to_hf(config, dtype) | {
+        name: value for name, value in (token_ids or {}).items() if value is not None
+    }
+    write_json_atomic(path / CONFIG, hf_config, indent=2, sort_keys=False)
 
 
 def _check_exportable(config: ModelConfig, architecture: str) -> None:

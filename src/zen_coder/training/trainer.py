@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from zen_coder.data.loader import PackedDataset, PackedLoader
+from zen_coder.data.tokenizer import read_tokenizer
 from zen_coder.errors import ZenCoderError
 from zen_coder.files import read_json, write_json_atomic
 from zen_coder.model import hf
@@ -520,7 +521,13 @@ def _export(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            hf.save_pretrained(native, hf_dir)
+            tokens = read_tokenizer(data)
+            token_ids = {
+                "bos_token_id": tokens.bos_id,
+                "eos_token_id": tokens.eos_id,
+                "pad_token_id": tokens.pad_id,
+            }
+            hf.save_pretrained(native, hf_dir, token_ids=token_ids)
         except ZenCoderError as exc:  # a model Hugging Face's formats cannot hold
             report.warnings.append(f"no Hugging Face export: {exc}")
             hf_dir = None
