@@ -10,7 +10,7 @@ much higher in bfloat16). Rank 0 then plans the same recipe for the same number 
 ratios printed are planned / measured (1.0 is exact; the planner's target is within 10%).
 
 Then it runs benchmarks/start_time.py, the sharded against the unsharded start of the `small`
-preset from a Hugging Face folder, where that script is present.
+preset (cut to 2 blocks) from a Hugging Face folder.
 
     python benchmarks/finetune_memory.py
 
@@ -60,6 +60,21 @@ n_repos = 8
 [train]
 micro_batch = 8
 global_batch = 8
+""",
+    ),
+    (
+        "1 process, fp32: LoRA rank 8 on a frozen base (optimizer state of the adapters only)",
+        1,
+        """
+[model]
+preset = "tiny"
+n_repos = 8
+[train]
+micro_batch = 8
+global_batch = 8
+init_from = "random-base"
+[train.lora]
+rank = 8
 """,
     ),
     (
@@ -123,11 +138,8 @@ def print_report(name: str, report: dict) -> None:
 
 
 def start_time() -> None:
-    """The start helper's benchmark, run as it is where this checkout has it."""
+    """benchmarks/start_time.py as it is: the sharded against the unsharded start."""
     script = ROOT / "benchmarks" / "start_time.py"
-    if not script.exists():
-        print("\nstart time: benchmarks/start_time.py is not in this checkout; skipped")
-        return
     print("\nstart time (benchmarks/start_time.py):", flush=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     subprocess.run([sys.executable, str(script)], cwd=ROOT, env=env, check=True)

@@ -25,8 +25,10 @@ CARD = ["model.context_length=131072", "train.activation_checkpointing=off"]
 CARD += ["train.cpu_offload=false", "train.sync_every_micro_batch=false"]
 
 # (what the row shows, recipe, --set overrides, GPUs)
+LORA = ["train.lora.rank=16", "train.init_from=base"]
 ROWS = [
     ("small", "configs/tiny.toml", SMALL, 1),
+    ("small, LoRA rank 16", "configs/tiny.toml", [*SMALL, *LORA], 1),
     ("small", "configs/tiny.toml", SMALL, 8),
     ("zen-coder-70b, the card's settings", SEVENTY, CARD, 8),
     ("zen-coder-70b, the recipe", SEVENTY, [], 8),
@@ -34,6 +36,12 @@ ROWS = [
     ("zen-coder-70b, the recipe at 128K tokens", SEVENTY, ["model.context_length=131072"], 8),
     ("zen-coder-70b, the recipe without CPU offload", SEVENTY, ["train.cpu_offload=false"], 8),
     ("zen-coder-70b, the recipe without CPU offload", SEVENTY, ["train.cpu_offload=false"], 32),
+    (
+        "zen-coder-70b, LoRA rank 16 without CPU offload (data parallel only)",
+        SEVENTY,
+        ["train.cpu_offload=false", "train.tensor_parallel=1", *LORA[:1]],
+        8,
+    ),
     (
         "zen-coder-70b, the recipe without CPU offload at 8K tokens",
         SEVENTY,
