@@ -41,7 +41,7 @@ from zen_coder.model.model import ZenCoder
 from zen_coder.training.checkpoint import RESTORE, TRAINED
 from zen_coder.training.config import LoraConfig, load_run_config
 from zen_coder.training.lora import apply_lora, is_adapter, merge_weights, trainable_kind
-from zen_coder.training.trainer import train
+from zen_coder.training.trainer import frozen_dtype, train
 
 RANK, ALPHA = 4, 8.0
 # No repository dropout: each data-parallel rank draws its own, so the FSDP2 run would differ.
@@ -318,3 +318,24 @@ def test_merging_folds_each_adapter_into_its_weight():
     batch = fixed_batch(model_config.vocab_size)
     with torch.no_grad():
         assert (plain(**batch).logits - model(**batch).logits).abs().max() < 1e-5
+
+
+def test_a_bfloat16_run_keeps_its_frozen_base_in_bfloat16(data, base, tmp_path):
+    """Trained in bfloat16, the frozen matrices are stored in bfloat16 (half the memory; the
+    forward computes in it anyway); the token embedding, the norms and what trains stay float32,
+    the adapters still lower the loss, and the export is the float32 merge. (Stored in float32,
+    as before, the first check fails: the frozen bytes were twice these.)"""
+    _, config = run_config(base, *LORA, "train.dtype=bfloat16")
+    model = apply_lora(load_model(base), config.lora, frozen_dtype(config))  # as the run does
+    dtypes = {name: parameter.dtype for name, parameter in model.named_parameters()}
+    frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
+    assert {dtypes[name] for name in frozen if name.endswith(("q.weight", "experts.w1"))} == {
+        torch.bfloat16
+    }
+    assert dtypes["embed.weight"] == dtypes["blocks.0.attention_norm.weight"] == torch.float32
+    assert {dtypes[name] for name in dtypes if name not in frozen} == {torch.float32}
+    settings = run_config(base, *LORA, "train.dtype=bfloat16", "train.lr=0.01")
+    report = train(data, tmp_path / "run", *settings)
+    assert report.validation["loss"] < report.initial_validation["loss"]
+    exported = load_model(tmp_path / "run" / "model")
+    assert {parameter.dtype for parameter in exported.parameters()} == {torch.float32}

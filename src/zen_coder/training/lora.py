@@ -114,10 +114,17 @@ class LoraExperts(Experts):
         return out
 
 
-def apply_lora(model: ZenCoder, lora: LoraConfig) -> ZenCoder:
+def apply_lora(
+    model: ZenCoder, lora: LoraConfig, frozen_dtype: torch.dtype | None = None
+) -> ZenCoder:
     """Freeze `model` but what `lora.trainable` names and give each target an adapter, in
     place (before `parallelize`, which then shards the adapters with their blocks). LoRA off
-    (rank 0): the model as it is."""
+    (rank 0): the model as it is.
+
+    With `frozen_dtype` (bfloat16, for a run in bfloat16) the frozen matrices are stored in it:
+    they only feed a forward that computes in it anyway, so the frozen base takes half the
+    memory. The token embedding stays float32 (its rows start the residual stream, which
+    stays float32), as do the norms and everything that trains."""
     if not lora.enabled:
         return model
     model.requires_grad_(False)
@@ -131,7 +138,16 @@ def apply_lora(model: ZenCoder, lora: LoraConfig) -> ZenCoder:
     for name, parameter in model.named_parameters():
         if trainable_kind(name) in lora.trainable:
             parameter.requires_grad_(True)
+    if frozen_dtype is not None:
+        _store_frozen(model, frozen_dtype)
     return model
+
+
+def _store_frozen(model: ZenCoder, dtype: torch.dtype) -> None:
+    embedding = model.embed.weight
+    for parameter in model.parameters():
+        if not parameter.requires_grad and parameter.dim() >= 2 and parameter is not embedding:
+            parameter.data = parameter.data.to(dtype)  # in place: a tied pair stays one
 
 
 def trainable_kind(name: str) -> str | None:

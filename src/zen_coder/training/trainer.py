@@ -168,7 +168,12 @@ def _start_model(
 def prepare_model(model: ZenCoder, train: TrainConfig, dist: Distributed) -> ZenCoder:
     """The built model made the one a run trains, in place: LoRA adapters on a frozen base
     (`[train.lora]`), then parallelized as the recipe says."""
-    return parallelize_as_recipe(apply_lora(model, train.lora), train, dist)
+    return parallelize_as_recipe(apply_lora(model, train.lora, frozen_dtype(train)), train, dist)
+
+
+def frozen_dtype(train: TrainConfig) -> torch.dtype | None:
+    """The dtype LoRA keeps its frozen base in: bfloat16 in a bfloat16 run."""
+    return torch.bfloat16 if train.dtype == "bfloat16" else None
 
 
 def parallelize_as_recipe(model: ZenCoder, train: TrainConfig, dist: Distributed) -> ZenCoder:
