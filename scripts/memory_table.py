@@ -61,9 +61,10 @@ def rows() -> list[tuple[str, object]]:
 
 
 def main() -> None:
-    text = DOCS.read_text()
+    table = markdown_table(rows())
+    text = DOCS.read_text()  # read after the plans, so edits made meanwhile stay
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    DOCS.write_text(text[:start] + "\n" + markdown_table(rows()) + "\n" + text[end:])
+    DOCS.write_text(text[:start] + "\n" + table + "\n" + text[end:])
 
 
 if __name__ == "__main__":
