@@ -54,6 +54,17 @@ PAD = "<|pad|>"  # the role that fills the end of the last sequence and left-pad
 # CodeLlama's SentencePiece markers, one vocabulary entry); found by id, never by encoding text.
 # The EOS role is the base's EOS as its tokenizer_config.json names it; these entries serve only
 # a lone tokenizer.json, which does not say.
+_STARCODER2 = {
+    EOS: "<|endoftext|>",
+    "<|repo|>": "<repo_name>",
+    "<|path|>": "<file_sep>",
+    "<|fim_prefix|>": "<fim_prefix>",
+    "<|fim_suffix|>": "<fim_suffix>",
+    "<|fim_middle|>": "<fim_middle>",
+    "<|before|>": "<commit_before>",
+    "<|message|>": "<commit_msg>",
+    "<|after|>": "<commit_after>",
+}
 BASE_FAMILY_TOKENS: dict[str, dict[str, str]] = {
     "Qwen2.5-Coder, Qwen3-Coder": {
         EOS: "<|endoftext|>",
@@ -63,28 +74,9 @@ BASE_FAMILY_TOKENS: dict[str, dict[str, str]] = {
         "<|fim_suffix|>": "<|fim_suffix|>",
         "<|fim_middle|>": "<|fim_middle|>",
     },
-    "StarCoder2": {
-        EOS: "<|endoftext|>",
-        "<|repo|>": "<repo_name>",
-        "<|path|>": "<file_sep>",
-        "<|fim_prefix|>": "<fim_prefix>",
-        "<|fim_suffix|>": "<fim_suffix>",
-        "<|fim_middle|>": "<fim_middle>",
-        "<|before|>": "<commit_before>",
-        "<|message|>": "<commit_msg>",
-        "<|after|>": "<commit_after>",
-    },
-    "StarCoder, StarCoderBase": {
-        EOS: "<|endoftext|>",
-        "<|repo|>": "<reponame>",
-        "<|path|>": "<filename>",
-        "<|fim_prefix|>": "<fim_prefix>",
-        "<|fim_suffix|>": "<fim_suffix>",
-        "<|fim_middle|>": "<fim_middle>",
-        "<|before|>": "<commit_before>",
-        "<|message|>": "<commit_msg>",
-        "<|after|>": "<commit_after>",
-    },
+    "StarCoder2": _STARCODER2,
+    # StarCoder (1) named the repository and file markers differently.
+    "StarCoder, StarCoderBase": _STARCODER2 | {"<|repo|>": "<reponame>", "<|path|>": "<filename>"},
     # DeepSeek-Coder's "hole" marks where the middle was cut out: the suffix follows it. Its
     # tokens are spelled with U+FF5C (a fullwidth bar) and U+2581 (a low block), not "|" and "_".
     "DeepSeek-Coder": {
