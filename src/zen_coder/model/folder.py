@@ -219,12 +219,7 @@ def read_languages(directory: Path) -> list[str]:
             stacklevel=2,
         )
         return table
-    try:
-        table = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ZenCoderError(f"{path} cannot be read ({exc}); export the model again") from None
-    _check_table(table, config.n_languages, str(path), "export the model again")
-    return table
+    return _read_table(path, config.n_languages)
 
 
 def read_repos(directory: Path) -> list[str] | None:
@@ -242,11 +237,16 @@ def read_repos(directory: Path) -> list[str] | None:
             stacklevel=2,
         )
         return None
+    return _read_table(path, config.n_repos)
+
+
+def _read_table(path: Path, rows: int) -> list[str]:
+    """A table file of a model folder, checked against the model's `rows`."""
     try:
         table = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ZenCoderError(f"{path} cannot be read ({exc}); export the model again") from None
-    _check_table(table, config.n_repos, str(path), "export the model again")
+    _check_table(table, rows, str(path), "export the model again")
     return table
 
 
