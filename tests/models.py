@@ -50,11 +50,11 @@ def _with_tokenizer(folder: Path, tokenizer_folder: Path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def native_folder(tmp_path_factory, tokenizer_folder) -> Path:
-    config = dataclasses.replace(
+def native_config(tokenizer: Path):
+    """The tests' small native model, with the vocabulary of the tokenizer in folder `tokenizer`."""
+    return dataclasses.replace(
         preset("tiny"),
-        vocab_size=load_tokenizer(tokenizer_folder).get_vocab_size(),
+        vocab_size=load_tokenizer(tokenizer).get_vocab_size(),
         context_length=256,
         d_model=64,
         n_layers=2,
@@ -62,6 +62,11 @@ def native_folder(tmp_path_factory, tokenizer_folder) -> Path:
         experts_per_token=2,
         expert_dim=32,
     )
+
+
+@pytest.fixture(scope="session")
+def native_folder(tmp_path_factory, tokenizer_folder) -> Path:
+    config = native_config(tokenizer_folder)
     torch.manual_seed(0)
     model = ZenCoder(config)
     with torch.no_grad():  # language routing starts as a no-op; make the language matter

@@ -3,7 +3,6 @@ sequences cut and end generation, batches of different-length prompts change not
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import shutil
 import sys
@@ -14,13 +13,12 @@ import torch
 
 from tests.data import bases
 from tests.inference.prompts import PROMPTS, ascii_piece
-from tests.models import LANGUAGE_TABLE, NO_REPOSITORIES
+from tests.models import LANGUAGE_TABLE, NO_REPOSITORIES, native_config
 from zen_coder.data.tokenizer import load_tokenizer, read_tokenizer, save_base_tokenizer
 from zen_coder.errors import ZenCoderError
 from zen_coder.history.languages import LANGUAGES
 from zen_coder.inference.generation import GenerationConfig, cut_at_stop
 from zen_coder.inference.native import NativeGenerator
-from zen_coder.model.config import preset
 from zen_coder.model.folder import load_model, read_config, save_model
 from zen_coder.model.model import ZenCoder
 
@@ -41,16 +39,7 @@ def fine_tuned_folder(tmp_path_factory) -> Path:
     tokenizer = root / "tokenizer"
     tokenizer.mkdir()
     save_base_tokenizer(read_tokenizer(bases.codellama(root / "base").path), tokenizer, 256)
-    config = dataclasses.replace(
-        preset("tiny"),
-        vocab_size=load_tokenizer(tokenizer).get_vocab_size(),
-        context_length=256,
-        d_model=64,
-        n_layers=2,
-        n_experts=4,
-        experts_per_token=2,
-        expert_dim=32,
-    )
+    config = native_config(tokenizer)
     torch.manual_seed(0)
     folder = root / "model"
     save_model(
