@@ -41,7 +41,7 @@ from zen_coder.model.model import ZenCoder
 from zen_coder.training.checkpoint import RESTORE, TRAINED
 from zen_coder.training.config import LoraConfig, load_run_config
 from zen_coder.training.lora import apply_lora, is_adapter, merge_weights, trainable_kind
-from zen_coder.training.trainer import frozen_dtype, train
+from zen_coder.training.trainer import low_precision, train
 
 RANK, ALPHA = 4, 8.0
 # No repository dropout: each data-parallel rank draws its own, so the FSDP2 run would differ.
@@ -326,7 +326,7 @@ def test_a_bfloat16_run_keeps_its_frozen_base_in_bfloat16(data, base, tmp_path):
     the adapters still lower the loss, and the export is the float32 merge. (Stored in float32,
     as before, the first check fails: the frozen bytes were twice these.)"""
     _, config = run_config(base, *LORA, "train.dtype=bfloat16")
-    model = apply_lora(load_model(base), config.lora, frozen_dtype(config))  # as the run does
+    model = apply_lora(load_model(base), config.lora, low_precision(config))  # as the run does
     dtypes = {name: parameter.dtype for name, parameter in model.named_parameters()}
     frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
     assert {dtypes[name] for name in frozen if name.endswith(("q.weight", "experts.w1"))} == {

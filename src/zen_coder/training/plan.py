@@ -59,7 +59,7 @@ from zen_coder.training.config import TrainConfig, load_run_config
 from zen_coder.training.lora import apply_lora
 from zen_coder.training.optim import build_optimizer
 from zen_coder.training.parallelize import Distributed
-from zen_coder.training.trainer import frozen_dtype, parallelize_as_recipe
+from zen_coder.training.trainer import low_precision, parallelize_as_recipe
 
 # The share of a GPU's memory a plan may fill: the rest is for the CUDA context (about 0.5 GB),
 # NCCL's buffers, kernel workspaces and the caching allocator's fragmentation.
@@ -283,7 +283,7 @@ def _parallel_model(
     the mode: operations on fake tensors stay fake, while the device mesh's own bookkeeping
     (real tensors of rank numbers) runs for real."""
     with fake, dist.device:
-        model = apply_lora(ZenCoder(config), train.lora, frozen_dtype(train))
+        model = apply_lora(ZenCoder(config), train.lora, low_precision(train))
     model = parallelize_as_recipe(model, dataclasses.replace(train, compile=False), dist)
     # Documents are chosen by value in the contrastive loss, which fake tensors cannot run; its
     # stand-in takes the same projection (see the module's docstring).

@@ -168,21 +168,21 @@ def _start_model(
 def prepare_model(model: ZenCoder, train: TrainConfig, dist: Distributed) -> ZenCoder:
     """The built model made the one a run trains, in place: LoRA adapters on a frozen base
     (`[train.lora]`), then parallelized as the recipe says."""
-    return parallelize_as_recipe(apply_lora(model, train.lora, frozen_dtype(train)), train, dist)
+    return parallelize_as_recipe(apply_lora(model, train.lora, low_precision(train)), train, dist)
 
 
-def frozen_dtype(train: TrainConfig) -> torch.dtype | None:
-    """The dtype LoRA keeps its frozen base in: bfloat16 in a bfloat16 run."""
+def low_precision(train: TrainConfig) -> torch.dtype | None:
+    """bfloat16 in a bfloat16 run, None in a float32 one: the dtype FSDP gathers parameters
+    in, and LoRA keeps its frozen base in."""
     return torch.bfloat16 if train.dtype == "bfloat16" else None
 
 
 def parallelize_as_recipe(model: ZenCoder, train: TrainConfig, dist: Distributed) -> ZenCoder:
     """`parallelize` with the recipe's options; the memory planner splits its model this way."""
-    param_dtype = torch.bfloat16 if train.dtype == "bfloat16" else None
     return parallelize(
         model,
         dist,
-        param_dtype,
+        low_precision(train),
         compile=train.compile,
         activation_checkpointing=train.activation_checkpointing,
         cpu_offload=train.cpu_offload,
