@@ -184,20 +184,29 @@ class Prompt:
         special-token spellings in text as text, as `read_tokenizer`'s does). No BOS: the
         caller adds the tokenizer's where it has one."""
         ids: list[int] = []
-        for special, value in self.pieces:
-            if special:
-                id_ = tokenizer.token_to_id(value)
-                if id_ is None:  # Code Llama's markers are written without their "▁"
-                    id_ = tokenizer.token_to_id(_SENTENCEPIECE_SPACE + value)
-                if id_ is None:
-                    raise ZenCoderError(
-                        f"the tokenizer has no token {value!r} this prompt format uses; build "
-                        "the format from this model's tokenizer (PromptFormat.from_tokenizer)"
-                    )
-                ids.append(id_)
-            elif value:
-                ids += tokenizer.encode(value, add_special_tokens=False).ids
+        text = ""
+        for special, value in [*self.pieces, (SPECIAL, "")]:
+            if not special:
+                text += value
+                continue
+            if text:  # adjacent texts as one, as the budget counted them
+                ids += tokenizer.encode(text, add_special_tokens=False).ids
+                text = ""
+            if value:
+                ids.append(self._special_id(tokenizer, value))
         return ids
+
+    @staticmethod
+    def _special_id(tokenizer: Tokenizer, token: str) -> int:
+        id_ = tokenizer.token_to_id(token)
+        if id_ is None:  # Code Llama's markers are written without their "▁"
+            id_ = tokenizer.token_to_id(_SENTENCEPIECE_SPACE + token)
+        if id_ is None:
+            raise ZenCoderError(
+                f"the tokenizer has no token {token!r} this prompt format uses; build the "
+                "format from this model's tokenizer (PromptFormat.from_tokenizer)"
+            )
+        return id_
 
 
 # Roles by short name: the format's own tokens are looked up through these.
@@ -488,15 +497,35 @@ class _Packer:
         )
         room = available - self._text_tokens(prefix) - self._text_tokens(suffix)
         changes, snippets = self._context(room)
-        used = self.size(self.render(prefix, suffix, snippets, changes))
-        left = budget.tokens - used
-        if left > 0 and len(prefix) < len(self.parts.prefix):
-            prefix = _tail(self.parts.prefix, self._text_tokens(prefix) + left, self.count)
-        pieces = self.render(prefix, suffix, snippets, changes)
-        left = budget.tokens - self.size(pieces)
-        if left > 0 and self.suffix_wanted and len(suffix) < len(suffix_text):
-            suffix = _head(suffix_text, self._text_tokens(suffix) + left, self.count)
+        prefix, suffix = self._share_out(prefix, suffix, snippets, changes)
         return self._within_budget(prefix, suffix, snippets, changes)
+
+    def _share_out(
+        self, prefix: str, suffix: str, snippets: list[Snippet], changes: list[Change]
+    ) -> tuple[str, str]:
+        """Give the tokens the context left to the prefix and the suffix in the ratio of their
+        shares, and what one cannot take (it is whole already) to the other."""
+        shares = self.budget.prefix + self.budget.suffix
+        ratio = self.budget.prefix / shares if shares else 1.0
+
+        def left() -> int:
+            return self.budget.tokens - self.size(self.render(prefix, suffix, snippets, changes))
+
+        prefix = self._grow_prefix(prefix, math.floor(left() * ratio))
+        suffix = self._grow_suffix(suffix, left())
+        prefix = self._grow_prefix(prefix, left())
+        return prefix, suffix
+
+    def _grow_prefix(self, prefix: str, tokens: int) -> str:
+        if tokens <= 0 or len(prefix) == len(self.parts.prefix):
+            return prefix
+        return _tail(self.parts.prefix, self._text_tokens(prefix) + tokens, self.count)
+
+    def _grow_suffix(self, suffix: str, tokens: int) -> str:
+        whole = self.parts.suffix or ""
+        if tokens <= 0 or not self.suffix_wanted or len(suffix) == len(whole):
+            return suffix
+        return _head(whole, self._text_tokens(suffix) + tokens, self.count)
 
     def _text_tokens(self, text: str) -> int:
         return self.count(text) if text else 0
