@@ -178,8 +178,8 @@ def test_fim_only_families_get_context_as_comments():
 
 def test_the_budget_keeps_the_code_nearest_the_cursor_and_gives_unused_shares_away(zen):
     """No context: prefix and suffix fill the budget; the prefix keeps its last lines, the
-    suffix its first, each made of whole lines. (Checked to fail when the prefix keeps its
-    start.)"""
+    suffix its first, each made of whole lines. (Checked to fail with the prefix cut to its
+    first lines.)"""
     count = counter(zen)
     form = PromptFormat.from_tokenizer(zen)
     parts = PromptParts(CODE + "def last(", "):\n" + CODE, path="a.py")
