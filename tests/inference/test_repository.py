@@ -4,6 +4,7 @@ repository name, history positions and changes exactly as `zen-coder mine` recor
 from __future__ import annotations
 
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from zen_coder.errors import ZenCoderError
 from zen_coder.history.config import MineConfig
 from zen_coder.history.pipeline import mine
 from zen_coder.history.sources import RepoSpec
+from zen_coder.inference.prompts import Budget, PromptFormat
 from zen_coder.inference.repository import Chunker, RepositoryContext, words
 
 GEOMETRY = '''"""Shapes."""
@@ -222,3 +224,41 @@ def test_a_real_repository_indexes_and_answers(tmp_path):
     found = context.snippets("tests/test_new.py", prefix, "", 1500)
     assert found[0].path == "src/attr/_make.py" and "_ClassBuilder(" in found[0].text
     assert context.changes("src/attr/_make.py", 3)[0].time == context.time_of("src/attr/_make.py")
+
+
+def test_a_request_gets_the_repository_name_snippets_and_history_in_its_prompt(mined, tmp_path):
+    """From an editor's absolute path to the prompt the model was trained on."""
+    repo, _ = mined
+    clone = GitRepo.clone(repo, tmp_path / "clone")
+    context = RepositoryContext(clone.path, name="org/shapes")
+    context.refresh()
+    budget = Budget(tokens=2000)
+    parts = context.prompt_parts(
+        "from pkg.config import parse_config\n\nsettings = parse_config(",
+        ")\n",
+        str(clone.path / "pkg" / "app.py"),
+        "python",
+        budget,
+    )
+    assert (parts.path, parts.repo) == ("pkg/app.py", "org/shapes")
+    assert parts.snippets[0].path == "pkg/config.py" and parts.changes == []
+    text = PromptFormat.from_family("zen-coder").build(parts, budget, len).text
+    assert "<|repo|>org/shapes<|path|>pkg/config.py<|lang|>Python<|after|>" in text
+    history = context.prompt_parts("x", "", "pkg/config.py", None, budget, history=2).changes
+    assert [change.time for change in history] == [3, 2]
+
+
+def test_watching_refreshes_in_the_background_until_closed(mined, tmp_path):
+    repo, _ = mined
+    clone = GitRepo.clone(repo, tmp_path / "clone")
+    context = RepositoryContext(clone.path)
+    context.refresh()
+    context.watch(0.01)
+    (clone.path / "pkg" / "spheres.py").write_text("def sphere_volume(radius):\n    return 4\n")
+    for _ in range(3000):  # a wait for the refresh, not a timing threshold
+        if context.snippets(None, "sphere_volume(", "", 500):
+            break
+        threading.Event().wait(0.01)
+    assert context.snippets(None, "sphere_volume(", "", 500)[0].path == "pkg/spheres.py"
+    context.close()
+    assert not context._watcher.is_alive()

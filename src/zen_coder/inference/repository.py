@@ -25,6 +25,7 @@ file's recent history, and the repository's name and the file's time as the mode
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import subprocess
 import threading
@@ -47,7 +48,9 @@ from zen_coder.history.languages import detect_language, needs_first_line
 from zen_coder.history.secrets import redact
 from zen_coder.history.sources import RepoSpec, shallow_boundary
 from zen_coder.history.walk import HistoryPositions, positioned
-from zen_coder.inference.prompts import Change, Snippet
+from zen_coder.inference.prompts import Budget, Change, PromptParts, Snippet
+
+log = logging.getLogger(__name__)
 
 # Grammar names in tree-sitter-language-pack of the languages mining names.
 _GRAMMARS = {
@@ -89,6 +92,9 @@ _SUBWORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 # Lines around the cursor that make the retrieval query: what is being written and what follows.
 QUERY_PREFIX_LINES = 40
 QUERY_SUFFIX_LINES = 20
+# Characters of retrieved code per token of the budget's context share: code runs at three to
+# four characters a token; the prompt format's packing drops what does not fit.
+CONTEXT_CHARS_PER_TOKEN = 3
 
 
 def words(text: str) -> list[str]:
@@ -290,9 +296,32 @@ class RepositoryContext:
         self._refreshing = threading.Lock()
         self._blobs = BlobReader(self.git_dir)
         self._blob_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+
+    def watch(self, interval: float) -> None:
+        """Refresh every `interval` seconds in a background thread until `close()`: a server
+        keeps its index as fresh as the editor's files."""
+        if self._watcher is not None:
+            return
+        self._watcher = threading.Thread(
+            target=self._watch, args=(interval,), name="repository-refresh", daemon=True
+        )
+        self._watcher.start()
+
+    def _watch(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.refresh()
+            except ZenCoderError as error:  # a rebase or checkout under way: try again later
+                log.warning("repository refresh failed: %s", error)
 
     def close(self) -> None:
-        self._blobs.close()
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join()
+        with self._blob_lock:
+            self._blobs.close()
 
     # -- refresh -----------------------------------------------------------------------------
 
@@ -415,6 +444,44 @@ class RepositoryContext:
         recent[change.path] = changes
 
     # -- queries -----------------------------------------------------------------------------
+
+    def relative_path(self, path: str | None) -> str | None:
+        """`path` as the index names files (relative to the root, with "/"), for a path an
+        editor sends: absolute, or relative already. A path outside the checkout stays as it
+        is."""
+        if not path:
+            return path
+        full = Path(path)
+        if not full.is_absolute():
+            return full.as_posix()
+        try:
+            return full.resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return path
+
+    def prompt_parts(
+        self,
+        prefix: str,
+        suffix: str | None,
+        path: str | None,
+        language: str | None,
+        budget: Budget,
+        history: int = 4,
+    ) -> PromptParts:
+        """A request's parts with this repository's context: its name, the snippets nearest
+        the cursor, sized for the budget's context share, and the file's last `history`
+        changes (the prompt format packs what fits)."""
+        path = self.relative_path(path)
+        limit = int(budget.tokens * budget.context * CONTEXT_CHARS_PER_TOKEN)
+        return PromptParts(
+            prefix,
+            suffix,
+            path,
+            language,
+            self.repo_name(),
+            self.snippets(path, prefix, suffix or "", limit),
+            self.changes(path, history) if path and history > 0 else [],
+        )
 
     def snippets(
         self, path: str | None, prefix: str, suffix: str, limit_chars: int
