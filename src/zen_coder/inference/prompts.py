@@ -234,6 +234,10 @@ _FAMILY_LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "Codestral": ("spm", ()),
     "Llama 3": ("plain", ("<|eot_id|>",)),
 }
+_FIM_ROLES = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+_REPOSITORY_LAYOUTS = ("qwen", "starcoder2")
+_FIM_ROLES = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+_REPOSITORY_LAYOUTS = ("qwen", "starcoder2")
 # Code Llama's markers are SentencePiece pieces ("▁<PRE>"); as text they are written with the
 # spaces Code Llama's infilling prompt puts around them.
 _SENTENCEPIECE_SPACE = "\u2581"
@@ -257,16 +261,26 @@ class PromptFormat:
         was trained on zen-coder's formats, spelled with these tokens (a base's own markers
         where it had them). A tokenizer that lacked some (`read_tokenizer` just added them,
         untrained) is a published base model's: it gets its family's own layout, found by its
-        fill-in-the-middle tokens, or plain continuation if it has none."""
-        spelled = roles.role_tokens()
+        tokens (its fill-in-the-middle markers alone, in its family's order, where it lacks the
+        family's repository markers, as CodeGemma lacks Qwen's), or plain continuation if it has
+        none."""
         if not roles.added:
-            tokens = {short: spelled[role] for short, role in _ROLES.items()}
-            return cls._zen_coder(tokens)
+            spelled = roles.role_tokens()
+            return cls._zen_coder({short: spelled[role] for short, role in _ROLES.items()})
+        # The base's own tokens: read_tokenizer's additions (named as the roles) are untrained.
+        spelled = {r: t for r, t in roles.role_tokens().items() if r not in roles.added}
+        eos = {EOS: spelled[EOS]}
         for family, family_tokens in BASE_FAMILY_TOKENS.items():
-            fim = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
-            if fim[0] in family_tokens and all(spelled[r] == family_tokens[r] for r in fim):
-                return cls._family(family, {**family_tokens, EOS: spelled[EOS]})
-        return cls._family("Llama 3", {EOS: spelled[EOS]})
+            markers = {role: token for role, token in family_tokens.items() if role != EOS}
+            if markers and all(spelled.get(role) == token for role, token in markers.items()):
+                return cls._family(family, family_tokens | eos)
+        for family, family_tokens in BASE_FAMILY_TOKENS.items():
+            if all(role in family_tokens for role in _FIM_ROLES) and all(
+                spelled.get(role) == family_tokens[role] for role in _FIM_ROLES
+            ):
+                fim = {role: family_tokens[role] for role in _FIM_ROLES}
+                return cls._family(family, fim | eos, fim_only=True)
+        return cls._family("Llama 3", eos)
 
     @classmethod
     def from_family(cls, family: str) -> PromptFormat:
@@ -289,8 +303,12 @@ class PromptFormat:
         return cls(ZEN_CODER, "zen-coder", tokens, stop)
 
     @classmethod
-    def _family(cls, family: str, family_tokens: dict[str, str]) -> PromptFormat:
+    def _family(
+        cls, family: str, family_tokens: dict[str, str], fim_only: bool = False
+    ) -> PromptFormat:
         layout, extra_stops = _FAMILY_LAYOUTS[family]
+        if fim_only and layout in _REPOSITORY_LAYOUTS:
+            layout = "psm"
         tokens = {
             short: family_tokens[role] for short, role in _ROLES.items() if role in family_tokens
         }
@@ -318,13 +336,13 @@ class PromptFormat:
         if self.layout == "zen-coder":
             return self._zen_coder_pieces(parts, language, prefix, suffix, snippets, changes)
         comments = self._comments(language, [] if self._has_files else snippets, changes)
-        if self.layout in ("qwen", "starcoder2"):
+        if self.layout in _REPOSITORY_LAYOUTS:
             return self._repository_pieces(parts, comments + prefix, suffix, snippets)
         return self._fim_pieces(comments + prefix, suffix)
 
     @property
     def _has_files(self) -> bool:
-        return self.layout in ("qwen", "starcoder2", "zen-coder")
+        return self.layout in (*_REPOSITORY_LAYOUTS, "zen-coder")
 
     def _special(self, name: str) -> Piece:
         return (SPECIAL, self.tokens[name])
