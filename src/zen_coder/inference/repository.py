@@ -13,8 +13,8 @@ file's recent history, and the repository's name and the file's time as the mode
 - Refresh: files whose size and modification time are unchanged are not read again, and a file
   read again is re-chunked only if its content changed; its old chunks are deleted from the
   index and its new ones added, so a refresh costs what changed, not the repository's size.
-  (bm25s, measured first, has no updates: its score matrix is rebuilt whole on every change,
-  80 ms for attrs' 1,100 chunks and linear in the chunks.)
+  (bm25s, tried first, has no updates: its score matrix is rebuilt whole on every change,
+  tens of milliseconds for attrs' 1,100 chunks and growing with the repository.)
 - History: one `git log --raw` walk through the miner's own reader (`history.gitio.LogStream`)
   and counter (`history.walk.positioned`), so each file's history position is the one `zen-coder
   mine` gives it; a later refresh walks only the new commits when HEAD moved forward along one
