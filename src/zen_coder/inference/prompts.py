@@ -31,6 +31,7 @@ encodes text as text, as `prepare` does, so code that spells "<|endoftext|>" can
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,9 +47,6 @@ SPECIAL = True
 TEXT = False
 Piece = tuple[bool, str]  # (is a special token, the token or the text)
 
-# A token never covers more characters than this, so the last `limit * _CHARS_PER_TOKEN`
-# characters of a prefix always hold its last `limit` tokens: trimming counts no more than that.
-_CHARS_PER_TOKEN = 64
 
 # Editors' language identifiers (VS Code, Neovim filetypes, Tabby) that are not a mined name.
 _EDITOR_LANGUAGES = {
@@ -478,7 +476,8 @@ class _Packer:
     def __init__(
         self, form: PromptFormat, parts: PromptParts, budget: Budget, count: Callable[[str], int]
     ) -> None:
-        self.form, self.parts, self.budget, self.count = form, parts, budget, count
+        self.form, self.parts, self.budget = form, parts, budget
+        self.count = functools.lru_cache(maxsize=256)(count)  # the same texts, counted often
         self.suffix_wanted = parts.suffix is not None and form.layout not in ("plain",)
 
     def size(self, pieces: Sequence[Piece]) -> int:
@@ -593,7 +592,7 @@ def _tail(text: str, limit: int, count: Callable[[str], int]) -> str:
     the last line fits, the longest end of that line."""
     if limit <= 0 or not text:
         return ""
-    text = text[-limit * _CHARS_PER_TOKEN :]
+    text = text[-_window(text, limit, count, lambda size: text[-size:]) :]
     starts = [0, *(i + 1 for i, c in enumerate(text) if c == "\n")]
     line = _first_fitting(starts, lambda start: count(text[start:]) <= limit)
     if line < len(starts):
@@ -607,7 +606,7 @@ def _head(text: str, limit: int, count: Callable[[str], int]) -> str:
     even the first line fits, the longest start of that line."""
     if limit <= 0 or not text:
         return ""
-    text = text[: limit * _CHARS_PER_TOKEN]
+    text = text[: _window(text, limit, count, lambda size: text[:size])]
     ends = [i + 1 for i, c in enumerate(text) if c == "\n"]
     if not ends or ends[-1] != len(text):
         ends.append(len(text))
@@ -616,6 +615,16 @@ def _head(text: str, limit: int, count: Callable[[str], int]) -> str:
         return text[: ends[line]]
     chars = list(range(ends[0] + 1))
     return text[: chars[_last_fitting(chars, lambda end: count(text[:end]) <= limit)]]
+
+
+def _window(text: str, limit: int, count: Callable[[str], int], piece: Callable[[int], str]) -> int:
+    """A number of characters from one end of `text` that holds more than `limit` tokens (or
+    all of it), found by doubling from `limit` characters, so that cutting counts only about
+    twice what it keeps, never the whole of a long file."""
+    size = max(limit, 1)
+    while size < len(text) and count(piece(size)) <= limit:
+        size = min(2 * size, len(text))
+    return size
 
 
 def _first_fitting(candidates: list[int], fits: Callable[[int], bool]) -> int:
