@@ -96,6 +96,9 @@ QUERY_SUFFIX_LINES = 20
 # Characters of retrieved code per token of the budget's context share: code runs at three to
 # four characters a token; the prompt format's packing drops what does not fit.
 CONTEXT_CHARS_PER_TOKEN = 3
+# Changes made into diffs kept for the next request (a commit's diff never changes).
+MADE_CHANGES = 4096
+_MISSING = object()
 # Retrieval asks the index for one hit per this many characters of the limit.
 MIN_CHUNK_CHARS = 64
 
@@ -347,6 +350,7 @@ class RepositoryContext:
         self._positions = HistoryPositions()
         self._recent: dict[str, deque[_Recent]] = {}
         self._walked: str | None = None  # the commit the history walk reached
+        self._made: dict[_Recent, Change | None] = {}  # changes made into diffs, kept
         self._lock = threading.Lock()  # guards the fields queries read
         self._refreshing = threading.Lock()
         self._blobs = BlobReader(self.git_dir)
@@ -561,22 +565,25 @@ class RepositoryContext:
         position. Binary versions are left out."""
         with self._lock:
             recent = list(self._recent.get(path, ()))[-limit:] if limit > 0 else []
+        made = {entry: self._made.get(entry, _MISSING) for entry in recent}
+        wanted = [entry for entry, change in made.items() if change is _MISSING]
         oids = sorted(
             {
                 oid
-                for entry in recent
+                for entry in wanted
                 for oid in (entry.change.old_oid, entry.change.new_oid)
                 if oid != ZERO_OID
             }
         )
         with self._blob_lock:
             contents = self._blobs.contents(oids) if oids else {}
-        found = []
-        for entry in reversed(recent):
-            change = _as_change(entry, contents)
-            if change is not None:
-                found.append(change)
-        return found
+        for entry in wanted:
+            made[entry] = _as_change(entry, contents)
+        with self._lock:
+            if len(self._made) > MADE_CHANGES:
+                self._made.clear()
+            self._made.update(made)
+        return [change for entry in reversed(recent) if (change := made[entry]) is not None]
 
     def repo_name(self) -> str:
         """The name `zen-coder mine` gives this repository: its clone URL's `owner/name` when
