@@ -253,8 +253,7 @@ def test_watching_refreshes_in_the_background_until_closed(mined, tmp_path):
     repo, _ = mined
     clone = GitRepo.clone(repo, tmp_path / "clone")
     context = RepositoryContext(clone.path)
-    context.refresh()
-    context.watch(0.01)
+    context.watch(0.01)  # the first refresh too
     (clone.path / "pkg" / "spheres.py").write_text("def sphere_volume(radius):\n    return 4\n")
     for _ in range(3000):  # a wait for the refresh, not a timing threshold
         if context.snippets(None, "sphere_volume(", "", 500):

@@ -359,8 +359,9 @@ class RepositoryContext:
         self._watcher: threading.Thread | None = None
 
     def watch(self, interval: float) -> None:
-        """Refresh every `interval` seconds in a background thread until `close()`: a server
-        keeps its index as fresh as the editor's files."""
+        """Refresh now and then every `interval` seconds in a background thread until
+        `close()`: a server answers from the start (without context until the first refresh
+        ends) and keeps its index as fresh as the editor's files."""
         if self._watcher is not None:
             return
         self._watcher = threading.Thread(
@@ -369,11 +370,13 @@ class RepositoryContext:
         self._watcher.start()
 
     def _watch(self, interval: float) -> None:
-        while not self._stop.wait(interval):
+        while True:
             try:
                 self.refresh()
             except ZenCoderError as error:  # a rebase or checkout under way: try again later
                 log.warning("repository refresh failed: %s", error)
+            if self._stop.wait(interval):
+                return
 
     def close(self) -> None:
         self._stop.set()
