@@ -52,8 +52,12 @@ __all__ = ["Channels", "Engine", "EngineRequest", "EngineStats", "Event", "Strea
 class EngineRequest:
     """One completion. `ids` are the prompt's tokens as the model reads them (BOS included:
     `Engine.encode` makes them); `prefix` is the text before the cursor, which the cut-off's
-    "auto" rules read (the cursor line's indentation). A greedy request (temperature 0) with
-    `speculate` drafts tokens by prompt lookup; its tokens are the same either way."""
+    "auto" rules read (the cursor line's indentation). `times`, when given, is each prompt
+    token's temporal position (a prompt holding the file's history, changes of several times,
+    as `prepare` writes it); otherwise every token has `channels.time`. Generated tokens take
+    the last prompt token's time, as `ZenCoder.generate` carries it over. A greedy request
+    (temperature 0) with `speculate` drafts tokens by prompt lookup; its tokens are the same
+    either way."""
 
     ids: list[int]
     channels: Channels = field(default_factory=Channels)
@@ -65,6 +69,10 @@ class EngineRequest:
     client: str | None = None  # a newer request from the same client cancels this one
     speculate: bool = True
     prefix: str = ""
+    times: list[int] | None = None
+
+    def prompt_times(self) -> list[int]:
+        return list(self.times) if self.times is not None else [self.channels.time] * len(self.ids)
 
 
 @dataclass(frozen=True)
@@ -207,6 +215,7 @@ class Running:
     stream: Stream
     slot: Slot
     pending: list[int]
+    times: list[int]  # the prompt's; later tokens take its last
     cached: int
     cutter: TextCutter
     decoder: IncrementalDecoder
@@ -222,6 +231,11 @@ class Running:
 
     def feed(self) -> list[int]:
         return self.pending + self.drafts
+
+    def times_from(self, start: int, count: int) -> list[int]:
+        """The times of the `count` tokens from position `start`."""
+        last = len(self.times) - 1
+        return [self.times[min(index, last)] for index in range(start, start + count)]
 
 
 class Engine:
@@ -342,6 +356,11 @@ class Engine:
         vocabulary = self.model.config.vocab_size
         if not all(0 <= token < vocabulary for token in request.ids):
             raise ZenCoderError(f"a prompt token is outside the vocabulary of {vocabulary} tokens")
+        if request.times is not None and len(request.times) != len(request.ids):
+            raise ZenCoderError(
+                f"the request has {len(request.times)} times for {len(request.ids)} tokens; "
+                "give one time per prompt token, or none"
+            )
 
     # -- the engine's thread --------------------------------------------------------------------
 
@@ -396,17 +415,17 @@ class Engine:
                 if not self._waiting:
                     return
                 request = self._waiting[0].request
-                slot = choose_slot(self.slots, request.ids, request.channels)
+                times = request.prompt_times()
+                slot = choose_slot(self.slots, request.ids, times, request.channels)
                 if slot is None:
                     return
                 stream = self._waiting.popleft()
-            self._start(stream, slot)
+            self._start(stream, slot, times)
 
-    def _start(self, stream: Stream, slot: Slot) -> None:
+    def _start(self, stream: Stream, slot: Slot, times: list[int]) -> None:
         request = stream.request
-        cached = slot.reusable(request.ids, request.channels)
-        del slot.tokens[cached:]
-        slot.channels, slot.busy = request.channels, True
+        cached = slot.reusable(request.ids, times, request.channels)
+        slot.start(cached, request.channels)
         greedy = request.temperature <= 0
         speculate = greedy and request.speculate and self.speculative_tokens > 0
         generator = None
@@ -417,6 +436,7 @@ class Engine:
                 stream=stream,
                 slot=slot,
                 pending=list(request.ids[cached:]),
+                times=times,
                 cached=cached,
                 cutter=TextCutter(request.cutoff, request.prefix),
                 decoder=IncrementalDecoder(self.tokenizer),
@@ -432,8 +452,9 @@ class Engine:
         """Compute a chunk of a long prompt rest alone, leaving at least its last token for a
         batched step (whose logits give the first completion token)."""
         chunk = running.pending[: min(PREFILL_CHUNK, len(running.pending) - 1)]
+        start = len(running.slot.tokens)
         self._forward([running], [chunk], last_only=True)
-        running.slot.tokens.extend(chunk)
+        running.slot.extend(chunk, running.times_from(start, len(chunk)))
         del running.pending[: len(chunk)]
 
     def _decode(self, rows: list[Running]) -> None:
@@ -459,7 +480,8 @@ class Engine:
                 with self._condition:
                     self._counts["drafted_tokens"] += len(running.drafts)
                     self._counts["accepted_tokens"] += count
-            running.slot.tokens.extend(feed[:committed])
+            start = len(running.slot.tokens)
+            running.slot.extend(feed[:committed], running.times_from(start, committed))
             running.in_prompt, running.drafts = False, []
             self._emit(running, tokens)
 
@@ -492,6 +514,9 @@ class Engine:
             [len(feed) for feed in feeds],
         )
         padded = [feed + [feed[-1]] * (width - len(feed)) for feed in feeds]
+        times = [
+            running.times_from(len(running.slot.tokens), width) for running in rows
+        ]  # padding takes the times that would follow; its outputs are unused
         channels = [running.request.channels for running in rows]
         device = self.device
 
@@ -503,7 +528,7 @@ class Engine:
             torch.tensor(padded, device=device),
             repo=channel("repo"),
             language=channel("language"),
-            time=channel("time"),
+            time=torch.tensor(times, device=device),
             cache=batch,
             positions=batch.positions,
             key_mask=batch.key_mask,
