@@ -240,6 +240,12 @@ def test_events_can_be_awaited(engine, model, roles):
     assert text == roles.tokenizer.decode(alone(model, roles, request), skip_special_tokens=False)
 
 
+def test_prompts_spell_special_tokens_as_the_tokens(engine, roles):
+    fim = roles.ids["<|fim_prefix|>"]
+    assert fim in engine.encode("<|fim_prefix|>x = 1")
+    assert fim not in roles.tokenizer.encode("<|fim_prefix|>x = 1").ids  # the caller's unchanged
+
+
 def test_bad_requests_are_one_line_errors(engine):
     with pytest.raises(ZenCoderError, match="no tokens"):
         engine.submit(EngineRequest(ids=[]))

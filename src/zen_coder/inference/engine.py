@@ -263,7 +263,10 @@ class Engine:
         if slots < 1:
             raise ZenCoderError(f"the engine needs at least one slot, not {slots}")
         self.model = model.eval()
-        self.tokenizer = tokenizer.tokenizer
+        # A copy that reads special tokens spelled in a prompt ("<|fim_prefix|>") as those
+        # tokens, as the prompt formats spell them; the caller's tokenizer keeps its setting.
+        self.tokenizer = Tokenizer.from_str(tokenizer.tokenizer.to_str())
+        self.tokenizer.encode_special_tokens = False
         self.roles = tokenizer
         self.eos_id = tokenizer.eos_id
         weight = model.embed.weight
