@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from tests.inference.prompts import PROMPTS, ascii_piece
-from tests.models import native_config
+from tests.models import LANGUAGE_TABLE, native_config
 from zen_coder.data.tokenizer import read_tokenizer
 from zen_coder.errors import ZenCoderError
 from zen_coder.inference.engine import Channels, Engine, EngineRequest
 from zen_coder.inference.generation import cut_at_stop
 from zen_coder.inference.stopping import CutOff
+from zen_coder.model.folder import save_model
 from zen_coder.model.model import ZenCoder
 
 KEEP_ALL = CutOff(multiline="multi")  # no line rule: the text is every generated token's
@@ -244,6 +245,22 @@ def test_prompts_spell_special_tokens_as_the_tokens(engine, roles):
     fim = roles.ids["<|fim_prefix|>"]
     assert fim in engine.encode("<|fim_prefix|>x = 1")
     assert fim not in roles.tokenizer.encode("<|fim_prefix|>x = 1").ids  # the caller's unchanged
+
+
+def test_a_model_folder_names_its_channels(model, roles, tokenizer_folder, tmp_path):
+    repos = ["<unknown>", "github.com/acme/tools", "github.com/acme/web", "local/notes"]
+    folder = tmp_path / "model"
+    save_model(
+        folder, model.config, model.state_dict(), LANGUAGE_TABLE, tokenizer_folder, repos=repos
+    )
+    with Engine.from_folder(folder, slots=2) as engine:
+        channels = engine.tables.channels("github.com/acme/web", "PYTHON", time=12)
+        assert channels == Channels(repo=2, language=LANGUAGE_TABLE.index("Python"), time=12)
+        assert engine.tables.channels("elsewhere/x", "Klingon") == Channels()
+        request = EngineRequest(ids=engine.encode(PROMPTS[0]), channels=channels, max_tokens=8)
+        stream = engine.submit(request)
+        stream.text()
+        assert stream.token_ids == alone(model, roles, request)
 
 
 def test_bad_requests_are_one_line_errors(engine):

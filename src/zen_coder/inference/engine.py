@@ -27,15 +27,19 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer
 
-from zen_coder.data.tokenizer import RoleTokenizer
+from zen_coder.data.tokenizer import RoleTokenizer, read_tokenizer
 from zen_coder.errors import ZenCoderError
+from zen_coder.inference.native import language_ids, torch_dtype
 from zen_coder.inference.slots import Channels, Slot, SlotCaches, choose_slot
 from zen_coder.inference.speculation import PromptLookup, accepted
 from zen_coder.inference.stopping import CutOff, TextCutter
+from zen_coder.model.folder import load_model, read_languages, read_repos
 from zen_coder.model.model import ZenCoder, sample_token
 
 LOG = logging.getLogger(__name__)
@@ -45,7 +49,32 @@ PREFILL_CHUNK = 256
 BATCHED_PROMPT = 8
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
 
-__all__ = ["Channels", "Engine", "EngineRequest", "EngineStats", "Event", "Stream"]
+__all__ = ["ChannelTables", "Channels", "Engine", "EngineRequest", "EngineStats", "Event", "Stream"]
+
+
+@dataclass(frozen=True)
+class ChannelTables:
+    """The names a model learned its history channels under: repository names as `zen-coder
+    mine` gives them and language names (any case), each to its id; anything else is unknown
+    (id 0), which the model also learned (repository dropout, files of no known language)."""
+
+    repos: dict[str, int] = field(default_factory=dict)
+    languages: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of_folder(cls, folder: Path) -> ChannelTables:
+        repos = read_repos(folder) or []
+        return cls(
+            repos={name: number for number, name in enumerate(repos) if number},
+            languages=language_ids(read_languages(folder)),
+        )
+
+    def channels(self, repo: str | None, language: str | None, time: int = 0) -> Channels:
+        return Channels(
+            repo=self.repos.get(repo or "", 0),
+            language=self.languages.get((language or "").lower(), 0),
+            time=time,
+        )
 
 
 @dataclass(frozen=True)
@@ -280,6 +309,7 @@ class Engine:
             model.config, slots, self.capacity, self.spare, self.device, weight.dtype
         )
         self.slots = [Slot(index) for index in range(slots)]
+        self.tables = ChannelTables()  # names of the channels' ids; from_folder reads a model's
         self._condition = threading.Condition()
         self._waiting: collections.deque[Stream] = collections.deque()
         self._running: list[Running] = []
@@ -288,6 +318,17 @@ class Engine:
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="zen-coder-engine", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def from_folder(
+        cls, folder: Path, *, device: str = "cpu", dtype: str | None = None, **options: Any
+    ) -> Engine:
+        """An engine for the native model folder `folder` (a run's `model/`), with its channel
+        tables as `tables`; `options` are the constructor's."""
+        model = load_model(folder).to(device=torch.device(device), dtype=torch_dtype(dtype))
+        engine = cls(model, read_tokenizer(folder), **options)
+        engine.tables = ChannelTables.of_folder(folder)
+        return engine
 
     # -- the public side ------------------------------------------------------------------------
 
