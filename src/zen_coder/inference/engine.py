@@ -99,6 +99,7 @@ class EngineRequest:
     speculate: bool = True
     prefix: str = ""
     times: list[int] | None = None
+    ignore_eos: bool = False  # run to max_tokens (benchmarks of models with random weights)
 
     def prompt_times(self) -> list[int]:
         return list(self.times) if self.times is not None else [self.channels.time] * len(self.ids)
@@ -550,26 +551,31 @@ class Engine:
         self, rows: list[Running], feeds: list[list[int]], last_only: bool
     ) -> torch.Tensor:
         """One forward pass: row r feeds `feeds[r]` after its slot's cached tokens; logits
-        [A, T, V] (T the longest feed; shorter feeds are padded and their extra logits unused)."""
+        [A, T, V] (T the longest feed; shorter feeds are padded and their extra logits unused).
+
+        The pass runs over the window of slots from the lowest to the highest of the rows',
+        idle slots in between as filler rows (`slots.SlotBatch`)."""
         width = max(len(feed) for feed in feeds)
-        batch = self.caches.batch(
-            [running.slot.index for running in rows],
-            [len(running.slot.tokens) for running in rows],
-            [len(feed) for feed in feeds],
-        )
-        padded = [feed + [feed[-1]] * (width - len(feed)) for feed in feeds]
-        times = [
-            running.times_from(len(running.slot.tokens), width) for running in rows
-        ]  # padding takes the times that would follow; its outputs are unused
-        channels = [running.request.channels for running in rows]
+        first = min(running.slot.index for running in rows)
+        size = max(running.slot.index for running in rows) - first + 1
+        lengths: list[int | None] = [None] * size
+        tokens, times = [[0] * width] * size, [[0] * width] * size
+        channels = [Channels()] * size
+        for running, feed in zip(rows, feeds, strict=True):
+            row, cached = running.slot.index - first, len(running.slot.tokens)
+            lengths[row], channels[row] = cached, running.request.channels
+            tokens[row] = feed + [feed[-1]] * (width - len(feed))
+            # Padding takes the times that would follow; its outputs are unused.
+            times[row] = running.times_from(cached, width)
+        batch = self.caches.batch(first, lengths, width)
         device = self.device
 
         def channel(name: str) -> torch.Tensor:
             values = torch.tensor([[getattr(c, name)] for c in channels], device=device)
-            return values.expand(len(rows), width)
+            return values.expand(size, width)
 
         output = self.model(
-            torch.tensor(padded, device=device),
+            torch.tensor(tokens, device=device),
             repo=channel("repo"),
             language=channel("language"),
             time=torch.tensor(times, device=device),
@@ -578,7 +584,8 @@ class Engine:
             key_mask=batch.key_mask,
             last_only=last_only,
         )
-        return output.logits
+        wanted = torch.tensor([running.slot.index - first for running in rows], device=device)
+        return output.logits.index_select(0, wanted)
 
     def _emit(self, running: Running, tokens: list[int]) -> None:
         """Hand the new tokens to the request: stop at EOS, the token limit, the slot's
@@ -588,7 +595,7 @@ class Engine:
             self._finish(running, "length")  # max_tokens 0: the prompt only warms the cache
             return
         reason = None
-        if self.eos_id in tokens:
+        if self.eos_id in tokens and not request.ignore_eos:
             tokens, reason = tokens[: tokens.index(self.eos_id)], "stop"
         room = request.max_tokens - running.generated
         if len(tokens) >= room:
