@@ -261,6 +261,14 @@ def test_end_of_text_stops_unless_ignored(model, roles):
         assert last.finish_reason == "length"
 
 
+def test_a_request_past_its_time_limit_ends_with_what_it_has(engine, model, roles):
+    request = dataclasses.replace(requests(engine)[1], max_seconds=0.0)
+    stream = engine.submit(request)
+    _, last = stream.text()
+    assert last.finish_reason == "length"
+    assert stream.token_ids == alone(model, roles, request)[:1]
+
+
 def test_zero_max_tokens_only_warms_the_cache(engine):
     ids = engine.encode(PROMPTS[1])
     text, last = engine.submit(EngineRequest(ids=ids, max_tokens=0)).text()

@@ -100,6 +100,9 @@ class EngineRequest:
     prefix: str = ""
     times: list[int] | None = None
     ignore_eos: bool = False  # run to max_tokens (benchmarks of models with random weights)
+    # A time limit from submission: past it the completion ends with what it has ("length"),
+    # as llama.cpp's t_max_predict_ms; an editor prefers a shorter completion to a late one.
+    max_seconds: float | None = None
 
     def prompt_times(self) -> list[int]:
         return list(self.times) if self.times is not None else [self.channels.time] * len(self.ids)
@@ -141,6 +144,7 @@ class Stream:
 
     def __init__(self, request: EngineRequest, wake: threading.Condition) -> None:
         self.request = request
+        self.submitted = time.monotonic()
         self.token_ids: list[int] = []
         self._events: collections.deque[Event] = collections.deque()
         self._condition = threading.Condition()
@@ -612,12 +616,19 @@ class Engine:
             running.stream._put(self._event(running, piece, None))
         if running.cutter.done:
             reason = "stop"
-        elif reason is None and len(running.slot.tokens) + 1 > self.capacity:
+        elif reason is None and (
+            len(running.slot.tokens) + 1 > self.capacity or self._late(running)
+        ):
             reason = "length"
         if reason is not None:
             self._finish(running, reason)
         else:
             running.pending = tokens[-1:]
+
+    @staticmethod
+    def _late(running: Running) -> bool:
+        limit = running.request.max_seconds
+        return limit is not None and time.monotonic() - running.stream.submitted > limit
 
     def _finish(self, running: Running, reason: str) -> None:
         text = ""
