@@ -148,6 +148,7 @@ def test_the_next_keystroke_resumes_the_slot_holding_its_prefix(engine, model, r
     _, last = stream.text()
     assert last.cached_tokens == 0
     assert stream.token_ids == alone(model, roles, elsewhere)
+    assert engine.stats().prefix_hits == 2
 
 
 def test_an_idle_slot_between_busy_ones_keeps_its_cache(engine, model, roles):

@@ -130,6 +130,7 @@ class EngineStats:
     requests: int
     prompt_tokens: int
     cached_tokens: int
+    prefix_hits: int  # requests that resumed a slot's cache
     completion_tokens: int
     steps: int
     drafted_tokens: int
@@ -372,6 +373,7 @@ class Engine:
                 requests=counts["requests"],
                 prompt_tokens=counts["prompt_tokens"],
                 cached_tokens=counts["cached_tokens"],
+                prefix_hits=counts["prefix_hits"],
                 completion_tokens=counts["completion_tokens"],
                 steps=counts["steps"],
                 drafted_tokens=counts["drafted_tokens"],
@@ -496,6 +498,7 @@ class Engine:
         with self._condition:
             self._counts["prompt_tokens"] += len(request.ids)
             self._counts["cached_tokens"] += cached
+            self._counts["prefix_hits"] += cached > 0
 
     def _prefill_chunk(self, running: Running) -> None:
         """Compute a chunk of a long prompt rest alone, leaving at least its last token for a
