@@ -202,9 +202,8 @@ def test_sampling_follows_the_seed_as_generate_does(engine, model, roles):
         assert stream.token_ids == alone(model, roles, request)
 
 
-def test_long_prompts_are_computed_in_chunks(model, roles, monkeypatch):
-    monkeypatch.setattr("zen_coder.inference.engine.PREFILL_CHUNK", 16)
-    with Engine(model, roles, slots=2) as engine:
+def test_long_prompts_are_computed_in_chunks(model, roles):
+    with Engine(model, roles, slots=2, prefill_chunk=16) as engine:
         long = EngineRequest(
             ids=engine.encode(PROMPTS[1] * 4), max_tokens=NEW_TOKENS, cutoff=KEEP_ALL
         )
