@@ -278,15 +278,20 @@ def test_zero_max_tokens_only_warms_the_cache(engine):
 
 
 def test_events_can_be_awaited(engine, model, roles):
-    request = requests(engine)[2]
+    batch = requests(engine)
 
-    async def collect():
+    async def collect(request):
         return [event async for event in engine.submit(request)]
 
-    events = asyncio.run(collect())
-    assert events[-1].finish_reason is not None
-    text = "".join(event.text for event in events)
-    assert text == roles.tokenizer.decode(alone(model, roles, request), skip_special_tokens=False)
+    async def together():
+        return await asyncio.gather(*(collect(request) for request in batch))
+
+    for request, events in zip(batch, asyncio.run(together()), strict=True):
+        assert events[-1].finish_reason is not None
+        assert all(event.finish_reason is None for event in events[:-1])
+        text = "".join(event.text for event in events)
+        expected = alone(model, roles, request)
+        assert text == roles.tokenizer.decode(expected, skip_special_tokens=False)
 
 
 def test_prompts_spell_special_tokens_as_the_tokens(engine, roles):
