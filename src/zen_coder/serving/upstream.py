@@ -133,7 +133,8 @@ class UpstreamBackend:
                     if cutter.done:
                         break  # leaving the block closes the connection: the upstream aborts
         except httpx.HTTPError as error:
-            raise BackendError(f"upstream {self.base_url}{path} failed: {error}") from None
+            reason = str(error) or type(error).__name__
+            raise BackendError(f"upstream {self.base_url}{path} failed: {reason}") from None
         finally:
             self.active -= 1
         yield Piece(
