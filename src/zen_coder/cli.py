@@ -433,7 +433,7 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
         served_model=args.served_model,
         tokenizer=args.tokenizer,
     )
-    repository = open_repository(args.repo)
+    repository = open_repository(args.repo, backend)
     console.print(
         f"serving {args.model} ({backend.name} backend) as {settings.model_name!r} at "
         f"http://{settings.host}:{settings.port}"

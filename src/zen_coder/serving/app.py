@@ -30,13 +30,15 @@ if TYPE_CHECKING:
     from zen_coder.inference.repository import RepositoryContext
 
 log = logging.getLogger("zen_coder.serving")
+REFRESH_SECONDS = 2.0  # how often the repository index catches up with the editor's saves
 Handler = Callable[[Service, dict[str, Any], Call], Awaitable[Any]]
 
 
 def create_app(
     backend: Backend, settings: ServerSettings, repository: RepositoryContext | None = None
 ) -> FastAPI:
-    """The server's app around `backend`; the backend is closed when the app shuts down."""
+    """The server's app around `backend`; the backend and the repository are closed when the
+    app shuts down."""
     metrics = Metrics(backend.stats)
     service = Service(backend, settings, metrics, repository)
     keys = Keys(settings.api_keys)
@@ -46,6 +48,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await backend.close()
+        if repository is not None:
+            repository.close()
 
     app = FastAPI(
         title="zen-coder", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
@@ -211,13 +215,17 @@ def serve(
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level)
 
 
-def open_repository(path: Path | None) -> RepositoryContext | None:
-    """The repository context of `--repo`, indexed before the server starts (its index's
-    libraries are imported only then)."""
+def open_repository(
+    path: Path | None, backend: Backend, refresh_seconds: float = REFRESH_SECONDS
+) -> RepositoryContext | None:
+    """The repository context of `--repo`, kept fresh in the background (the server answers
+    while it is first indexed, without context until then). The repository is named as the
+    model's repository table names it where it can be. Its index's libraries are imported only
+    here."""
     if path is None:
         return None
     from zen_coder.inference.repository import RepositoryContext
 
-    repository = RepositoryContext(path)
-    repository.refresh()
+    repository = RepositoryContext(path, known_repos=backend.repo_names)
+    repository.watch(refresh_seconds)
     return repository

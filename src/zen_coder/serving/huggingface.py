@@ -26,6 +26,7 @@ Emit = Callable[[Piece], None]
 
 class HuggingFaceBackend:
     name = "huggingface"
+    repo_names: tuple[str, ...] = ()
 
     def __init__(self, folder_or_name: str, device: str = "cpu", dtype: str | None = None) -> None:
         self.generator = HuggingFaceGenerator(folder_or_name, device=device, dtype=dtype)

@@ -30,7 +30,8 @@ class NativeBackend:
         self.roles = read_tokenizer(self.folder)
         self.prompt_format = PromptFormat.from_tokenizer(self.roles)
         self.languages = language_ids(read_languages(self.folder))
-        self.repos = {name: number for number, name in enumerate(read_repos(self.folder) or [])}
+        self.repo_names = tuple(read_repos(self.folder) or ())
+        self.repos = {name: number for number, name in enumerate(self.repo_names)}
         # A built prompt's special tokens go in by id; the engine's `encode` reads a raw prompt's
         # spelled ones as tokens, so it gets a tokenizer of its own that does.
         self.text_tokenizer = read_tokenizer(self.folder)

@@ -28,8 +28,6 @@ from zen_coder.serving.settings import ServerSettings
 if TYPE_CHECKING:  # imported by the app only when the server has a repository
     from zen_coder.inference.repository import RepositoryContext
 
-CHANGES_PER_PROMPT = 3  # recent commits of the edited file offered to the prompt
-
 
 @dataclass(frozen=True)
 class Choice:
@@ -78,23 +76,19 @@ class Service:
     # ---- prompts -----------------------------------------------------------------------------
 
     def fill_in_the_middle(self, parts: PromptParts, retrieve: bool = True) -> Prompt:
-        """The prompt of a completion at a cursor, in the model's layout, with the repository's
-        snippets and the file's recent changes added when the server has a repository (and
-        `retrieve`); the budget shares are the server's."""
+        """The prompt of a completion at a cursor, in the model's layout: with the server's
+        repository (and `retrieve`), its name, the snippets nearest the cursor and the file's
+        recent changes join what the editor sent; the budget shares are the server's."""
         settings = self.settings
-        language = self.language_of(parts.path, parts.language)
-        parts = replace(parts, language=language, repo=parts.repo or self.repo_name)
-        if self.repository is not None and retrieve:
-            context_chars = int(settings.context_tokens * 3 * budget_rest(settings))
-            found = self.repository.snippets(
-                parts.path, parts.prefix, parts.suffix or "", context_chars
-            )
-            parts = replace(parts, snippets=[*parts.snippets, *found])
-            if parts.path:
-                parts = replace(
-                    parts, changes=self.repository.changes(parts.path, CHANGES_PER_PROMPT)
-                )
         budget = Budget(settings.context_tokens, settings.prefix_share, settings.suffix_share)
+        language = self.language_of(parts.path, parts.language)
+        if self.repository is not None and retrieve:
+            found = self.repository.prompt_parts(
+                parts.prefix, parts.suffix, parts.path, language, budget
+            )
+            parts = replace(found, snippets=[*parts.snippets, *found.snippets])
+        else:
+            parts = replace(parts, language=language, repo=parts.repo or self.repo_name)
         prompt = self.prompt_format.build(parts, budget, self.backend.count)
         self.check_prompt_tokens(prompt.prompt_tokens)
         return prompt
@@ -112,7 +106,7 @@ class Service:
         """The file's history position, as the model's time channel counts it (0 unknown)."""
         if self.repository is None or not path:
             return 0
-        return self.repository.time_of(path)
+        return self.repository.time_of(self.repository.relative_path(path) or path)
 
     def check_prompt_tokens(self, tokens: int) -> None:
         limit = self.settings.max_prompt_tokens
@@ -222,11 +216,6 @@ class Service:
         seconds = time.perf_counter() - started
         choices = [Choice(index, text, last[index]) for index, text in enumerate(texts)]
         return Result(choices, seconds if first is None else first, seconds)
-
-
-def budget_rest(settings: ServerSettings) -> float:
-    """The share of the prompt budget left to repository context."""
-    return max(0.0, 1.0 - settings.prefix_share - settings.suffix_share)
 
 
 async def merge(

@@ -30,6 +30,7 @@ class UpstreamBackend:
     `model` None serves the first model the upstream lists."""
 
     name = "openai"
+    repo_names: tuple[str, ...] = ()
 
     def __init__(
         self,
