@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from zen_coder.inference.repository import RepositoryContext
 
 log = logging.getLogger("zen_coder.serving")
+SHUTDOWN_SECONDS = 5  # an interrupted server waits this long for requests in flight
 REFRESH_SECONDS = 2.0  # how often the repository index catches up with the editor's saves
 Handler = Callable[[Service, dict[str, Any], Call], Awaitable[Any]]
 
@@ -212,7 +213,13 @@ def serve(
             settings.port,
         )
     app = create_app(backend, settings, repository)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+    )
 
 
 def open_repository(
