@@ -52,6 +52,8 @@ def vllm_like() -> tuple[FastAPI, dict]:
         seen["completions"].append(body)
         if "suffix" in body:
             return JSONResponse({"error": {"message": "suffix is not currently supported"}}, 400)
+        if "OVERLOADED" in body["prompt"]:
+            return JSONResponse({"error": {"message": "no capacity left"}}, 503)
         return stream(ANSWER, lambda text: {"choices": [{"index": 0, "text": text}]})
 
     @app.post("/v1/chat/completions")
@@ -125,3 +127,11 @@ def test_chat_passes_through(client, upstream):
     assert answer.choices[0].message.content == "Hello there"
     assert answer.usage.prompt_tokens == 7
     assert seen["chat"][-1]["messages"] == messages
+
+
+def test_an_upstream_failure_is_a_502_or_the_streams_last_event(client):
+    with pytest.raises(openai.APIStatusError, match="no capacity left") as failure:
+        client.completions.create(model="zen-70b", prompt="OVERLOADED", max_tokens=4)
+    assert failure.value.status_code == 502
+    with pytest.raises(openai.APIError, match="no capacity left"):
+        list(client.completions.create(model="zen-70b", prompt="OVERLOADED", stream=True))

@@ -164,11 +164,22 @@ async def released(events: AsyncIterator[str], release: Callable[[], None]) -> A
     try:
         async for item in events:
             yield item
-    except (ApiError, BackendError) as error:
-        status = error.status if isinstance(error, ApiError) else 502
-        yield openai_api.event(ApiError(status, str(error)).body())
+    except Exception as error:  # the answer has begun: the error can only be its last event
+        yield openai_api.event(stream_error(error).body())
     finally:
         release()
+
+
+def stream_error(error: Exception) -> ApiError:
+    """The error event that ends a stream: the status the error would have had before it."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, BackendError):
+        return ApiError(502, str(error))
+    if isinstance(error, ZenCoderError):
+        return ApiError(400, str(error))
+    log.exception("a streamed completion failed")
+    return ApiError(500, f"the completion failed ({type(error).__name__}); see the server's log")
 
 
 class CountRequests:

@@ -37,6 +37,7 @@ class NativeBackend:
         self.text_tokenizer = read_tokenizer(self.folder)
         self.text_tokenizer.tokenizer.encode_special_tokens = False
         self.engine = Engine(model.eval(), self.text_tokenizer, slots=slots)
+        self.context_length = self.engine.capacity
 
     def identity(self) -> dict[str, Any]:
         return {"backend": self.name, "path": str(self.folder), "device": self.device}
