@@ -99,6 +99,7 @@ class NativeBackend:
             "steps": stats.steps,
             "drafted_tokens": stats.drafted_tokens,
             "accepted_tokens": stats.accepted_tokens,
+            "cancelled": stats.cancelled,
         }
         return BackendStats(queue_depth=stats.queued, active=stats.active, counters=counters)
 
