@@ -58,8 +58,9 @@ class TextRequest:
 
 @dataclass(frozen=True)
 class Piece:
-    """A streamed piece of one completion; the last has a `finish_reason` ("stop", "length" or
-    "cancelled") and the token counts of the whole request."""
+    """A streamed piece of one completion, with the request's token counts so far where the
+    backend knows them (an upstream tells them only at the end); the last piece has a
+    `finish_reason` ("stop", "length" or "cancelled") and the final counts."""
 
     text: str
     finish_reason: str | None = None

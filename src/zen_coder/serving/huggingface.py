@@ -94,7 +94,7 @@ class HuggingFaceBackend:
             emit(Piece("", "length", int(prompt.shape[1])))
             return
         cutter = TextCutter(request.cutoff, prefix=request.prefix)
-        streamer = CuttingStreamer(self.tokenizer, cutter, emit)
+        streamer = CuttingStreamer(self.tokenizer, cutter, emit, int(prompt.shape[1]))
 
         class Stop(StoppingCriteria):
             """Ends generation once the cutter has cut or the client has gone."""
@@ -141,8 +141,9 @@ class CuttingStreamer:
     (the model's end of text shows as nothing; half a character waits for its rest). The first
     `put` is the prompt, skipped."""
 
-    def __init__(self, tokenizer: Any, cutter: TextCutter, emit: Emit) -> None:
+    def __init__(self, tokenizer: Any, cutter: TextCutter, emit: Emit, prompt_tokens: int) -> None:
         self.tokenizer, self.cutter, self.emit = tokenizer, cutter, emit
+        self.prompt_tokens = prompt_tokens
         self.generated: list[int] = []
         self.shown = 0  # characters of the decoded completion handed to the cutter
         self.prompt_seen = False
@@ -167,7 +168,7 @@ class CuttingStreamer:
         delta = self.cutter.push(text[self.shown :])
         self.shown = len(text)
         if delta:
-            self.emit(Piece(delta))
+            self.emit(Piece(delta, None, self.prompt_tokens, 0, len(self.generated)))
 
 
 async def pieces_from_thread(run: Callable[[Emit, threading.Event], None]) -> AsyncIterator[Piece]:
