@@ -27,33 +27,64 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer
 
-from zen_coder.data.tokenizer import RoleTokenizer
+from zen_coder.data.tokenizer import RoleTokenizer, read_tokenizer
 from zen_coder.errors import ZenCoderError
+from zen_coder.inference.native import language_ids, torch_dtype
 from zen_coder.inference.slots import Channels, Slot, SlotCaches, choose_slot
 from zen_coder.inference.speculation import PromptLookup, accepted
 from zen_coder.inference.stopping import CutOff, TextCutter
+from zen_coder.model.folder import load_model, read_languages, read_repos
 from zen_coder.model.model import ZenCoder, sample_token
 
 LOG = logging.getLogger(__name__)
-# Prompt tokens computed per forward pass when a prompt's rest is too long to share a step.
-PREFILL_CHUNK = 256
 # A prompt rest of up to this many tokens joins the batched step instead of its own pass.
 BATCHED_PROMPT = 8
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
 
-__all__ = ["Channels", "Engine", "EngineRequest", "EngineStats", "Event", "Stream"]
+__all__ = ["ChannelTables", "Channels", "Engine", "EngineRequest", "EngineStats", "Event", "Stream"]
+
+
+@dataclass(frozen=True)
+class ChannelTables:
+    """The names a model learned its history channels under: repository names as `zen-coder
+    mine` gives them and language names (any case), each to its id; anything else is unknown
+    (id 0), which the model also learned (repository dropout, files of no known language)."""
+
+    repos: dict[str, int] = field(default_factory=dict)
+    languages: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of_folder(cls, folder: Path) -> ChannelTables:
+        repos = read_repos(folder) or []
+        return cls(
+            repos={name: number for number, name in enumerate(repos) if number},
+            languages=language_ids(read_languages(folder)),
+        )
+
+    def channels(self, repo: str | None, language: str | None, time: int = 0) -> Channels:
+        return Channels(
+            repo=self.repos.get(repo or "", 0),
+            language=self.languages.get((language or "").lower(), 0),
+            time=time,
+        )
 
 
 @dataclass(frozen=True)
 class EngineRequest:
     """One completion. `ids` are the prompt's tokens as the model reads them (BOS included:
     `Engine.encode` makes them); `prefix` is the text before the cursor, which the cut-off's
-    "auto" rules read (the cursor line's indentation). A greedy request (temperature 0) with
-    `speculate` drafts tokens by prompt lookup; its tokens are the same either way."""
+    "auto" rules read (the cursor line's indentation). `times`, when given, is each prompt
+    token's temporal position (a prompt holding the file's history, changes of several times,
+    as `prepare` writes it); otherwise every token has `channels.time`. Generated tokens take
+    the last prompt token's time, as `ZenCoder.generate` carries it over. A greedy request
+    (temperature 0) with `speculate` drafts tokens by prompt lookup; its tokens are the same
+    either way."""
 
     ids: list[int]
     channels: Channels = field(default_factory=Channels)
@@ -65,6 +96,14 @@ class EngineRequest:
     client: str | None = None  # a newer request from the same client cancels this one
     speculate: bool = True
     prefix: str = ""
+    times: list[int] | None = None
+    ignore_eos: bool = False  # run to max_tokens (benchmarks of models with random weights)
+    # A time limit from submission: past it the completion ends with what it has ("length"),
+    # as llama.cpp's t_max_predict_ms; an editor prefers a shorter completion to a late one.
+    max_seconds: float | None = None
+
+    def prompt_times(self) -> list[int]:
+        return list(self.times) if self.times is not None else [self.channels.time] * len(self.ids)
 
 
 @dataclass(frozen=True)
@@ -89,6 +128,7 @@ class EngineStats:
     requests: int
     prompt_tokens: int
     cached_tokens: int
+    prefix_hits: int  # requests that resumed a slot's cache
     completion_tokens: int
     steps: int
     drafted_tokens: int
@@ -103,6 +143,7 @@ class Stream:
 
     def __init__(self, request: EngineRequest, wake: threading.Condition) -> None:
         self.request = request
+        self.submitted = time.monotonic()
         self.token_ids: list[int] = []
         self._events: collections.deque[Event] = collections.deque()
         self._condition = threading.Condition()
@@ -207,6 +248,7 @@ class Running:
     stream: Stream
     slot: Slot
     pending: list[int]
+    times: list[int]  # the prompt's; later tokens take its last
     cached: int
     cutter: TextCutter
     decoder: IncrementalDecoder
@@ -223,6 +265,11 @@ class Running:
     def feed(self) -> list[int]:
         return self.pending + self.drafts
 
+    def times_from(self, start: int, count: int) -> list[int]:
+        """The times of the `count` tokens from position `start`."""
+        last = len(self.times) - 1
+        return [self.times[min(index, last)] for index in range(start, start + count)]
+
 
 class Engine:
     """The model behind a request queue, run by one background thread (see the module's doc).
@@ -233,6 +280,8 @@ class Engine:
     many as keep a step within `step_tokens` fed tokens: every row of a step is padded to the
     longest, so drafts pay off when few requests run (a batch of eight already keeps the
     processor busy; on CPU, eight rows of nine tokens cost about twice eight rows of one).
+    A prompt rest too long to join a step is computed alone, `prefill_chunk` tokens per step
+    (larger on a GPU, where a longer chunk costs little more).
     """
 
     def __init__(
@@ -245,11 +294,15 @@ class Engine:
         speculative_tokens: int = 8,
         ngram: int = 3,
         step_tokens: int = 16,
+        prefill_chunk: int = 256,
     ) -> None:
         if slots < 1:
             raise ZenCoderError(f"the engine needs at least one slot, not {slots}")
         self.model = model.eval()
-        self.tokenizer = tokenizer.tokenizer
+        # A copy that reads special tokens spelled in a prompt ("<|fim_prefix|>") as those
+        # tokens, as the prompt formats spell them; the caller's tokenizer keeps its setting.
+        self.tokenizer = Tokenizer.from_str(tokenizer.tokenizer.to_str())
+        self.tokenizer.encode_special_tokens = False
         self.roles = tokenizer
         self.eos_id = tokenizer.eos_id
         weight = model.embed.weight
@@ -258,11 +311,13 @@ class Engine:
         self.capacity = min(max_length or context, context)
         self.speculative_tokens, self.ngram = max(0, speculative_tokens), ngram
         self.step_tokens = step_tokens
+        self.prefill_chunk = max(1, prefill_chunk)
         self.spare = max(self.speculative_tokens + 1, BATCHED_PROMPT)
         self.caches = SlotCaches(
             model.config, slots, self.capacity, self.spare, self.device, weight.dtype
         )
         self.slots = [Slot(index) for index in range(slots)]
+        self.tables = ChannelTables()  # names of the channels' ids; from_folder reads a model's
         self._condition = threading.Condition()
         self._waiting: collections.deque[Stream] = collections.deque()
         self._running: list[Running] = []
@@ -271,6 +326,17 @@ class Engine:
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="zen-coder-engine", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def from_folder(
+        cls, folder: Path, *, device: str = "cpu", dtype: str | None = None, **options: Any
+    ) -> Engine:
+        """An engine for the native model folder `folder` (a run's `model/`), with its channel
+        tables as `tables`; `options` are the constructor's."""
+        model = load_model(folder).to(device=torch.device(device), dtype=torch_dtype(dtype))
+        engine = cls(model, read_tokenizer(folder), **options)
+        engine.tables = ChannelTables.of_folder(folder)
+        return engine
 
     # -- the public side ------------------------------------------------------------------------
 
@@ -309,6 +375,7 @@ class Engine:
                 requests=counts["requests"],
                 prompt_tokens=counts["prompt_tokens"],
                 cached_tokens=counts["cached_tokens"],
+                prefix_hits=counts["prefix_hits"],
                 completion_tokens=counts["completion_tokens"],
                 steps=counts["steps"],
                 drafted_tokens=counts["drafted_tokens"],
@@ -342,6 +409,11 @@ class Engine:
         vocabulary = self.model.config.vocab_size
         if not all(0 <= token < vocabulary for token in request.ids):
             raise ZenCoderError(f"a prompt token is outside the vocabulary of {vocabulary} tokens")
+        if request.times is not None and len(request.times) != len(request.ids):
+            raise ZenCoderError(
+                f"the request has {len(request.times)} times for {len(request.ids)} tokens; "
+                "give one time per prompt token, or none"
+            )
 
     # -- the engine's thread --------------------------------------------------------------------
 
@@ -396,17 +468,17 @@ class Engine:
                 if not self._waiting:
                     return
                 request = self._waiting[0].request
-                slot = choose_slot(self.slots, request.ids, request.channels)
+                times = request.prompt_times()
+                slot = choose_slot(self.slots, request.ids, times, request.channels)
                 if slot is None:
                     return
                 stream = self._waiting.popleft()
-            self._start(stream, slot)
+            self._start(stream, slot, times)
 
-    def _start(self, stream: Stream, slot: Slot) -> None:
+    def _start(self, stream: Stream, slot: Slot, times: list[int]) -> None:
         request = stream.request
-        cached = slot.reusable(request.ids, request.channels)
-        del slot.tokens[cached:]
-        slot.channels, slot.busy = request.channels, True
+        cached = slot.reusable(request.ids, times, request.channels)
+        slot.start(cached, request.channels)
         greedy = request.temperature <= 0
         speculate = greedy and request.speculate and self.speculative_tokens > 0
         generator = None
@@ -417,6 +489,7 @@ class Engine:
                 stream=stream,
                 slot=slot,
                 pending=list(request.ids[cached:]),
+                times=times,
                 cached=cached,
                 cutter=TextCutter(request.cutoff, request.prefix),
                 decoder=IncrementalDecoder(self.tokenizer),
@@ -427,13 +500,15 @@ class Engine:
         with self._condition:
             self._counts["prompt_tokens"] += len(request.ids)
             self._counts["cached_tokens"] += cached
+            self._counts["prefix_hits"] += cached > 0
 
     def _prefill_chunk(self, running: Running) -> None:
         """Compute a chunk of a long prompt rest alone, leaving at least its last token for a
         batched step (whose logits give the first completion token)."""
-        chunk = running.pending[: min(PREFILL_CHUNK, len(running.pending) - 1)]
+        chunk = running.pending[: min(self.prefill_chunk, len(running.pending) - 1)]
+        start = len(running.slot.tokens)
         self._forward([running], [chunk], last_only=True)
-        running.slot.tokens.extend(chunk)
+        running.slot.extend(chunk, running.times_from(start, len(chunk)))
         del running.pending[: len(chunk)]
 
     def _decode(self, rows: list[Running]) -> None:
@@ -459,7 +534,8 @@ class Engine:
                 with self._condition:
                     self._counts["drafted_tokens"] += len(running.drafts)
                     self._counts["accepted_tokens"] += count
-            running.slot.tokens.extend(feed[:committed])
+            start = len(running.slot.tokens)
+            running.slot.extend(feed[:committed], running.times_from(start, committed))
             running.in_prompt, running.drafts = False, []
             self._emit(running, tokens)
 
@@ -484,32 +560,41 @@ class Engine:
         self, rows: list[Running], feeds: list[list[int]], last_only: bool
     ) -> torch.Tensor:
         """One forward pass: row r feeds `feeds[r]` after its slot's cached tokens; logits
-        [A, T, V] (T the longest feed; shorter feeds are padded and their extra logits unused)."""
+        [A, T, V] (T the longest feed; shorter feeds are padded and their extra logits unused).
+
+        The pass runs over the window of slots from the lowest to the highest of the rows',
+        idle slots in between as filler rows (`slots.SlotBatch`)."""
         width = max(len(feed) for feed in feeds)
-        batch = self.caches.batch(
-            [running.slot.index for running in rows],
-            [len(running.slot.tokens) for running in rows],
-            [len(feed) for feed in feeds],
-        )
-        padded = [feed + [feed[-1]] * (width - len(feed)) for feed in feeds]
-        channels = [running.request.channels for running in rows]
+        first = min(running.slot.index for running in rows)
+        size = max(running.slot.index for running in rows) - first + 1
+        lengths: list[int | None] = [None] * size
+        tokens, times = [[0] * width] * size, [[0] * width] * size
+        channels = [Channels()] * size
+        for running, feed in zip(rows, feeds, strict=True):
+            row, cached = running.slot.index - first, len(running.slot.tokens)
+            lengths[row], channels[row] = cached, running.request.channels
+            tokens[row] = feed + [feed[-1]] * (width - len(feed))
+            # Padding takes the times that would follow; its outputs are unused.
+            times[row] = running.times_from(cached, width)
+        batch = self.caches.batch(first, lengths, width)
         device = self.device
 
         def channel(name: str) -> torch.Tensor:
             values = torch.tensor([[getattr(c, name)] for c in channels], device=device)
-            return values.expand(len(rows), width)
+            return values.expand(size, width)
 
         output = self.model(
-            torch.tensor(padded, device=device),
+            torch.tensor(tokens, device=device),
             repo=channel("repo"),
             language=channel("language"),
-            time=channel("time"),
+            time=torch.tensor(times, device=device),
             cache=batch,
             positions=batch.positions,
             key_mask=batch.key_mask,
             last_only=last_only,
         )
-        return output.logits
+        wanted = torch.tensor([running.slot.index - first for running in rows], device=device)
+        return output.logits.index_select(0, wanted)
 
     def _emit(self, running: Running, tokens: list[int]) -> None:
         """Hand the new tokens to the request: stop at EOS, the token limit, the slot's
@@ -519,7 +604,7 @@ class Engine:
             self._finish(running, "length")  # max_tokens 0: the prompt only warms the cache
             return
         reason = None
-        if self.eos_id in tokens:
+        if self.eos_id in tokens and not request.ignore_eos:
             tokens, reason = tokens[: tokens.index(self.eos_id)], "stop"
         room = request.max_tokens - running.generated
         if len(tokens) >= room:
@@ -536,12 +621,19 @@ class Engine:
             running.stream._put(self._event(running, piece, None))
         if running.cutter.done:
             reason = "stop"
-        elif reason is None and len(running.slot.tokens) + 1 > self.capacity:
+        elif reason is None and (
+            len(running.slot.tokens) + 1 > self.capacity or self._late(running)
+        ):
             reason = "length"
         if reason is not None:
             self._finish(running, reason)
         else:
             running.pending = tokens[-1:]
+
+    @staticmethod
+    def _late(running: Running) -> bool:
+        limit = running.request.max_seconds
+        return limit is not None and time.monotonic() - running.stream.submitted > limit
 
     def _finish(self, running: Running, reason: str) -> None:
         text = ""
