@@ -99,3 +99,29 @@ def test_prompts_are_fitted_to_the_models_context(client, native_folder):
     assert answer.usage.prompt_tokens <= context - TOKENS
     with pytest.raises(openai.BadRequestError, match="at most"):
         complete(client, prefix)
+
+
+@pytest.mark.parametrize(
+    ("backend", "prefix"),
+    [("native", "def f():\n    "), ("huggingface", "for i in range(10):\n    ")],
+)
+def test_ignore_eos_runs_to_max_tokens(client, hf_backend, backend, prefix):
+    """vLLM's `ignore_eos`, for benchmarks of random weights. Each prefix was found to make
+    its model write an end marker soon (checked below); with `ignore_eos` it runs on."""
+    if backend == "huggingface":
+        with running(create_app(hf_backend, ServerSettings(model_name="tiny-native"))) as url:
+            run_to_the_end(openai.OpenAI(base_url=f"{url}/v1", api_key="unused"), prefix)
+    else:
+        run_to_the_end(client, prefix)
+
+
+def run_to_the_end(client, prefix: str) -> None:
+    body = {"prompt": prefix, "suffix": "\n", "max_tokens": 40}
+    early = client.completions.create(
+        model="tiny-native", **body, extra_body={"multiline": "multi"}
+    )
+    assert early.usage.completion_tokens < 40
+    extra = {"ignore_eos": True, "multiline": "multi"}
+    full = client.completions.create(model="tiny-native", **body, extra_body=extra)
+    assert full.usage.completion_tokens == 40
+    assert full.choices[0].finish_reason == "length"

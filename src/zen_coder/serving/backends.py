@@ -37,7 +37,9 @@ class TextRequest:
     special tokens go in by id, so code that spells one cannot forge it) or a client's raw text
     (spelled special tokens count, as clients that template themselves expect). `prefix` is the
     text before the cursor (the indentation rule reads it); a native model's history channels
-    come from `language`, `repo` (a name the model knows) and `time`."""
+    come from `language`, `repo` (a name the model knows) and `time`. With `ignore_eos` neither
+    the end of text nor the layout's end markers end the completion (the caller leaves them
+    out of `cutoff.stop`)."""
 
     prompt: Prompt | str
     max_tokens: int = 64
@@ -50,6 +52,7 @@ class TextRequest:
     language: str | None = None
     repo: str | None = None
     time: int = 0
+    ignore_eos: bool = False  # run on past the model's end markers (benchmarks, random weights)
 
     @property
     def text(self) -> str:
