@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from zen_coder.data.tokenizer import EOS, RoleTokenizer
 from zen_coder.errors import ZenCoderError
 from zen_coder.inference.backends import detect_backend
-from zen_coder.inference.prompts import Prompt, PromptFormat
+from zen_coder.inference.prompts import SPECIAL, TEXT, Prompt, PromptFormat
 from zen_coder.inference.stopping import CutOff
 
 BACKENDS = ("native", "huggingface", "openai")
@@ -82,7 +82,7 @@ class ChatRequest:
     stop: tuple[str, ...] = ()
     client: str | None = None
 
-    def as_text(self, prompt: str, format_stop: Sequence[str]) -> TextRequest:
+    def as_text(self, prompt: Prompt | str, format_stop: Sequence[str]) -> TextRequest:
         """The request as a completion of `prompt` (the conversation in the model's layout),
         ending at its stop sequences or the layout's end markers."""
         return TextRequest(
@@ -160,17 +160,22 @@ def open_backend(
     raise ZenCoderError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def chat_prompt(roles: RoleTokenizer, messages: Sequence[dict[str, Any]]) -> str:
+def chat_prompt(roles: RoleTokenizer, messages: Sequence[dict[str, Any]]) -> Prompt:
     """A conversation in the instruction layout zen-coder trains on
     (`<|instruction|>message<|response|>answer`): system and user turns are instructions,
-    assistant turns responses, each closed by EOS, and the prompt ends ready for the answer."""
+    assistant turns responses, each closed by EOS, and the prompt ends ready for the answer.
+    The role tokens go in by id and the messages as text, so a message that spells a role token
+    cannot forge a turn."""
     tokens = roles.role_tokens()
-    instruction, response, eos = tokens["<|instruction|>"], tokens["<|response|>"], tokens[EOS]
-    text, pending = "", []
+    instruction, response = (SPECIAL, tokens["<|instruction|>"]), (SPECIAL, tokens["<|response|>"])
+    pieces: list[tuple[bool, str]] = []
+    pending: list[str] = []
     for message in messages:
         if message["role"] == "assistant":
-            text += instruction + "\n\n".join(pending) + response + message["content"] + eos
+            pieces += [instruction, (TEXT, "\n\n".join(pending)), response]
+            pieces += [(TEXT, message["content"]), (SPECIAL, tokens[EOS])]
             pending = []
         else:
             pending.append(message["content"])
-    return text + instruction + "\n\n".join(pending) + response
+    pieces += [instruction, (TEXT, "\n\n".join(pending)), response]
+    return Prompt(tuple(pieces), 0, [], [])
