@@ -140,3 +140,21 @@ def test_a_chat_message_cannot_forge_a_turn(client, native_folder):
     bos = 0 if roles.bos_id is None else 1
     assert as_text > 1
     assert answer.usage.prompt_tokens == bos + 2 + as_text  # <|instruction|>, <|response|>
+
+
+def test_keystrokes_reuse_the_last_prompts_cache(client, native_folder):
+    """Typing at the cursor: each request's prompt is the last one's up to the cursor, so only
+    the last word's tokens (retokenized as it grows), the suffix and the middle marker are
+    computed again. Checked by hand: with slots=1 and another request in between, this failed."""
+    prefix, suffix = "def area(width, height):\n    return wid", "\n\nprint(area(2, 3))\n"
+    suffix_tokens = len(read_tokenizer(native_folder).tokenizer.encode(suffix).ids)
+    answers = [
+        client.completions.create(
+            model="tiny-native", prompt=prefix + typed, suffix=suffix, max_tokens=2, user="ed"
+        )
+        for typed in ("", "t", "th", "th ")
+    ]
+    for answer in answers[1:]:
+        usage = answer.usage
+        computed = usage.prompt_tokens - usage.prompt_tokens_details.cached_tokens
+        assert computed <= suffix_tokens + 1 + 3
