@@ -161,6 +161,7 @@ def test_tabby_debug_options_return_the_prompt_with_the_editors_context(url):
 def test_tabby_health_names_the_model(url):
     health = httpx.get(f"{url}/v1/health").json()
     assert health["model"] == "tiny-coder"
+    assert httpx.post(f"{url}/v1/health").json() == health
     assert {"device", "arch", "cpu_count", "version"} <= set(health)
 
 

@@ -100,7 +100,7 @@ def create_app(
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/health")
+    @app.api_route("/v1/health", methods=["GET", "POST"])  # Tabby's agents use either
     async def tabby_health(request: Request) -> dict[str, Any]:
         keys.caller(request)
         return tabby.health(service)
