@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import openai
 import pytest
 import torch
@@ -158,3 +159,23 @@ def test_keystrokes_reuse_the_last_prompts_cache(client, native_folder):
         usage = answer.usage
         computed = usage.prompt_tokens - usage.prompt_tokens_details.cached_tokens
         assert computed <= suffix_tokens + 1 + 3
+
+
+def test_llama_vims_warm_up_request_fills_a_cache_for_the_next(client):
+    """llama.vim sends its chunks of other files with `n_predict` 0 ahead of the next
+    completion: that one then finds the chunks' tokens cached. Checked by hand: without the
+    warm-up request, nothing was cached."""
+    url = str(client.base_url).removesuffix("/v1/")
+    extra = [
+        {"filename": "util.py", "text": "def is_python(name):\n    return name.endswith('.py')\n"}
+    ]
+    warm = {"input_prefix": "", "input_suffix": "", "input_extra": extra, "n_predict": 0}
+    assert httpx.post(f"{url}/infill", json=warm).json()["tokens_predicted"] == 0
+    body = {
+        "input_prefix": "import os\n",
+        "input_suffix": "\n",
+        "input_extra": extra,
+        "n_predict": 2,
+    }
+    answer = httpx.post(f"{url}/infill", json=body).json()
+    assert answer["tokens_cached"] >= 10  # the chunk's file block, at least

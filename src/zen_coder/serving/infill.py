@@ -1,6 +1,8 @@
 """llama.cpp's /infill, as llama.vim and llama.vscode call it: the text before the cursor is
 `input_prefix` followed by `prompt` (the start of the cursor line), `input_extra` holds chunks of
-other files, `n_indent` the indentation below which a line ends the completion. The answer has
+other files, `n_indent` the indentation below which a line ends the completion; `n_predict` 0
+(llama.vim sends its chunks so) only computes the prompt, which warms a native slot's cache for
+the requests that follow with the same chunks. The answer has
 llama.cpp's fields (`content`, `stop`, `tokens_cached`, `timings`, ...), or only those named in
 `response_fields`, flattened by their path ("timings/prompt_n") as llama.cpp does."""
 
@@ -47,8 +49,6 @@ def infill_request(service: Service, body: Infill, call: Call) -> TextRequest:
 async def infill(service: Service, raw: dict[str, Any], call: Call) -> Any:
     body = parse(Infill, raw)
     request = infill_request(service, body, call)
-    if request.max_tokens == 0:  # llama.vim's cache warm-up: nothing to generate
-        return select(answer(Piece("", "length"), "", 0.0, 0.0), body.response_fields)
     if body.stream:
         return infill_events(service, request, body.t_max_predict_ms)
     predict = None if body.t_max_predict_ms is None else body.t_max_predict_ms / 1000
