@@ -444,6 +444,66 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def run_complete(args: argparse.Namespace, console: Console) -> int:
+    from zen_coder.inference.prompts import Budget
+    from zen_coder.serving.backends import open_backend
+    from zen_coder.serving.complete import (
+        Cursor,
+        Sampling,
+        complete,
+        cursor_in_file,
+        open_context,
+        repository_root,
+    )
+
+    if (args.file is None) == (args.prompt is None):
+        raise ZenCoderError("pass a FILE to complete in, or --prompt TEXT (- reads stdin)")
+    if args.file is not None:
+        cursor = cursor_in_file(args.file, args.line, args.column)
+    else:
+        cursor = Cursor(sys.stdin.read() if args.prompt == "-" else args.prompt, None)
+    backend = open_backend(
+        args.model,
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        family=args.family,
+        served_model=args.served_model,
+        api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
+        tokenizer=args.tokenizer,
+    )
+    root = args.repo or (repository_root(args.file) if args.file and not args.no_context else None)
+    repository = open_context(root, backend) if root is not None else None
+    sampling = Sampling(args.max_tokens, args.temperature, args.top_p, args.seed, args.multiline)
+    budget = Budget(args.context_tokens, args.prefix_share, args.suffix_share)
+    done = complete(backend, cursor, sampling, budget, repository, _write_now)
+    sys.stdout.write("\n")
+    if not args.quiet:
+        rate = done.completion_tokens / max(done.seconds, 1e-9)
+        context = f", {done.snippets} snippets and {done.changes} changes of {root}" if root else ""
+        Console(stderr=True).print(
+            f"[dim]{done.completion_tokens} tokens in {done.seconds:.2f} s ({rate:.1f}/s, first "
+            f"after {done.first_token_seconds:.2f} s), finish {done.finish_reason}; prompt "
+            f"{done.prompt_tokens} tokens{context}[/dim]"
+        )
+    return 0
+
+
+def _write_now(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+COMPLETE_HELP = """\
+Complete code from the command line, streamed to the terminal: at a cursor in a file
+(--line/--column, from 1; fill-in-the-middle in the model's own layout, with the file's git
+repository as context and the editor's line rules), at the end of a file, or after a prompt
+(--prompt TEXT, or - for stdin, continued as it is). Any backend: a zen-coder model folder, a
+Hugging Face model, or an OpenAI-compatible server URL. The completion goes to stdout, a summary
+line to stderr.
+"""
+
+
 SERVE_HELP = """\
 Serve a model to editors and tools over HTTP: OpenAI /v1/completions (with `suffix` for
 fill-in-the-middle in the model's own layout) and /v1/chat/completions, llama.cpp's /infill
@@ -813,6 +873,54 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     serving.set_defaults(handler=run_serve)
+
+    completing = commands.add_parser(
+        "complete",
+        help="complete code at a cursor in a file, or after a prompt, streamed to the terminal",
+        description=COMPLETE_HELP,
+    )
+    completing.add_argument("file", nargs="?", type=Path, help="the file to complete in")
+    completing.add_argument(
+        "--model",
+        required=True,
+        help="a zen-coder model folder, a Hugging Face folder or hub name, or an "
+        "OpenAI-compatible server URL (http://host:8000/v1)",
+    )
+    completing.add_argument("--line", type=int, help="the cursor's line, from 1 (default: end)")
+    completing.add_argument("--column", type=int, help="the cursor's column, from 1 (default 1)")
+    completing.add_argument("--prompt", help="a prompt to continue instead of a file (- = stdin)")
+    completing.add_argument(
+        "--repo", type=Path, help="the checkout to take context from (default: the file's)"
+    )
+    completing.add_argument(
+        "--no-context", action="store_true", help="no repository context from the file's checkout"
+    )
+    completing.add_argument("--max-tokens", type=int, default=128)
+    completing.add_argument("--temperature", type=float, default=0.0)
+    completing.add_argument("--top-p", type=float, default=1.0)
+    completing.add_argument("--seed", type=int, default=0)
+    completing.add_argument(
+        "--multiline",
+        choices=["auto", "single", "multi"],
+        default="auto",
+        help="line rules at a cursor: one line, several, or as the cursor's place suggests",
+    )
+    completing.add_argument("--context-tokens", type=int, default=1536, help="prompt budget")
+    completing.add_argument("--prefix-share", type=float, default=0.5, help="of the budget")
+    completing.add_argument("--suffix-share", type=float, default=0.2, help="of the budget")
+    completing.add_argument("--backend", choices=["native", "huggingface", "openai"])
+    completing.add_argument("--device", default="cpu")
+    completing.add_argument("--dtype", help="float32, bfloat16 or float16 (local models)")
+    completing.add_argument(
+        "--family",
+        default="zen-coder",
+        help="a server's model: its prompt layout (zen-coder, Qwen2.5-Coder, StarCoder2, ...)",
+    )
+    completing.add_argument("--served-model", help="a server's model id (default: its first)")
+    completing.add_argument("--api-key", help="a server's API key (default $OPENAI_API_KEY)")
+    completing.add_argument("--tokenizer", help="a server's tokenizer.json, for exact budgets")
+    completing.add_argument("--quiet", action="store_true", help="no summary line")
+    completing.set_defaults(handler=run_complete)
 
     quick = commands.add_parser(
         "quickstart",

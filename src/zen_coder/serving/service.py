@@ -85,15 +85,8 @@ class Service:
         settings = self.settings
         tokens = min(settings.context_tokens, self.prompt_limit(max_tokens))
         budget = Budget(tokens, settings.prefix_share, settings.suffix_share)
-        language = self.language_of(parts.path, parts.language)
-        if self.repository is not None and retrieve:
-            found = self.repository.prompt_parts(
-                parts.prefix, parts.suffix, parts.path, language, budget
-            )
-            parts = replace(found, snippets=[*parts.snippets, *found.snippets])
-        else:
-            parts = replace(parts, language=language, repo=parts.repo or self.repo_name)
-        prompt = self.prompt_format.build(parts, budget, self.backend.count)
+        repository = self.repository if retrieve else None
+        prompt = completion_prompt(self.backend, parts, budget, repository)
         self.check_prompt_tokens(prompt.prompt_tokens, max_tokens)
         return prompt
 
@@ -116,15 +109,14 @@ class Service:
         """The most prompt tokens a request may have: the server's limit, and what the model's
         context holds beside the completion (and a start-of-text token)."""
         limit = self.settings.max_prompt_tokens
-        context = self.backend.context_length
-        if context is None:
+        room = prompt_room(self.backend, max_tokens)
+        if room is None:
             return limit
-        room = context - max_tokens - 1
         if room < 1:
             raise ApiError(
                 400,
                 f"max_tokens {max_tokens} leaves no room for a prompt in the model's context of "
-                f"{context} tokens; ask for fewer",
+                f"{self.backend.context_length} tokens; ask for fewer",
             )
         return min(limit, room)
 
@@ -251,6 +243,31 @@ class Service:
         seconds = time.perf_counter() - started
         choices = [Choice(index, text, last[index]) for index, text in enumerate(texts)]
         return Result(choices, seconds if first is None else first, seconds)
+
+
+def completion_prompt(
+    backend: Backend,
+    parts: PromptParts,
+    budget: Budget,
+    repository: RepositoryContext | None = None,
+) -> Prompt:
+    """A completion's prompt at a cursor in the backend's layout within `budget`: with a
+    repository, its name, the snippets nearest the cursor and the file's recent changes join
+    the parts (the server and `zen-coder complete` build prompts the same way)."""
+    language = canonical_language(parts.language, parts.path)
+    if repository is not None:
+        found = repository.prompt_parts(parts.prefix, parts.suffix, parts.path, language, budget)
+        parts = replace(found, snippets=[*parts.snippets, *found.snippets])
+    else:
+        parts = replace(parts, language=language)
+    return backend.prompt_format.build(parts, budget, backend.count)
+
+
+def prompt_room(backend: Backend, max_tokens: int) -> int | None:
+    """The prompt tokens the model's context holds beside a completion of `max_tokens` (and a
+    start-of-text token); None where the backend does not know its context."""
+    context = backend.context_length
+    return None if context is None else context - max_tokens - 1
 
 
 async def merge(
