@@ -15,6 +15,7 @@ from zen_coder.data.samples import RecordSamples
 from zen_coder.data.tokenizer import RoleTokenizer, read_tokenizer, save_base_tokenizer
 from zen_coder.errors import ZenCoderError
 from zen_coder.inference.prompts import (
+    STABLE_START_LINES,
     Budget,
     Change,
     PromptFormat,
@@ -36,14 +37,15 @@ def zen(tokenizer_folder) -> RoleTokenizer:  # noqa: F811 - the fixture imported
 
 
 def test_native_prompt_is_the_fim_sample_prepare_trains_up_to_the_middle(zen):
-    """Token for token what `prepare` packs for a fill-in-the-middle sample of the same file,
-    cut after <|fim_middle|>. (Checked to fail with the path and language headers swapped.)"""
-    config = PrepareConfig(fim_rate=1.0, fim_spm_rate=0.0)
+    """Token for token what `prepare` packs for a suffix-first fill-in-the-middle sample of the
+    same file, cut after <|fim_middle|>. (Checked to fail with the path and language headers
+    swapped, and with prepare's prefix-first order.)"""
+    config = PrepareConfig(fim_rate=1.0, fim_spm_rate=1.0)
     row = {"repo": "org/proj", "path": "pkg/shapes.py", "language": "Python", "commit": "c1"}
     row["history_position"] = 4
     sample = RecordSamples(config).file(row, CODE[:3000], "train")
     texts = [value for special, value, _ in sample.parts if not special]
-    prefix, suffix = texts[3], texts[4]
+    suffix, prefix = texts[3], texts[4]
     [document] = tokenize([sample], zen, {}, {})
     trained = document.tokens.tolist()
     trained = trained[: trained.index(zen.ids["<|fim_middle|>"]) + 1]
@@ -97,7 +99,7 @@ def test_native_context_is_history_then_files_then_the_fim_block(zen):
         + header.format("c.py")  # the best snippet sits next to the code
         + "<|after|>C = 3\n"
         + header.format("a.py")
-        + "<|fim_prefix|>def f():\n    return <|fim_suffix|>\n<|fim_middle|>"
+        + "<|fim_suffix|>\n<|fim_prefix|>def f():\n    return <|fim_middle|>"
     )
 
 
@@ -133,7 +135,7 @@ def test_a_base_prepare_extended_gets_the_trained_layout_in_its_tokens(tmp_path:
     assert form.layout == "zen-coder"
     assert (
         text
-        == "<|repo_name|>r<|file_sep|>a.py<|lang|>Python<|fim_prefix|>x<|fim_suffix|><|fim_middle|>"
+        == "<|repo_name|>r<|file_sep|>a.py<|lang|>Python<|fim_suffix|><|fim_prefix|>x<|fim_middle|>"
     )
 
 
@@ -186,14 +188,48 @@ def test_the_budget_keeps_the_code_nearest_the_cursor_and_gives_unused_shares_aw
     budget = Budget(tokens=600, prefix=0.5, suffix=0.2)
     prompt = form.build(parts, budget, count)
     text = prompt.text
-    prefix = text[text.index("<|fim_prefix|>") + 14 : text.index("<|fim_suffix|>")]
-    suffix = text[text.index("<|fim_suffix|>") + 14 : text.index("<|fim_middle|>")]
+    suffix = text[text.index("<|fim_suffix|>") + 14 : text.index("<|fim_prefix|>")]
+    prefix = text[text.index("<|fim_prefix|>") + 14 : text.index("<|fim_middle|>")]
     assert prompt.prompt_tokens == len(prompt.ids(zen.tokenizer)) <= 600
     assert prefix.endswith("def last(") and (CODE + "def last(").endswith(prefix)
     assert prefix.lstrip("\n").startswith("def function_") and suffix.endswith("\n")
     assert ("):\n" + CODE).startswith(suffix)
-    assert prompt.prompt_tokens > 600 - 2 * max(count(line) for line in CODE.splitlines())
-    assert count(suffix) > 0.2 * 600  # it took what the context did not
+    # The prefix took what the context did not, up to the lines its stable start costs; the
+    # suffix, which opens this layout's code, kept its share and no more.
+    longest = max(count(line) for line in CODE.splitlines())
+    assert prompt.prompt_tokens > 600 - (STABLE_START_LINES + 2) * longest
+    assert count(prefix) > 0.5 * 600 and count(suffix) <= 0.2 * 600
+    # A prefix-first layout gives the suffix its part of what is left too.
+    text = PromptFormat.from_family("StarCoder").build(parts, budget, len).text
+    assert len(text[text.index("<fim_suffix>") + 12 : text.index("<fim_middle>")]) > 0.2 * 600
+
+
+def shared_start(a: list[int], b: list[int]) -> int:
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+
+
+def test_typing_keeps_the_prompt_start_so_the_engine_can_reuse_it(zen):
+    """Typing 40 lines at the end of a file too long for the budget, a prompt every third key:
+    nine prompts in ten start with over 90% of the last one's tokens, and the start moves (most
+    of the prompt new) about once every STABLE_START_LINES (8) lines, and now and then where a
+    key changes how the tokens fit. (Checked to fail with the prefix cut on any line,
+    STABLE_START_LINES = 1: the start then moved 53 times; and with the prefix before the
+    suffix, whose fifth of the prompt was then new at every key.)"""
+    count = counter(zen)
+    form = PromptFormat.from_tokenizer(zen)
+    typed = "".join(f"    total += item_{i}\n" for i in range(40))
+    previous, reused = None, []
+    for end in range(0, len(typed) + 1, 3):
+        parts = PromptParts(CODE + typed[:end], "\n    return total\n\n" + CODE, path="a.py")
+        ids = form.build(parts, Budget(tokens=400), count).ids(zen.tokenizer)
+        if previous is not None:
+            reused.append(shared_start(previous, ids) / len(ids))
+        previous = ids
+    moves = sum(share < 0.5 for share in reused)
+    assert STABLE_START_LINES == 8 and moves <= 10
+    assert sorted(reused)[len(reused) // 10] > 0.9  # nine prompts in ten reuse over 90%
 
 
 def test_context_stays_within_its_share_and_best_snippets_go_first(zen):

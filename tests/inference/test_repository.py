@@ -145,7 +145,7 @@ def test_refresh_rechunks_only_changed_files_and_walks_only_new_commits(mined, t
     (clone.path / "README.md").unlink()
     edited = context.refresh()
     assert (edited.files, edited.chunked, edited.removed) == (2, 1, 1)
-    assert context.snippets(None, "volume_of_sphere(", "", 1000)[0].path == "pkg/geometry.py"
+    assert context.snippets(None, "volume_of_sphere(\n", "", 1000)[0].path == "pkg/geometry.py"
 
     clone.git("checkout", "-q", "--", "README.md")
     clone.write("pkg/geometry.py", GEOMETRY)
@@ -169,9 +169,12 @@ def test_snippets_come_from_other_files_best_first_within_the_limit(mined, tmp_p
     (clone.path / "app.py").write_text("from pkg.config import parse_config\n")
     context = RepositoryContext(clone.path)
     context.refresh()
-    prefix = "settings = parse_config("
+    prefix = "settings = parse_config(\n"
     found = context.snippets("app.py", prefix, ")\n", 2000)
     assert found[0].path == "pkg/config.py" and "def parse_config" in found[0].text
+    # The line being typed is no query: the snippets stay the same for every key of it, so the
+    # prompt they open stays cached. (Checked to fail with the whole prefix as the query.)
+    assert context.snippets("app.py", prefix + "    size = area(radius", ")\n", 2000) == found
     assert all(s.path != "app.py" for s in found)
     assert [s.score for s in found] == sorted((s.score for s in found), reverse=True)
     assert sum(len(s.text) for s in context.snippets("app.py", prefix, "", 150)) <= 150
@@ -256,9 +259,9 @@ def test_watching_refreshes_in_the_background_until_closed(mined, tmp_path):
     context.watch(0.01)  # the first refresh too
     (clone.path / "pkg" / "spheres.py").write_text("def sphere_volume(radius):\n    return 4\n")
     for _ in range(3000):  # a wait for the refresh, not a timing threshold
-        if context.snippets(None, "sphere_volume(", "", 500):
+        if context.snippets(None, "sphere_volume(\n", "", 500):
             break
         threading.Event().wait(0.01)
-    assert context.snippets(None, "sphere_volume(", "", 500)[0].path == "pkg/spheres.py"
+    assert context.snippets(None, "sphere_volume(\n", "", 500)[0].path == "pkg/spheres.py"
     context.close()
     assert not context._watcher.is_alive()

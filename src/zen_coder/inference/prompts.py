@@ -9,8 +9,9 @@ language and repository, snippets from other files, recent changes of the file) 
                   a file block, then the fill-in-the-middle block
                       <|history|><|repo|>r<|path|>p<|lang|>l<|change|><|message|>m<|diff|>d ...
                       <|repo|>r<|path|>q<|lang|>l<|after|>snippet ...
-                      <|repo|>r<|path|>p<|lang|>l<|fim_prefix|>pre<|fim_suffix|>suf<|fim_middle|>
-                  (without a suffix the last block is the plain file format, `<|after|>pre`)
+                      <|repo|>r<|path|>p<|lang|>l<|fim_suffix|>suf<|fim_prefix|>pre<|fim_middle|>
+                  (suffix first, one of the two orders prepare trains: see "Prefix reuse"; without
+                  a suffix the last block is the plain file format, `<|after|>pre`)
     qwen          Qwen2.5-Coder's repository layout: <|repo_name|>r\\n<|file_sep|>q\\nsnippet\\n
                   ... <|file_sep|>p\\n<|fim_prefix|>pre<|fim_suffix|>suf<|fim_middle|>
     starcoder2    StarCoder2's: <repo_name>r<file_sep>q\\nsnippet ... <file_sep><fim_prefix>p\\n
@@ -23,6 +24,12 @@ language and repository, snippets from other files, recent changes of the file) 
 The budget gives the prefix and the suffix each a share of the tokens; retrieved context gets the
 rest, and whatever one part leaves unused goes to the others. The prefix keeps its end and the
 suffix its start, cut at line boundaries where a whole line fits.
+
+Prefix reuse: an editor sends a prompt at every pause in typing, and the engine computes again
+only what follows the longest start it has cached. So a prompt's start must not move while the
+user types: the zen-coder layout puts the suffix before the prefix (typing extends the prompt's
+end only), and a cut prefix starts on a line whose number is a multiple of STABLE_START_LINES
+(the start moves once every so many lines typed, not at every line).
 
 A prompt is a sequence of pieces, each a special token or text. `Prompt.text` spells the special
 tokens out (what an OpenAI-compatible server receives); `Prompt.ids` inserts them by id and
@@ -43,6 +50,10 @@ from zen_coder.errors import ZenCoderError
 from zen_coder.history.languages import LANGUAGES, detect_language
 
 ZEN_CODER = "zen-coder"
+# A cut prefix starts on a line whose number is a multiple of this where one fits (see "Prefix
+# reuse" above): typing moves the prompt's start once every so many lines. The price is at most
+# this many lines of prefix less than the budget holds.
+STABLE_START_LINES = 8
 SPECIAL = True
 TEXT = False
 Piece = tuple[bool, str]  # (is a special token, the token or the text)
@@ -234,8 +245,6 @@ _FAMILY_LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 _FIM_ROLES = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
 _REPOSITORY_LAYOUTS = ("qwen", "starcoder2")
-_FIM_ROLES = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
-_REPOSITORY_LAYOUTS = ("qwen", "starcoder2")
 # Code Llama's markers are SentencePiece pieces ("▁<PRE>"); as text they are written with the
 # spaces Code Llama's infilling prompt puts around them.
 _SENTENCEPIECE_SPACE = "\u2581"
@@ -383,12 +392,14 @@ class PromptFormat:
         pieces += self._header(repo, path, language or "")
         if suffix is None:
             return [*pieces, self._special("after"), (TEXT, prefix)]
+        # Suffix first (prepare trains both orders): typing only ever extends the prompt's
+        # end, so every keystroke's prompt starts with the last one's, cached in the engine.
         return [
             *pieces,
-            self._special("prefix"),
-            (TEXT, prefix),
             self._special("suffix"),
             (TEXT, suffix),
+            self._special("prefix"),
+            (TEXT, prefix),
             self._special("middle"),
         ]
 
@@ -437,6 +448,11 @@ class PromptFormat:
             (TEXT, suffix),
             *marker["middle"],
         ]
+
+    @property
+    def suffix_first(self) -> bool:
+        """Whether the suffix comes before the prefix (the zen-coder and Codestral layouts)."""
+        return self.layout in (ZEN_CODER, "spm")
 
     def _marker(self, name: str) -> list[Piece]:
         """A fill-in-the-middle marker; Code Llama's SentencePiece pieces ("▁<PRE>") are
@@ -528,6 +544,11 @@ class _Packer:
         def left() -> int:
             return self.budget.tokens - self.size(self.render(prefix, suffix, snippets, changes))
 
+        if self.form.suffix_first:
+            # The suffix opens the code: were its cut to take what the prefix leaves, it would
+            # move with every key typed, and the prompt after it would be new each time.
+            return self._grow_prefix(prefix, left()), suffix
+
         prefix = self._grow_prefix(prefix, math.floor(left() * ratio))
         suffix = self._grow_suffix(suffix, left())
         prefix = self._grow_prefix(prefix, left())
@@ -588,17 +609,32 @@ class _Packer:
 
 
 def _tail(text: str, limit: int, count: Callable[[str], int]) -> str:
-    """The longest end of `text` within `limit` tokens made of whole lines, or, where not even
-    the last line fits, the longest end of that line."""
+    """The longest end of `text` within `limit` tokens that starts on a line whose number is a
+    multiple of STABLE_START_LINES; where none fits, the longest made of whole lines; where not
+    even the last line fits, the longest end of that line."""
     if limit <= 0 or not text:
         return ""
-    text = text[-_window(text, limit, count, lambda size: text[-size:]) :]
-    starts = [0, *(i + 1 for i, c in enumerate(text) if c == "\n")]
-    line = _first_fitting(starts, lambda start: count(text[start:]) <= limit)
-    if line < len(starts):
-        return text[starts[line] :]
-    chars = list(range(starts[-1], len(text) + 1))
-    return text[chars[_first_fitting(chars, lambda start: count(text[start:]) <= limit)] :]
+    cut = max(0, len(text) - _window(text, limit, count, lambda size: text[-size:]))
+    line = text.count("\n", 0, cut)  # the number of the line the window starts in
+    starts = [] if cut else [(0, 0)]
+    for index in range(cut, len(text)):
+        if text[index] == "\n":
+            line += 1
+            starts.append((index + 1, line))
+
+    def fits(start: int) -> bool:
+        return count(text[start:]) <= limit
+
+    for candidates in (
+        [s for s, n in starts if n % STABLE_START_LINES == 0],
+        [s for s, _ in starts],
+    ):
+        found = _first_fitting(candidates, fits)
+        if found < len(candidates):
+            return text[candidates[found] :]
+    last = starts[-1][0] if starts else cut
+    chars = list(range(last, len(text) + 1))
+    return text[chars[_first_fitting(chars, fits)] :]
 
 
 def _head(text: str, limit: int, count: Callable[[str], int]) -> str:

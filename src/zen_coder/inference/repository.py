@@ -546,8 +546,14 @@ class RepositoryContext:
         self, path: str | None, prefix: str, suffix: str, limit_chars: int
     ) -> list[Snippet]:
         """The chunks of other files nearest (BM25) to the lines around the cursor, best
-        first, as many as fit in `limit_chars`; none that the prompt's code already holds."""
-        near = prefix.splitlines()[-QUERY_PREFIX_LINES:] + suffix.splitlines()[:QUERY_SUFFIX_LINES]
+        first, as many as fit in `limit_chars`; none that the prompt's code already holds.
+
+        The query leaves out the line being typed: the snippets, which open the prompt, then
+        stay the same for every keystroke of a line, and the engine reuses the prompt's cached
+        start instead of computing it again."""
+        finished = prefix[: prefix.rfind("\n") + 1]
+        near = finished.splitlines()[-QUERY_PREFIX_LINES:]
+        near += suffix.splitlines()[:QUERY_SUFFIX_LINES]
         query = words("\n".join(near))
         if not query or limit_chars <= 0:
             return []
