@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -15,6 +16,9 @@ from rich.text import Text
 
 from zen_coder import __version__
 from zen_coder.errors import ZenCoderError
+
+if TYPE_CHECKING:  # the serving stack is imported only by the commands that use it
+    from zen_coder.serving.backends import Backend
 
 MINE_HELP = """\
 Mine git histories into a dataset of commit records: one record per changed file per commit
@@ -407,7 +411,6 @@ def run_quickstart(args: argparse.Namespace, console: Console) -> int:
 
 def run_serve(args: argparse.Namespace, console: Console) -> int:
     from zen_coder.serving.app import open_repository, serve
-    from zen_coder.serving.backends import open_backend
     from zen_coder.serving.settings import ServerSettings, keys_from_environment
 
     settings = ServerSettings(
@@ -424,16 +427,7 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
         prefix_share=args.prefix_share,
         suffix_share=args.suffix_share,
     )
-    backend = open_backend(
-        args.model,
-        backend=args.backend,
-        device=args.device,
-        dtype=args.dtype,
-        slots=args.slots,
-        family=args.family,
-        served_model=args.served_model,
-        tokenizer=args.tokenizer,
-    )
+    backend = _open_backend(args, slots=args.slots)
     repository = open_repository(args.repo, backend)
     console.print(
         f"serving {args.model} ({backend.name} backend) as {settings.model_name!r} at "
@@ -446,7 +440,6 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
 
 def run_complete(args: argparse.Namespace, console: Console) -> int:
     from zen_coder.inference.prompts import Budget
-    from zen_coder.serving.backends import open_backend
     from zen_coder.serving.complete import (
         Cursor,
         Sampling,
@@ -462,16 +455,7 @@ def run_complete(args: argparse.Namespace, console: Console) -> int:
         cursor = cursor_in_file(args.file, args.line, args.column)
     else:
         cursor = Cursor(sys.stdin.read() if args.prompt == "-" else args.prompt, None)
-    backend = open_backend(
-        args.model,
-        backend=args.backend,
-        device=args.device,
-        dtype=args.dtype,
-        family=args.family,
-        served_model=args.served_model,
-        api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
-        tokenizer=args.tokenizer,
-    )
+    backend = _open_backend(args, api_key=args.api_key)
     root = args.repo or (repository_root(args.file) if args.file and not args.no_context else None)
     repository = open_context(root, backend) if root is not None else None
     sampling = Sampling(args.max_tokens, args.temperature, args.top_p, args.seed, args.multiline)
@@ -487,6 +471,22 @@ def run_complete(args: argparse.Namespace, console: Console) -> int:
             f"{done.prompt_tokens} tokens{context}[/dim]"
         )
     return 0
+
+
+def _open_backend(args: argparse.Namespace, **options: Any) -> Backend:
+    """The backend of `_backend_arguments`' options (serve and complete)."""
+    from zen_coder.serving.backends import open_backend
+
+    return open_backend(
+        args.model,
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        family=args.family,
+        served_model=args.served_model,
+        tokenizer=args.tokenizer,
+        **options,
+    )
 
 
 def _write_now(text: str) -> None:
@@ -629,6 +629,38 @@ def _recipe_arguments(
         metavar=metavar,
         help=f"override one setting, e.g. --set {example} (repeatable)",
     )
+
+
+def _backend_arguments(parser: argparse.ArgumentParser, server: str) -> None:
+    """The model to serve or complete with, and how to run it (`_open_backend` reads them)."""
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a zen-coder model folder, a Hugging Face folder or hub name, or an "
+        "OpenAI-compatible server URL (http://host:8001/v1)",
+    )
+    parser.add_argument("--backend", choices=["native", "huggingface", "openai"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", help="float32, bfloat16 or float16 (local models)")
+    parser.add_argument(
+        "--family",
+        default="zen-coder",
+        help=f"{server}: the served model's prompt layout, zen-coder (default) or a base family "
+        "(Qwen2.5-Coder, StarCoder2, DeepSeek-Coder, CodeLlama, Codestral, ...)",
+    )
+    parser.add_argument("--served-model", help=f"{server}: its model id (default: its first)")
+    parser.add_argument(
+        "--tokenizer", help=f"{server}: the model's tokenizer.json or folder, for exact budgets"
+    )
+
+
+def _budget_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The fill-in-the-middle prompt's budget and shares (`inference.prompts.Budget`)."""
+    parser.add_argument(
+        "--context-tokens", type=int, default=1536, help="fill-in-the-middle prompt budget"
+    )
+    parser.add_argument("--prefix-share", type=float, default=0.5, help="of the budget")
+    parser.add_argument("--suffix-share", type=float, default=0.2, help="of the budget")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -818,13 +850,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve a model to editors: OpenAI, llama.cpp /infill and Tabby endpoints",
         description=SERVE_HELP,
     )
-    serving.add_argument(
-        "--model",
-        required=True,
-        help="a zen-coder model folder, a Hugging Face folder or hub name, or an "
-        "OpenAI-compatible server URL to use as upstream (http://host:8001/v1)",
-    )
-    serving.add_argument("--backend", choices=["native", "huggingface", "openai"])
+    _backend_arguments(serving, "upstream")
     serving.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine)")
     serving.add_argument("--port", type=int, default=8000)
     serving.add_argument(
@@ -836,20 +862,8 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument(
         "--repo", type=Path, help="a checkout whose code and history go into prompts as context"
     )
-    serving.add_argument("--device", default="cpu")
-    serving.add_argument("--dtype", help="float32, bfloat16 or float16 (local models)")
     serving.add_argument(
         "--slots", type=int, default=8, help="native: requests generated at once (default 8)"
-    )
-    serving.add_argument(
-        "--family",
-        default="zen-coder",
-        help="upstream: the served model's prompt layout, zen-coder (default) or a base family "
-        "(Qwen2.5-Coder, StarCoder2, DeepSeek-Coder, CodeLlama, Codestral, ...)",
-    )
-    serving.add_argument("--served-model", help="upstream: its model id (default: its first)")
-    serving.add_argument(
-        "--tokenizer", help="upstream: the model's tokenizer.json or folder, for exact budgets"
     )
     limits = serving.add_argument_group("limits")
     limits.add_argument("--max-prompt-tokens", type=int, default=4096)
@@ -864,11 +878,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a completion running longer ends with the text it has (default: no limit)",
     )
-    limits.add_argument(
-        "--context-tokens", type=int, default=1536, help="fill-in-the-middle prompt budget"
-    )
-    limits.add_argument("--prefix-share", type=float, default=0.5, help="of the budget")
-    limits.add_argument("--suffix-share", type=float, default=0.2, help="of the budget")
+    _budget_arguments(limits)
     serving.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
@@ -880,12 +890,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=COMPLETE_HELP,
     )
     completing.add_argument("file", nargs="?", type=Path, help="the file to complete in")
-    completing.add_argument(
-        "--model",
-        required=True,
-        help="a zen-coder model folder, a Hugging Face folder or hub name, or an "
-        "OpenAI-compatible server URL (http://host:8000/v1)",
-    )
+    _backend_arguments(completing, "a server")
     completing.add_argument("--line", type=int, help="the cursor's line, from 1 (default: end)")
     completing.add_argument("--column", type=int, help="the cursor's column, from 1 (default 1)")
     completing.add_argument("--prompt", help="a prompt to continue instead of a file (- = stdin)")
@@ -905,20 +910,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="line rules at a cursor: one line, several, or as the cursor's place suggests",
     )
-    completing.add_argument("--context-tokens", type=int, default=1536, help="prompt budget")
-    completing.add_argument("--prefix-share", type=float, default=0.5, help="of the budget")
-    completing.add_argument("--suffix-share", type=float, default=0.2, help="of the budget")
-    completing.add_argument("--backend", choices=["native", "huggingface", "openai"])
-    completing.add_argument("--device", default="cpu")
-    completing.add_argument("--dtype", help="float32, bfloat16 or float16 (local models)")
-    completing.add_argument(
-        "--family",
-        default="zen-coder",
-        help="a server's model: its prompt layout (zen-coder, Qwen2.5-Coder, StarCoder2, ...)",
-    )
-    completing.add_argument("--served-model", help="a server's model id (default: its first)")
+    _budget_arguments(completing)
     completing.add_argument("--api-key", help="a server's API key (default $OPENAI_API_KEY)")
-    completing.add_argument("--tokenizer", help="a server's tokenizer.json, for exact budgets")
     completing.add_argument("--quiet", action="store_true", help="no summary line")
     completing.set_defaults(handler=run_complete)
 

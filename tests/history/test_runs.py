@@ -271,7 +271,7 @@ def test_bad_inputs_are_reported_and_the_others_go_on(tmp_path):
     )
     assert report.errors == [
         f"{plain}: not a git repository; pass the path of a repository or a clone URL",
-        f"{tmp_path / 'missing'}: no such directory; pass a repository path or a clone URL",
+        f"{tmp_path / 'missing'}: no such directory; pass the path of a repository or a clone URL",
         f"{good.path}: revision 'no-such-branch' not found; check the branch or range",
     ]
     assert report.warnings == [f"{empty.path}: repository has no commits; skipped"]

@@ -210,7 +210,7 @@ def test_words_split_identifiers():
 
 
 def test_a_directory_that_is_no_checkout_is_a_one_line_error(tmp_path):
-    with pytest.raises(ZenCoderError, match="not a git checkout"):
+    with pytest.raises(ZenCoderError, match="not a git repository"):
         RepositoryContext(tmp_path)
     with pytest.raises(ZenCoderError, match="no such directory"):
         RepositoryContext(tmp_path / "missing")

@@ -133,7 +133,7 @@ _INTERPRETERS = {
     "make": "Makefile",
 }
 
-_PYGMENTS_ALIASES = {
+PYGMENTS_ALIASES = {
     "Python": "python",
     "TypeScript": "typescript",
     "JavaScript": "javascript",
@@ -219,5 +219,5 @@ def pygments_lexer(language: str) -> Lexer | None:
     Lexers keep no state between `get_tokens` calls, so one instance per language serves all
     files. The PHP lexer keeps Pygments' default of lexing HTML until `<?php`, as PHP itself does.
     """
-    alias = _PYGMENTS_ALIASES.get(language)
+    alias = PYGMENTS_ALIASES.get(language)
     return None if alias is None else get_lexer_by_name(alias)

@@ -106,10 +106,12 @@ def read_manifest(path: Path) -> list[RepoSpec]:
     return specs
 
 
-def _local_git_dir(source: str) -> Path:
+def local_git_dir(source: str | Path, fix: str = "the path of a repository or a clone URL") -> Path:
+    """The git directory of the repository at the path `source`; a one-line error saying to
+    pass `fix` where there is none."""
     path = Path(source)
     if not path.exists():
-        raise ZenCoderError(f"{source}: no such directory; pass a repository path or a clone URL")
+        raise ZenCoderError(f"{source}: no such directory; pass {fix}")
     result = subprocess.run(
         ["git", "-C", str(path), "rev-parse", "--absolute-git-dir"],
         capture_output=True,
@@ -117,9 +119,7 @@ def _local_git_dir(source: str) -> Path:
         stdin=subprocess.DEVNULL,
     )
     if result.returncode != 0:
-        raise ZenCoderError(
-            f"{source}: not a git repository; pass the path of a repository or a clone URL"
-        )
+        raise ZenCoderError(f"{source}: not a git repository; pass {fix}")
     return Path(result.stdout.strip())
 
 
@@ -180,7 +180,7 @@ def resolve(spec: RepoSpec, cache_dir: Path) -> Repository:
     if spec.is_url:
         git_dir = _cached_clone(spec.source, spec.shown, cache_dir)
     else:
-        git_dir = _local_git_dir(spec.source)
+        git_dir = local_git_dir(spec.source)
     return Repository(spec, spec.display_name(), git_dir, _pinned(git_dir, spec))
 
 

@@ -45,48 +45,19 @@ from zen_coder.history.config import MineConfig
 from zen_coder.history.diff import unified_diff
 from zen_coder.history.extract import normalize
 from zen_coder.history.gitio import ZERO_OID, BlobReader, LogStream, RawChange, git
-from zen_coder.history.languages import detect_language, needs_first_line
+from zen_coder.history.languages import PYGMENTS_ALIASES, detect_language, needs_first_line
 from zen_coder.history.secrets import redact
-from zen_coder.history.sources import RepoSpec, shallow_boundary
+from zen_coder.history.sources import RepoSpec, local_git_dir, shallow_boundary
 from zen_coder.history.walk import HistoryPositions, positioned
 from zen_coder.inference.prompts import Budget, Change, PromptParts, Snippet
 
 log = logging.getLogger(__name__)
 
-# Grammar names in tree-sitter-language-pack of the languages mining names.
+# Grammar names in tree-sitter-language-pack of the languages mining names: Pygments' names for
+# them (the lexers mining uses), but for Dockerfile's.
 _GRAMMARS = {
-    "Python": "python",
-    "TypeScript": "typescript",
-    "JavaScript": "javascript",
-    "Go": "go",
-    "Rust": "rust",
-    "Solidity": "solidity",
-    "Java": "java",
-    "Kotlin": "kotlin",
-    "C": "c",
-    "C++": "cpp",
-    "C#": "csharp",
-    "Ruby": "ruby",
-    "PHP": "php",
-    "Swift": "swift",
-    "Scala": "scala",
-    "Shell": "bash",
-    "SQL": "sql",
-    "HTML": "html",
-    "CSS": "css",
-    "Lua": "lua",
-    "Haskell": "haskell",
-    "Elixir": "elixir",
-    "Dart": "dart",
-    "R": "r",
-    "Julia": "julia",
-    "Zig": "zig",
-    "YAML": "yaml",
-    "TOML": "toml",
-    "JSON": "json",
-    "Markdown": "markdown",
-    "Dockerfile": "dockerfile",
-    "Makefile": "make",
+    language: {"docker": "dockerfile"}.get(alias, alias)
+    for language, alias in PYGMENTS_ALIASES.items()
 }
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*|[0-9]+")
 _SUBWORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
@@ -339,7 +310,7 @@ class RepositoryContext:
         history_depth: int = 8,
     ) -> None:
         self.root = Path(root)
-        self.git_dir = _git_dir(self.root)
+        self.git_dir = local_git_dir(self.root, "the root of a git checkout")
         self.name = name
         self.known_repos = list(known_repos or ())
         self.chunker = Chunker(chunk_chars)
@@ -657,21 +628,6 @@ def _language(path: str, text: str | None) -> str | None:
 def _blob_id(data: bytes) -> str:
     """The id git gives `data` as a blob."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def _git_dir(root: Path) -> Path:
-    if not root.is_dir():
-        raise ZenCoderError(f"{root}: no such directory; pass the root of a git checkout")
-    found = subprocess.run(
-        ["git", "-C", str(root), "rev-parse", "--absolute-git-dir"],
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    if found.returncode != 0:
-        raise ZenCoderError(f"{root}: not a git checkout; pass the root of a git repository")
-    return Path(found.stdout.strip())
 
 
 def _head(git_dir: Path) -> str | None:

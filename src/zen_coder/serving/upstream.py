@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class UpstreamBackend:
                 f"{base_url!r} is not a server URL; pass one like http://host:8000/v1"
             )
         self.base_url = base_url.rstrip("/")
+        api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
         listed = self._models(headers, timeout)
