@@ -81,6 +81,11 @@ def native_folder(tmp_path_factory, tokenizer_folder) -> Path:
 
 @pytest.fixture(scope="session")
 def hf_folder(tmp_path_factory, tokenizer_folder) -> Path:
+    return tiny_llama(tmp_path_factory.mktemp("hf") / "model", tokenizer_folder, positions=256)
+
+
+def tiny_llama(folder: Path, tokenizer_folder: Path, positions: int) -> Path:
+    """A tiny Llama with the tests' tokenizer saved in `folder`, `positions` long."""
     transformers = pytest.importorskip("transformers")
     tokenizer = load_tokenizer(tokenizer_folder)
     config = transformers.LlamaConfig(
@@ -90,12 +95,11 @@ def hf_folder(tmp_path_factory, tokenizer_folder) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=positions,
         bos_token_id=tokenizer.token_to_id("<|endoftext|>"),
         eos_token_id=tokenizer.token_to_id("<|endoftext|>"),
         pad_token_id=tokenizer.token_to_id("<|pad|>"),
     )
     torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("hf") / "model"
     transformers.LlamaForCausalLM(config).save_pretrained(folder)
     return _with_tokenizer(folder, tokenizer_folder)
