@@ -1,0 +1,684 @@
+"""Keystroke latency of `zen-coder serve` against transformers' `generate`, same model, same run.
+
+Editing sessions replay real commits (benchmarks/editing_sessions.py): the new lines of changes
+mined with `zen-coder mine` from clones of ../shared/repos/*.bundle and from a synthetic
+repository are typed character by character, and the editor asks for a completion (OpenAI
+/v1/completions with `suffix`, plus `path` and `language`) whenever typing pauses longer than its
+debounce. N editors type at once (concurrency 1, 8 and 32), each sending its next request when
+the last answer is in (`--realtime` also waits for the typing clock): at concurrency N the server
+has N requests to serve at every moment.
+
+Two backends answer the same requests:
+- `zen-coder serve` with the native engine (continuous batching, per-slot prefix cache), started
+  here on a free port (or `--server URL`, already running);
+- the baseline: the same model exported with `zen_coder.model.hf.save_pretrained` and answered
+  one request at a time by transformers' `generate` in this process, with the same prompt text
+  (the server's prompt format) and greedy decoding.
+
+The model is the preset's with random weights (`--model FOLDER` for a trained one), so
+completions run to max_tokens unless the model happens to emit its end token. Reported per
+backend and concurrency: time to first token and completion latency p50/p95 (from sending the
+request, queueing included), completion tokens/s over the run's wall time, and the share of
+prompt tokens the server served from its prefix cache (`usage.prompt_tokens_details.
+cached_tokens`); then the server's ratios to the baseline. Targets, tiny preset on CPU, at
+concurrency 8: throughput >= 4x the baseline's, p50 completion latency <= 0.5x, prefix reuse
+>= 80% of prompt tokens. Writes results.json and serve-latency.png to --out.
+
+    python benchmarks/serve_latency.py                    # tiny preset, about 5 minutes on 2 cores
+    python benchmarks/serve_latency.py --preset small     # a handful of requests; slow on CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from editing_sessions import Request, Session, Typing, Window, build_sessions, mined_records
+from mine_throughput import available_bundles, bundle_repo, synthetic_repo
+
+from zen_coder.data.tokenizer import RoleTokenizer, read_tokenizer, save_tokenizer, train_tokenizer
+from zen_coder.errors import ZenCoderError
+from zen_coder.files import install_directory, write_atomic, write_json_atomic
+from zen_coder.history.languages import LANGUAGES
+from zen_coder.history.pipeline import mine
+from zen_coder.history.sources import RepoSpec
+from zen_coder.model.config import preset
+from zen_coder.model.folder import TOKENIZER_FILES, read_config, save_model
+from zen_coder.model.hf import save_pretrained
+from zen_coder.model.model import ZenCoder
+
+WORKSPACE = Path(tempfile.gettempdir()) / "zen-coder-bench-serve"
+RECENT_COMMITS = 200  # of each repository: enough edits, mined in seconds
+SYNTHETIC_COMMITS = 300
+SALT = b"zen-coder serve_latency benchmark"  # author hashes are never looked at here
+TOKENIZER_TEXT_CHARS = 4_000_000  # of the mined code, for the random model's tokenizer
+SERVER_START_SECONDS = 600
+DONE = "[DONE]"
+
+# Targets at concurrency TARGET_LEVEL (tiny preset, CPU).
+TARGET_LEVEL = 8
+THROUGHPUT_TARGET = 4.0
+LATENCY_TARGET = 0.5
+REUSE_TARGET = 0.8
+
+
+@dataclass(frozen=True)
+class Workload:
+    """How much each concurrency level replays: `max(level, sessions)` sessions of at most
+    `max_requests` requests each, every level its own sessions (so no level finds the prompts of
+    another in the server's cache)."""
+
+    levels: tuple[int, ...]
+    sessions: int
+    max_requests: int
+    max_tokens: int
+
+
+WORKLOADS = {
+    "tiny": Workload(levels=(1, 8, 32), sessions=8, max_requests=12, max_tokens=64),
+    "small": Workload(levels=(1, 8), sessions=1, max_requests=1, max_tokens=16),
+}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request's measurement (seconds from sending it)."""
+
+    ttft: float
+    latency: float
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    text: str
+
+
+@dataclass
+class Run:
+    backend: str
+    concurrency: int
+    seconds: float = 0.0
+    requests: list[Request] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        ttft = [answer.ttft for answer in self.answers]
+        latency = [answer.latency for answer in self.answers]
+        prompt = sum(answer.prompt_tokens for answer in self.answers)
+        completion = sum(answer.completion_tokens for answer in self.answers)
+        return {
+            "requests": len(self.answers),
+            "seconds": self.seconds,
+            "ttft_p50": float(np.percentile(ttft, 50)),
+            "ttft_p95": float(np.percentile(ttft, 95)),
+            "latency_p50": float(np.percentile(latency, 50)),
+            "latency_p95": float(np.percentile(latency, 95)),
+            "tokens_per_second": completion / self.seconds,
+            "requests_per_second": len(self.answers) / self.seconds,
+            "prompt_tokens_mean": prompt / len(self.answers),
+            "completion_tokens_mean": completion / len(self.answers),
+            "prefix_cache_share": sum(a.cached_tokens for a in self.answers) / max(prompt, 1),
+        }
+
+
+# -- the server's side ---------------------------------------------------------------------------
+
+
+def sse_data(line: str) -> str | None:
+    """The data of one line of a server-sent event stream; None for what an EventSource skips
+    (comments, blank lines, other fields). OpenAI's streams end with the data `[DONE]`."""
+    if not line.startswith("data:"):
+        return None
+    return line.removeprefix("data:").strip()
+
+
+def completion_body(request: Request, model: str, max_tokens: int) -> dict:
+    """The /v1/completions body an editor plugin sends: OpenAI's fields (`suffix` asks for
+    fill-in-the-middle, `user` names the editor), with zen-coder's `path` and `language`."""
+    return {
+        "model": model,
+        "prompt": request.prefix,
+        "suffix": request.suffix,
+        "max_tokens": max_tokens,
+        "temperature": 0.0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "user": request.client,
+        "path": request.path,
+        "language": request.language,
+    }
+
+
+class ServerBackend:
+    """A running `zen-coder serve`, asked over HTTP and streamed."""
+
+    name = "zen-coder serve"
+
+    def __init__(self, url: str, model: str, max_tokens: int, api_key: str | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.model = model
+        self.max_tokens = max_tokens
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        self.client = httpx.AsyncClient(headers=headers, timeout=600, limits=limits)
+
+    async def complete(self, request: Request) -> Answer:
+        body = completion_body(request, self.model, self.max_tokens)
+        started = time.perf_counter()
+        first, text, usage = None, [], {}
+        async with self.client.stream("POST", f"{self.url}/v1/completions", json=body) as reply:
+            if reply.status_code != 200:
+                detail = (await reply.aread()).decode(errors="replace").strip()
+                raise ZenCoderError(f"{self.url} answered {reply.status_code}: {detail[:300]}")
+            async for line in reply.aiter_lines():
+                data = sse_data(line)
+                if data is None:
+                    continue
+                if data == DONE:
+                    break
+                payload = json.loads(data)
+                for choice in payload.get("choices") or []:
+                    if choice.get("text"):
+                        first = first or time.perf_counter()
+                        text.append(choice["text"])
+                usage = payload.get("usage") or usage
+        ended = time.perf_counter()
+        details = usage.get("prompt_tokens_details") or {}
+        return Answer(
+            ttft=(first or ended) - started,
+            latency=ended - started,
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            cached_tokens=details.get("cached_tokens") or 0,
+            completion_tokens=usage.get("completion_tokens", 0),
+            text="".join(text),
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_server(model: Path, port: int, log: Path) -> subprocess.Popen:
+    """`zen-coder serve` on the native engine, on localhost; returns once /health answers."""
+    command = [sys.executable, "-m", "zen_coder.cli", "serve", str(model), "--port", str(port)]
+    server = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + SERVER_START_SECONDS
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise ZenCoderError(f"`zen-coder serve` exited with {server.returncode}; see {log}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    server.terminate()
+    raise ZenCoderError(f"`zen-coder serve` did not answer /health in time; see {log}")
+
+
+# -- the baseline ----------------------------------------------------------------------------------
+
+
+def fim_prompt(request: Request, roles: RoleTokenizer) -> str:
+    """The native model's fill-in-the-middle layout, with the roles' tokens spelled out."""
+    token = roles.role_tokens()
+    return (
+        f"{token['<|path|>']}{request.path}{token['<|lang|>']}{request.language}"
+        f"{token['<|fim_prefix|>']}{request.prefix}{token['<|fim_suffix|>']}{request.suffix}"
+        f"{token['<|fim_middle|>']}"
+    )
+
+
+class FirstToken:
+    """A `generate` streamer that notes when the first new token arrives (its first `put` is the
+    prompt)."""
+
+    def __init__(self) -> None:
+        self.puts = 0
+        self.first: float | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        self.puts += 1
+        if self.puts == 2:
+            self.first = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+class TransformersBaseline:
+    """The exported model in transformers, one `generate` at a time: one worker thread takes the
+    requests in the order they come, as a server without batching does."""
+
+    name = "transformers generate"
+
+    def __init__(self, folder: Path, max_tokens: int, device: str = "cpu") -> None:
+        import transformers
+
+        self.roles = read_tokenizer(folder)
+        # The prompt spells the role tokens ("<|fim_middle|>"): encode them as those tokens.
+        self.roles.tokenizer.encode_special_tokens = False
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(folder).to(device).eval()
+        self.device = device
+        self.max_tokens = max_tokens
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+
+    def prompt_ids(self, request: Request) -> list[int]:
+        ids = self.roles.tokenizer.encode(fim_prompt(request, self.roles), add_special_tokens=False)
+        start = [] if self.roles.bos_id is None else [self.roles.bos_id]
+        return start + ids.ids
+
+    async def complete(self, request: Request) -> Answer:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.worker, self._generate, request, started)
+
+    def _generate(self, request: Request, started: float) -> Answer:
+        ids = torch.tensor([self.prompt_ids(request)], device=self.device)
+        streamer = FirstToken()
+        with torch.no_grad():
+            output = self.model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=self.max_tokens,
+                do_sample=False,
+                eos_token_id=self.roles.eos_id,
+                pad_token_id=self.roles.pad_id,
+                streamer=streamer,
+            )
+        ended = time.perf_counter()
+        new = output[0, ids.shape[1] :].tolist()
+        if self.roles.eos_id in new:
+            new = new[: new.index(self.roles.eos_id)]
+        return Answer(
+            ttft=(streamer.first or ended) - started,
+            latency=ended - started,
+            prompt_tokens=ids.shape[1],
+            cached_tokens=0,
+            completion_tokens=len(new),
+            text=self.roles.tokenizer.decode(new, skip_special_tokens=False),
+        )
+
+    async def close(self) -> None:
+        self.worker.shutdown()
+
+
+# -- the replay ------------------------------------------------------------------------------------
+
+
+async def replay(backend, sessions: list[Session], concurrency: int, realtime: bool) -> Run:
+    """`concurrency` editors working through `sessions`, each sending a session's requests one
+    after another (the next when the last answer is in, or with `realtime` not before its time
+    on the typing clock)."""
+    run = Run(backend.name, concurrency)
+    waiting = deque(sessions)
+
+    async def editor() -> None:
+        while waiting:
+            session = waiting.popleft()
+            began = time.perf_counter()
+            for request in session.requests:
+                if realtime:
+                    await asyncio.sleep(max(0.0, began + request.at - time.perf_counter()))
+                answer = await backend.complete(request)
+                run.requests.append(request)
+                run.answers.append(answer)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(editor() for _ in range(concurrency)))
+    run.seconds = time.perf_counter() - started
+    return run
+
+
+def split_levels(sessions: list[Session], workload: Workload) -> dict[int, list[Session]]:
+    """Each level's own sessions, in order: `max(level, workload.sessions)` each."""
+    levels, start = {}, 0
+    for level in workload.levels:
+        size = max(level, workload.sessions)
+        levels[level] = sessions[start : start + size]
+        start += size
+    if start > len(sessions):
+        raise ZenCoderError(
+            f"the mined commits gave {len(sessions)} editing sessions, {start} are needed; "
+            "lower --sessions or the concurrency levels"
+        )
+    return levels
+
+
+# -- inputs: sessions and models -------------------------------------------------------------------
+
+
+def mined_dataset(bundles: list[str]) -> Path:
+    """The recent commits of the bundles' clones and a synthetic repository, mined once into the
+    workspace (a rerun finds nothing new and takes a second)."""
+    repos = [(name, bundle_repo(name)) for name in bundles]
+    repos.append(("synthetic", synthetic_repo(SYNTHETIC_COMMITS)))
+    specs = [
+        RepoSpec(str(path), name=name, range=f"HEAD~{RECENT_COMMITS}..HEAD") for name, path in repos
+    ]
+    out = WORKSPACE / "mined"
+    mine(specs, out, workers=os.cpu_count() or 1, salt=SALT)
+    return out
+
+
+def random_models(name: str, records: dict[str, list[dict]], dtype: torch.dtype) -> Path:
+    """The preset `name` with random weights, as a native model folder (`native/`) and its
+    Hugging Face export (`hf/`), with a tokenizer trained on the mined code; built once."""
+    folder = WORKSPACE / f"model-{name}-{str(dtype).removeprefix('torch.')}"
+    if (folder / "hf" / "config.json").exists():
+        return folder
+    work = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    config = replace(preset(name), n_languages=len(LANGUAGES) + 1, n_repos=1)
+    texts = code_texts(records, TOKENIZER_TEXT_CHARS)
+    save_tokenizer(
+        train_tokenizer(texts, config.vocab_size), work / "tokenizer", config.context_length
+    )
+    roles = read_tokenizer(work / "tokenizer")
+    torch.manual_seed(0)
+    model = ZenCoder(config).to(dtype).eval()
+    table = ["<unknown>", *LANGUAGES]
+    save_model(
+        work / "native", config, model.state_dict(), table, work / "tokenizer", repos=["<unknown>"]
+    )
+    with warnings.catch_warnings():  # random weights: the techniques' tensors are still no-ops
+        warnings.simplefilter("ignore")
+        token_ids = {"bos_token_id": roles.bos_id, "eos_token_id": roles.eos_id}
+        save_pretrained(model, work / "hf", token_ids=token_ids | {"pad_token_id": roles.pad_id})
+    for file in TOKENIZER_FILES:
+        shutil.copyfile(work / "tokenizer" / file, work / "hf" / file)
+    install_directory(work, folder)
+    return folder
+
+
+def code_texts(records: dict[str, list[dict]], limit: int) -> list[str]:
+    texts, size = [], 0
+    for rows in records.values():
+        for row in rows[: len(rows) // 2]:
+            if row["new_content"] and size < limit:
+                texts.append(row["new_content"])
+                size += len(row["new_content"])
+    return texts
+
+
+def export_model(native: Path, out: Path) -> Path:
+    """The Hugging Face export of a trained native model folder, with its tokenizer."""
+    from zen_coder.model.folder import load_model
+
+    hf = out / "hf"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        roles = read_tokenizer(native)
+        token_ids = {"bos_token_id": roles.bos_id, "eos_token_id": roles.eos_id}
+        token_ids["pad_token_id"] = roles.pad_id
+        save_pretrained(load_model(native), hf, token_ids=token_ids)
+    for file in TOKENIZER_FILES:
+        shutil.copyfile(native / file, hf / file)
+    return hf
+
+
+# -- the report ------------------------------------------------------------------------------------
+
+
+def agreement(server: Run, baseline: Run) -> float:
+    """The share of requests where the server's completion is the baseline's or the start of it
+    (the server may cut a completion short at a line or a stop sequence): same model, same
+    prompt, greedy, so anything else means the two did not compute the same thing."""
+    theirs = {
+        (r.session, r.index): a.text
+        for r, a in zip(baseline.requests, baseline.answers, strict=True)
+    }
+    same = [
+        theirs.get((r.session, r.index), "").startswith(a.text)
+        for r, a in zip(server.requests, server.answers, strict=True)
+    ]
+    return sum(same) / max(len(same), 1)
+
+
+def print_table(runs: list[Run]) -> None:
+    print(
+        f"\n{'backend':24}{'conc':>5}{'reqs':>6}{'ttft p50':>10}{'p95':>8}{'latency p50':>13}"
+        f"{'p95':>8}{'tok/s':>8}{'prompt':>8}{'new':>6}{'cached':>8}"
+    )
+    for run in runs:
+        s = run.summary()
+        print(
+            f"{run.backend:24}{run.concurrency:5d}{s['requests']:6d}"
+            f"{s['ttft_p50'] * 1000:8.0f}ms{s['ttft_p95'] * 1000:6.0f}ms"
+            f"{s['latency_p50'] * 1000:11.0f}ms{s['latency_p95'] * 1000:6.0f}ms"
+            f"{s['tokens_per_second']:8.0f}{s['prompt_tokens_mean']:8.0f}"
+            f"{s['completion_tokens_mean']:6.0f}{s['prefix_cache_share']:8.0%}"
+        )
+
+
+def ratios(server: Run, baseline: Run) -> dict[str, float]:
+    ours, theirs = server.summary(), baseline.summary()
+    return {
+        "throughput": ours["tokens_per_second"] / theirs["tokens_per_second"],
+        "latency_p50": ours["latency_p50"] / theirs["latency_p50"],
+        "ttft_p50": ours["ttft_p50"] / theirs["ttft_p50"],
+        "prefix_cache_share": ours["prefix_cache_share"],
+        "agreement": agreement(server, baseline),
+    }
+
+
+def print_ratios(pairs: dict[int, tuple[Run, Run]], preset_name: str) -> None:
+    print("\nzen-coder serve vs transformers generate (same model, same requests):")
+    for level, (server, baseline) in pairs.items():
+        r = ratios(server, baseline)
+        print(
+            f"  concurrency {level:2d}: throughput {r['throughput']:5.2f}x, "
+            f"p50 latency {r['latency_p50']:5.2f}x, p50 time to first token {r['ttft_p50']:5.2f}x, "
+            f"prefix cache {r['prefix_cache_share']:4.0%}, same completion {r['agreement']:4.0%}"
+        )
+    if TARGET_LEVEL in pairs:
+        r = ratios(*pairs[TARGET_LEVEL])
+        checks = [
+            (f"throughput >= {THROUGHPUT_TARGET:g}x", r["throughput"] >= THROUGHPUT_TARGET),
+            (f"p50 latency <= {LATENCY_TARGET:g}x", r["latency_p50"] <= LATENCY_TARGET),
+            (f"prefix reuse >= {REUSE_TARGET:.0%}", r["prefix_cache_share"] >= REUSE_TARGET),
+        ]
+        verdicts = ", ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in checks)
+        print(f"  targets ({preset_name}, concurrency {TARGET_LEVEL}): {verdicts}")
+
+
+def plot(runs: list[Run], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(13, 4))
+    for backend, color in (("zen-coder serve", "tab:blue"), ("transformers generate", "tab:gray")):
+        mine_runs = [run for run in runs if run.backend == backend]
+        levels = [run.concurrency for run in mine_runs]
+        summaries = [run.summary() for run in mine_runs]
+        for key, style in (("latency_p50", "o-"), ("latency_p95", "o--")):
+            label = f"{backend}, {key.removeprefix('latency_')}"
+            axes[0].plot(
+                levels, [s[key] * 1000 for s in summaries], style, color=color, label=label
+            )
+        for key, style in (("ttft_p50", "o-"), ("ttft_p95", "o--")):
+            label = f"{backend}, {key.removeprefix('ttft_')}"
+            axes[1].plot(
+                levels, [s[key] * 1000 for s in summaries], style, color=color, label=label
+            )
+        axes[2].plot(
+            levels, [s["tokens_per_second"] for s in summaries], "o-", color=color, label=backend
+        )
+    for axis, label in zip(
+        axes,
+        ("completion latency (ms)", "time to first token (ms)", "completion tokens/s"),
+        strict=True,
+    ):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrent editors")
+        axis.set_ylabel(label)
+        axis.legend(fontsize=7)
+    axes[0].set_yscale("log")
+    axes[1].set_yscale("log")
+    figure.suptitle(title)
+    figure.tight_layout()
+    write_atomic(path, lambda temporary: figure.savefig(temporary, dpi=110, format="png"))
+    plt.close(figure)
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+async def measure(
+    backends, levels: dict[int, list[Session]], warmup: Session, realtime: bool
+) -> list[Run]:
+    """Every backend at every level; each backend answers one session first, unmeasured (lazy
+    initialisation, the first allocations)."""
+    runs = []
+    for backend in backends:
+        await replay(backend, [warmup], 1, realtime=False)
+        for level, sessions in levels.items():
+            run = await replay(backend, sessions, level, realtime)
+            runs.append(run)
+            s = run.summary()
+            print(
+                f"  {backend.name}, concurrency {level}: {s['requests']} requests in "
+                f"{s['seconds']:.1f} s",
+                flush=True,
+            )
+    return runs
+
+
+def parse_arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(WORKLOADS), default="tiny")
+    parser.add_argument(
+        "--model", type=Path, help="a trained native model folder (default: random)"
+    )
+    parser.add_argument("--server", help="URL of a running `zen-coder serve` of --model")
+    parser.add_argument("--api-key", help="its API key")
+    parser.add_argument("--levels", type=int, nargs="+", help="concurrency levels")
+    parser.add_argument("--sessions", type=int, help="sessions per level (at least the level)")
+    parser.add_argument("--max-requests", type=int, help="requests per session at most")
+    parser.add_argument("--max-tokens", type=int, help="tokens per completion")
+    parser.add_argument("--realtime", action="store_true", help="also wait for the typing clock")
+    parser.add_argument(
+        "--repos", nargs="*", metavar="NAME", help="bundles of ../shared/repos (default: all)"
+    )
+    parser.add_argument("--out", type=Path, default=WORKSPACE / "results")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_arguments()
+    started = time.perf_counter()
+    base = WORKLOADS[args.preset]
+    workload = Workload(
+        levels=tuple(args.levels or base.levels),
+        sessions=args.sessions or base.sessions,
+        max_requests=args.max_requests or base.max_requests,
+        max_tokens=args.max_tokens or base.max_tokens,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    bundles = available_bundles() if args.repos is None else args.repos
+    records = mined_records(mined_dataset(bundles))
+    dtype = torch.bfloat16 if args.preset == "small" else torch.float32
+    if args.model:
+        native, hf = args.model.resolve(), export_model(args.model.resolve(), args.out)
+    else:
+        folder = random_models(args.preset, records, dtype)
+        native, hf = folder / "native", folder / "hf"
+    config = read_config(native)
+    roles = read_tokenizer(native)
+
+    def count(text: str) -> int:
+        return len(roles.tokenizer.encode(text, add_special_tokens=False))
+
+    # The window leaves room for the template, the typed text and the completion.
+    room = config.context_length - workload.max_tokens
+    window = Window(prefix_tokens=min(256, room // 2), suffix_tokens=min(48, room // 8))
+    needed = sum(max(level, workload.sessions) for level in workload.levels) + 1
+    sessions = build_sessions(
+        records,
+        count,
+        limit=needed,
+        typing=Typing(),
+        window=window,
+        max_requests=workload.max_requests,
+    )
+    levels = split_levels(sessions[1:], workload)
+    total = sum(len(s.requests) for group in levels.values() for s in group)
+    print(
+        f"{args.preset} model ({'trained' if args.model else 'random weights'}, "
+        f"{config.context_length} context), {len(sessions) - 1} editing sessions from "
+        f"{', '.join(sorted(records))}, {total} requests per backend, "
+        f"{workload.max_tokens} tokens each, {os.cpu_count()} CPUs (shared: timings are noisy)",
+        flush=True,
+    )
+
+    baseline = TransformersBaseline(hf, workload.max_tokens)
+    server_process = None
+    if args.server:
+        url = args.server
+    else:
+        port = free_port()
+        server_process = start_server(native, port, args.out / "server.log")
+        url = f"http://127.0.0.1:{port}"
+    server = ServerBackend(url, native.name, workload.max_tokens, args.api_key)
+
+    async def both() -> list[Run]:
+        try:
+            return await measure([server, baseline], levels, sessions[0], args.realtime)
+        finally:
+            await server.close()
+            await baseline.close()
+
+    try:
+        runs = asyncio.run(both())
+    finally:
+        if server_process is not None:
+            server_process.terminate()
+            server_process.wait(timeout=30)
+    print_table(runs)
+    pairs = {
+        level: tuple(run for run in runs if run.concurrency == level) for level in workload.levels
+    }
+    print_ratios(pairs, args.preset)
+    results = {
+        "preset": args.preset,
+        "model": "trained" if args.model else "random",
+        "workload": asdict(workload),
+        "cpus": os.cpu_count(),
+        "runs": [{"backend": r.backend, "concurrency": r.concurrency, **r.summary()} for r in runs],
+        "ratios": {str(level): ratios(*pair) for level, pair in pairs.items()},
+    }
+    write_json_atomic(args.out / "results.json", results, indent=2)
+    figure = args.out / "serve-latency.png"
+    plot(
+        runs,
+        figure,
+        f"{args.preset} preset, {os.cpu_count()} CPUs: zen-coder serve vs transformers generate",
+    )
+    print(f"\nresults: {args.out / 'results.json'}\nplot: {figure}")
+    print(f"benchmark finished in {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
