@@ -1,0 +1,104 @@
+"""The native backend: a zen-coder model folder behind the continuous-batching `Engine`, with
+the history channels the model was trained with filled from the request."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from zen_coder.data.tokenizer import read_tokenizer
+from zen_coder.inference.engine import Channels, Engine, EngineRequest
+from zen_coder.inference.native import language_ids, torch_dtype
+from zen_coder.inference.prompts import PromptFormat
+from zen_coder.model.folder import load_model, read_languages, read_repos
+from zen_coder.serving.backends import BackendStats, ChatRequest, Piece, TextRequest, chat_prompt
+
+
+class NativeBackend:
+    name = "native"
+
+    def __init__(
+        self, folder: Path, device: str = "cpu", dtype: str | None = None, slots: int = 8
+    ) -> None:
+        self.folder = folder.resolve()
+        self.device = device
+        model = load_model(self.folder).to(device=torch.device(device), dtype=torch_dtype(dtype))
+        self.roles = read_tokenizer(self.folder)
+        self.prompt_format = PromptFormat.from_tokenizer(self.roles)
+        self.languages = language_ids(read_languages(self.folder))
+        self.repos = {name: number for number, name in enumerate(read_repos(self.folder) or [])}
+        # A built prompt's special tokens go in by id; the engine's `encode` reads a raw prompt's
+        # spelled ones as tokens, so it gets a tokenizer of its own that does.
+        self.text_tokenizer = read_tokenizer(self.folder)
+        self.text_tokenizer.tokenizer.encode_special_tokens = False
+        self.engine = Engine(model.eval(), self.text_tokenizer, slots=slots)
+
+    def identity(self) -> dict[str, Any]:
+        return {"backend": self.name, "path": str(self.folder), "device": self.device}
+
+    def count(self, text: str) -> int:
+        return len(self.roles.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def ids(self, request: TextRequest) -> list[int]:
+        if isinstance(request.prompt, str):
+            return self.engine.encode(request.prompt)
+        start = [] if self.roles.bos_id is None else [self.roles.bos_id]
+        return start + request.prompt.ids(self.roles.tokenizer)
+
+    def channels(self, request: TextRequest) -> Channels:
+        """Ids from the model's own tables (0, the unknown, for a name it never saw), and the
+        file's history position."""
+        return Channels(
+            repo=self.repos.get(request.repo or "", 0),
+            language=self.languages.get((request.language or "").lower(), 0),
+            time=request.time,
+        )
+
+    def stream(self, request: TextRequest) -> AsyncIterator[Piece]:
+        engine_request = EngineRequest(
+            ids=self.ids(request),
+            channels=self.channels(request),
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=request.seed,
+            cutoff=request.cutoff,
+            client=request.client,
+            prefix=request.prefix,
+        )
+        return self._events(engine_request)
+
+    def chat(self, request: ChatRequest) -> AsyncIterator[Piece]:
+        prompt = chat_prompt(self.roles, request.messages)
+        return self.stream(request.as_text(prompt, self.prompt_format.stop))
+
+    async def _events(self, request: EngineRequest) -> AsyncIterator[Piece]:
+        stream = self.engine.submit(request)
+        try:
+            async for event in stream:
+                yield Piece(
+                    event.text,
+                    event.finish_reason,
+                    event.prompt_tokens,
+                    event.cached_tokens,
+                    event.completion_tokens,
+                )
+        finally:
+            stream.cancel()  # the slot is freed at the engine's next step
+
+    def stats(self) -> BackendStats:
+        stats = self.engine.stats()
+        counters = {
+            "requests": stats.requests,
+            "steps": stats.steps,
+            "drafted_tokens": stats.drafted_tokens,
+            "accepted_tokens": stats.accepted_tokens,
+        }
+        return BackendStats(queue_depth=stats.queued, active=stats.active, counters=counters)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.engine.close)

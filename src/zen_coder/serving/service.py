@@ -1,0 +1,278 @@
+"""What every completion endpoint shares, whatever the client's request shape: the prompt built
+in the model's layout with repository context and checked against the limits, the completions
+run on the backend with cancellation (the client went away, or the same client asked again) and
+counted in the metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from zen_coder.inference.prompts import (
+    Budget,
+    Prompt,
+    PromptFormat,
+    PromptParts,
+    Snippet,
+    canonical_language,
+)
+from zen_coder.serving.backends import Backend, ChatRequest, Piece, TextRequest
+from zen_coder.serving.metrics import Metrics
+from zen_coder.serving.security import ApiError
+from zen_coder.serving.settings import ServerSettings
+
+if TYPE_CHECKING:  # imported by the app only when the server has a repository
+    from zen_coder.inference.repository import RepositoryContext
+
+CHANGES_PER_PROMPT = 3  # recent commits of the edited file offered to the prompt
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One finished completion."""
+
+    index: int
+    text: str
+    last: Piece  # the finish reason and token counts
+
+
+@dataclass(frozen=True)
+class Call:
+    """Who asks, and how the server learns that they went away."""
+
+    caller: str  # the API key's id
+    disconnected: Callable[[], Awaitable[None]]  # returns once the client has gone
+
+    def client(self, user: str | None) -> str | None:
+        """The client whose newer request cancels its older one: a `user` the editor names,
+        within its API key; None (no cancelling) when it names none."""
+        return None if user is None else f"{self.caller}:{user}"
+
+
+@dataclass(frozen=True)
+class Result:
+    """The completions of a request that is not streamed, and how long they took."""
+
+    choices: list[Choice]
+    first_token_seconds: float  # until the first text (the whole time if none came)
+    seconds: float
+
+
+class Service:
+    def __init__(
+        self,
+        backend: Backend,
+        settings: ServerSettings,
+        metrics: Metrics,
+        repository: RepositoryContext | None = None,
+    ) -> None:
+        self.backend, self.settings, self.metrics = backend, settings, metrics
+        self.repository = repository
+        self.newest: dict[str, asyncio.Event] = {}  # per client: the stop of its latest request
+        self.repo_name = repository.repo_name() if repository else None
+
+    # ---- prompts -----------------------------------------------------------------------------
+
+    def fill_in_the_middle(self, parts: PromptParts, retrieve: bool = True) -> Prompt:
+        """The prompt of a completion at a cursor, in the model's layout, with the repository's
+        snippets and the file's recent changes added when the server has a repository (and
+        `retrieve`); the budget shares are the server's."""
+        settings = self.settings
+        language = self.language_of(parts.path, parts.language)
+        parts = replace(parts, language=language, repo=parts.repo or self.repo_name)
+        if self.repository is not None and retrieve:
+            context_chars = int(settings.context_tokens * 3 * budget_rest(settings))
+            found = self.repository.snippets(
+                parts.path, parts.prefix, parts.suffix or "", context_chars
+            )
+            parts = replace(parts, snippets=[*parts.snippets, *found])
+            if parts.path:
+                parts = replace(
+                    parts, changes=self.repository.changes(parts.path, CHANGES_PER_PROMPT)
+                )
+        budget = Budget(settings.context_tokens, settings.prefix_share, settings.suffix_share)
+        prompt = self.prompt_format.build(parts, budget, self.backend.count)
+        self.check_prompt_tokens(prompt.prompt_tokens)
+        return prompt
+
+    @staticmethod
+    def language_of(path: str | None, named: str | None) -> str | None:
+        """The edited file's language as mining names it (an editor's identifier mapped)."""
+        return canonical_language(named, path)
+
+    @property
+    def prompt_format(self) -> PromptFormat:
+        return self.backend.prompt_format
+
+    def time_of(self, path: str | None) -> int:
+        """The file's history position, as the model's time channel counts it (0 unknown)."""
+        if self.repository is None or not path:
+            return 0
+        return self.repository.time_of(path)
+
+    def check_prompt_tokens(self, tokens: int) -> None:
+        limit = self.settings.max_prompt_tokens
+        if tokens > limit:
+            raise ApiError(400, f"the prompt has {tokens} tokens; at most {limit} are accepted")
+
+    def check_raw_prompt(self, prompt: str) -> None:
+        self.check_prompt_tokens(self.backend.count(prompt))
+
+    def max_tokens(self, asked: int | None) -> int:
+        limit = self.settings.max_tokens
+        if asked is None:
+            return min(self.settings.default_max_tokens, limit)
+        if asked > limit:
+            raise ApiError(400, f"max_tokens {asked} is over this server's limit of {limit}")
+        return asked
+
+    def check_n(self, n: int) -> None:
+        if n > self.settings.max_n:
+            raise ApiError(400, f"n {n} is over this server's limit of {self.settings.max_n}")
+
+    # ---- running -----------------------------------------------------------------------------
+
+    async def run(
+        self,
+        endpoint: str,
+        requests: list[TextRequest] | list[ChatRequest],
+        client: str | None,
+        disconnected: Callable[[], Awaitable[None]] | None = None,
+    ) -> AsyncIterator[tuple[int, Piece]]:
+        """The pieces of every choice, tagged with the choice's index, as they come. A newer
+        request of the same `client`, or `disconnected` returning (the client went away; a
+        streaming response is closed by the server instead), stops every choice: each ends with
+        finish reason "cancelled" and the backend frees what it held."""
+        stop = self._claim(client)
+        started = time.perf_counter()
+        first = True
+        ended = 0
+        watcher = asyncio.create_task(disconnected()) if disconnected else None
+        streams = [self._backend_stream(request) for request in requests]
+        try:
+            async with aclosing(merge(streams, stop, watcher)) as pieces:
+                async for index, piece in pieces:
+                    if first and piece.text:
+                        first = False
+                        self.metrics.first_token.labels(endpoint).observe(
+                            time.perf_counter() - started
+                        )
+                    if piece.finish_reason is not None:
+                        ended += 1
+                        self._count_finished(piece)
+                    yield index, piece
+        finally:
+            if watcher:
+                watcher.cancel()
+            if client is not None and self.newest.get(client) is stop:
+                del self.newest[client]
+            if ended < len(requests):
+                self._count_cancelled(stop, watcher)
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+    def _backend_stream(self, request: TextRequest | ChatRequest) -> AsyncIterator[Piece]:
+        if isinstance(request, ChatRequest):
+            return self.backend.chat(request)
+        return self.backend.stream(request)
+
+    def _claim(self, client: str | None) -> asyncio.Event:
+        """The stop event of a new request; the same client's older request is stopped."""
+        stop = asyncio.Event()
+        if client is not None:
+            older = self.newest.get(client)
+            if older is not None:
+                older.set()
+            self.newest[client] = stop
+        return stop
+
+    def _count_finished(self, piece: Piece) -> None:
+        metrics = self.metrics
+        metrics.finished.labels(piece.finish_reason).inc()
+        metrics.prompt_tokens.inc(piece.prompt_tokens)
+        metrics.cached_tokens.inc(piece.cached_tokens)
+        metrics.completion_tokens.inc(piece.completion_tokens)
+
+    def _count_cancelled(self, stop: asyncio.Event, watcher: asyncio.Task | None) -> None:
+        superseded = stop.is_set() and not (watcher and watcher.done())
+        self.metrics.cancelled.labels("superseded" if superseded else "disconnected").inc()
+
+    async def collect(
+        self,
+        endpoint: str,
+        requests: list[TextRequest] | list[ChatRequest],
+        client: str | None,
+        disconnected: Callable[[], Awaitable[None]] | None,
+    ) -> Result:
+        """Every choice's whole text, for the responses that are not streamed."""
+        texts = ["" for _ in requests]
+        last = [Piece("", "cancelled") for _ in requests]
+        started = time.perf_counter()
+        first = None
+        async with aclosing(self.run(endpoint, requests, client, disconnected)) as pieces:
+            async for index, piece in pieces:
+                if first is None and piece.text:
+                    first = time.perf_counter() - started
+                texts[index] += piece.text
+                if piece.finish_reason is not None:
+                    last[index] = piece
+        seconds = time.perf_counter() - started
+        choices = [Choice(index, text, last[index]) for index, text in enumerate(texts)]
+        return Result(choices, seconds if first is None else first, seconds)
+
+
+def budget_rest(settings: ServerSettings) -> float:
+    """The share of the prompt budget left to repository context."""
+    return max(0.0, 1.0 - settings.prefix_share - settings.suffix_share)
+
+
+async def merge(
+    streams: list[AsyncIterator[Piece]], stop: asyncio.Event, watcher: asyncio.Task | None
+) -> AsyncIterator[tuple[int, Piece]]:
+    """The pieces of several streams as they come, tagged with the stream's index, until each
+    has finished, or until `stop` is set or `watcher` ends: then every unfinished stream is
+    closed (its backend work stops) and ends with a "cancelled" piece."""
+    queue: asyncio.Queue[tuple[int, Piece | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: AsyncIterator[Piece]) -> None:
+        try:
+            async with aclosing(stream) as pieces:
+                async for piece in pieces:
+                    await queue.put((index, piece))
+        except Exception as error:  # raised again in the request, which answers for it
+            await queue.put((index, error))
+        await queue.put((index, None))  # this stream has ended
+
+    pumps = [asyncio.create_task(pump(index, stream)) for index, stream in enumerate(streams)]
+    stopped = asyncio.create_task(stop.wait())
+    ends = {stopped} | ({watcher} if watcher else set())
+    open_streams = set(range(len(streams)))
+    try:
+        while open_streams:
+            getter = asyncio.create_task(queue.get())
+            done, _ = await asyncio.wait({getter} | ends, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in done:
+                getter.cancel()
+                for index in sorted(open_streams):
+                    yield index, Piece("", "cancelled")
+                return
+            index, item = getter.result()
+            if isinstance(item, BaseException):
+                raise item
+            if item is None:
+                open_streams.discard(index)
+            else:
+                yield index, item
+    finally:
+        stopped.cancel()
+        for task in pumps:
+            task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+
+
+def snippets_from_client(files: list[tuple[str, str]]) -> list[Snippet]:
+    """Context the editor sent (llama.vim's chunks, Tabby's declarations and snippets)."""
+    return [Snippet(path, text) for path, text in files if text.strip()]
