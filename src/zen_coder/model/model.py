@@ -19,6 +19,7 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +99,20 @@ class AttentionContext:
     flex_attention: Callable | None = None  # and the FlexAttention to apply it with
 
 
+class Cache(Protocol):
+    """Where attention keeps the keys and values of earlier positions. `update` stores a layer's
+    new ones and returns every key and value its queries attend to; `advance` is told, after a
+    forward pass, how many positions it added. `KVCache` is one sequence batch's; a caller that
+    keeps its own layout (an engine with a cache per request) passes the positions and the key
+    mask to `ZenCoder.forward` itself."""
+
+    length: int
+
+    def update(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def advance(self, positions: int) -> None: ...
+
+
 class KVCache:
     """Keys and values of earlier positions, per layer, for incremental decoding."""
 
@@ -115,6 +130,9 @@ class KVCache:
             values = torch.cat([self.values[layer], values], dim=2)
         self.keys[layer], self.values[layer] = keys, values
         return keys, values
+
+    def advance(self, positions: int) -> None:
+        self.length += positions
 
 
 class Attention(nn.Module):
@@ -150,7 +168,7 @@ class Attention(nn.Module):
             else None
         )
 
-    def forward(self, x: Tensor, context: AttentionContext, cache: KVCache | None) -> Tensor:
+    def forward(self, x: Tensor, context: AttentionContext, cache: Cache | None) -> Tensor:
         B, T, _ = x.shape
         # -1: the heads this module computes (all of them, or a tensor-parallel share).
         q = self.q(x).view(B, T, -1, self.head_dim)  # [B, T, H, Hd]
@@ -378,7 +396,7 @@ class Block(nn.Module):
         x: Tensor,
         context: AttentionContext,
         language: Tensor | None,
-        cache: KVCache | None,
+        cache: Cache | None,
         losses: bool,
     ) -> tuple[Tensor, RouterStats]:
         x = x + self.attention(self.attention_norm(x), context, cache)
@@ -459,10 +477,14 @@ class ZenCoder(nn.Module):
         tokens: Tensor,
         segment: Tensor | None,
         time: Tensor | None,
-        cache: KVCache | None,
+        cache: Cache | None,
+        positions: Tensor | None = None,
+        key_mask: Tensor | None = None,
     ) -> AttentionContext:
         B, T = tokens.shape
         device = tokens.device
+        if positions is not None:
+            return self._explicit_context(positions, key_mask, time)
         past = cache.length if cache is not None else 0
         # With a cache, `segment` covers the cached positions too [B, past + T], and is always
         # honoured: generation's left padding (segment 0) must stay invisible to the prompt.
@@ -493,6 +515,19 @@ class ZenCoder(nn.Module):
         else:
             # Plain causal attention; one new query with a cache sees every cached key.
             context.causal = cache is None or past == 0
+        return context
+
+    def _explicit_context(
+        self, positions: Tensor, key_mask: Tensor, time: Tensor | None
+    ) -> AttentionContext:
+        """The context for a caller that placed the tokens itself: their positions [B, T] and
+        the keys each may see [B, 1, T, keys], in the layout its cache returns them."""
+        angles = positions[..., None].float() * self.inverse_frequencies
+        angles = torch.cat([angles, angles], dim=-1)[:, None]
+        context = AttentionContext(cos=angles.cos(), sin=angles.sin(), mask=key_mask)
+        if self.config.temporal_attention and time is not None:
+            phases = time[:, None, :, None].float() * self.time_frequencies
+            context.time_cos, context.time_sin = phases.cos(), phases.sin()
         return context
 
     @staticmethod
@@ -527,12 +562,17 @@ class ZenCoder(nn.Module):
         time: Tensor | None = None,
         segment: Tensor | None = None,
         targets: Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: Cache | None = None,
         last_only: bool = False,
+        positions: Tensor | None = None,
+        key_mask: Tensor | None = None,
     ) -> Output:
         """tokens [B, T] and optional side channels [B, T]; targets [B, T] (IGNORE = no loss).
 
         `last_only` computes the logits of the last position only (generation needs no others).
+        `positions` [B, T] and `key_mask` (bool [B, 1, T, keys], True where a query may see a
+        key of those `cache.update` returns) go together: a cache with its own layout (one per
+        request, rows at different lengths) says where each token sits and what it sees.
         """
         x = self.embed(tokens)  # [B, T, D]
         if self.repo is not None and repo is not None:
@@ -541,13 +581,13 @@ class ZenCoder(nn.Module):
                 kept = torch.rand(repo.shape[0], 1, device=repo.device) >= self.config.repo_dropout
                 repo = repo * kept
             x = x + self.repo(repo)
-        context = self._context(tokens, segment, time, cache)
+        context = self._context(tokens, segment, time, cache, positions, key_mask)
         stats = []
         for block in self.blocks:
             x, layer_stats = block(x, context, language, cache, targets is not None)
             stats.append(layer_stats)
         if cache is not None:
-            cache.length += tokens.shape[1]
+            cache.advance(tokens.shape[1])
         hidden = self.norm(x)
         if last_only:
             hidden = hidden[:, -1:]
@@ -663,7 +703,7 @@ class ZenCoder(nn.Module):
         generated = []
         done = torch.zeros(tokens.shape[0], dtype=torch.bool, device=tokens.device)
         for _ in range(max_new_tokens):
-            next_token = _sample(logits, temperature, top_p, generator)
+            next_token = sample_token(logits, temperature, top_p, generator)
             if eos_id is not None:
                 next_token = torch.where(done, eos_id, next_token)
                 done |= next_token == eos_id
@@ -681,7 +721,11 @@ class ZenCoder(nn.Module):
         return torch.cat([tokens, torch.stack(generated, dim=1)], dim=1)
 
 
-def _sample(logits: Tensor, temperature: float, top_p: float, generator) -> Tensor:
+def sample_token(
+    logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> Tensor:
+    """The next token of each row of `logits` [B, V]: argmax at temperature 0, else drawn from
+    the tempered distribution cut to its top-p nucleus."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
     probs = (logits.float() / temperature).softmax(dim=-1)
