@@ -236,12 +236,14 @@ def build_sessions(
     limit: int,
     typing: Typing = Typing(),
     window: Window = Window(),
-    max_requests: int | None = None,
+    requests: int | None = None,
     seed: int = 0,
 ) -> list[Session]:
     """Up to `limit` sessions taking turns among the repositories (so one large repository does
     not make the whole workload), each repository's edits in an order fixed by `seed`. With
-    `max_requests`, a session stops after that many requests (the developer moves on)."""
+    `requests`, every session is exactly that many requests: an edit that gives fewer is passed
+    over, a longer one stops there (the developer moves on); editors replaying such sessions side
+    by side stay busy together until the end, so a run's concurrency is what it says."""
     rng = random.Random(seed)
     queues = []
     for repo in sorted(records):
@@ -255,8 +257,10 @@ def build_sessions(
             if edit is None:
                 queues.remove(queue)
                 continue
-            requests = debounced_requests(len(sessions), edit, typing)[:max_requests]
-            sessions.append(Session(len(sessions), edit, requests))
+            sent = debounced_requests(len(sessions), edit, typing)
+            if requests is not None and len(sent) < requests:
+                continue
+            sessions.append(Session(len(sessions), edit, sent[:requests]))
             if len(sessions) == limit:
                 break
     return sessions

@@ -1,15 +1,19 @@
 """The serving benchmark's client side (benchmarks/serve_latency.py): the request an editor sends,
-the stream it reads, the one-at-a-time transformers baseline and the replay of sessions.
+the stream it reads, and a replay of sessions against two real servers, the native engine and
+the one-at-a-time transformers baseline on the model's export.
 
-Checked once against broken variants by hand: `sse_data` keeping the `data:` field name,
-`FirstToken` taking the prompt's `put` for the first token, the replay sending a session's
-requests out of order and `split_levels` giving two levels the same sessions each fail a test.
+Checked once against broken variants by hand: `sse_data` keeping the `data:` field name, the
+replay sending a session's requests out of order, `ReusablePrompts` counting a whole prompt as
+reusable and
+`split_levels` giving two levels the same sessions each fail a test.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,11 +23,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import serve_latency as bench
 from editing_sessions import Edit, Session, Typing, debounced_requests
 
+from tests.models import LANGUAGE_TABLE, NO_REPOSITORIES, native_config
+from tests.serving.running import running
+from zen_coder.model.folder import save_model
+from zen_coder.model.model import ZenCoder
+from zen_coder.serving.app import create_app
+from zen_coder.serving.backends import open_backend
+from zen_coder.serving.settings import ServerSettings
+
+SETTINGS = ServerSettings(concurrent_per_key=16)
 EDIT = Edit("r", "c", "a.py", "Python", "def f(x):\n    ", "return x + 1", "\n\nprint(f(2))\n")
 
 
 def _sessions(count: int) -> list[Session]:
-    return [Session(n, EDIT, debounced_requests(n, EDIT, Typing())) for n in range(count)]
+    """`count` editors typing the same line into files of different names."""
+    edits = [replace(EDIT, path=f"module_{n}.py") for n in range(count)]
+    return [Session(n, edit, debounced_requests(n, edit, Typing())) for n, edit in enumerate(edits)]
 
 
 def test_server_sent_events_are_read_as_an_event_source_reads_them():
@@ -55,56 +70,82 @@ def test_the_request_is_an_openai_completion_with_a_suffix_path_and_language():
 
 
 @pytest.fixture(scope="module")
-def baseline(hf_folder) -> bench.TransformersBaseline:
-    return bench.TransformersBaseline(hf_folder, max_tokens=8)
+def plain_folder(tmp_path_factory, tokenizer_folder) -> Path:
+    """The tests' small native model as it starts, before training: the card's techniques are
+    still no-ops, so its Hugging Face export (which cannot hold them) computes the same."""
+    config = native_config(tokenizer_folder)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("plain") / "model"
+    weights = ZenCoder(config).state_dict()
+    save_model(folder, config, weights, LANGUAGE_TABLE, tokenizer_folder, repos=NO_REPOSITORIES)
+    return folder
 
 
-def test_the_baseline_prompt_is_the_fill_in_the_middle_layout(baseline):
-    request = debounced_requests(0, EDIT, Typing())[-1]
-    roles = baseline.roles
-    text = bench.fim_prompt(request, roles)
-    assert text == (
-        "<|path|>a.py<|lang|>Python<|fim_prefix|>def f(x):\n    return x + 1"
-        "<|fim_suffix|>\n\nprint(f(2))\n<|fim_middle|>"
-    )
-    ids = baseline.prompt_ids(request)
-    assert roles.ids["<|fim_middle|>"] == ids[-1]  # role tokens are tokens, not their spelling
+@pytest.fixture(scope="module")
+def servers(plain_folder, tmp_path_factory) -> Iterator[tuple[str, str]]:
+    """That model behind the real server, and its Hugging Face export behind the same server on
+    the transformers backend: (native URL, baseline URL)."""
+    native_folder = plain_folder
+    hf = bench.export_model(native_folder, tmp_path_factory.mktemp("export"))
+    with (
+        running(create_app(open_backend(str(native_folder), backend="native"), SETTINGS)) as a,
+        running(create_app(open_backend(str(hf), backend="huggingface"), SETTINGS)) as b,
+    ):
+        yield a, b
 
 
-def test_the_first_token_is_the_second_put_of_generate():
-    streamer = bench.FirstToken()
-    streamer.put(torch.tensor([[1, 2, 3]]))  # generate puts the prompt first
-    assert streamer.first is None
-    streamer.put(torch.tensor([4]))
-    first = streamer.first
-    streamer.put(torch.tensor([5]))
-    assert first is not None and streamer.first == first
+def _replay(url: str, name: str, sessions: list[Session], concurrency: int) -> bench.Run:
+    backend = bench.ServerBackend(name, url, bench.served_model(url, None), max_tokens=12)
+
+    async def run() -> bench.Run:
+        try:
+            return await bench.replay(backend, sessions, concurrency, realtime=False)
+        finally:
+            await backend.close()
+
+    return asyncio.run(run())
 
 
-def test_the_baseline_answers_one_request_at_a_time(baseline):
+def test_both_servers_answer_the_replay_with_the_same_completions(servers, plain_folder):
     sessions = _sessions(3)
-    run = asyncio.run(bench.replay(baseline, sessions, concurrency=3, realtime=False))
-    assert len(run.answers) == sum(len(session.requests) for session in sessions)
-    for answer in run.answers:
-        assert 0 < answer.ttft < answer.latency
-        assert 0 < answer.completion_tokens <= 8 and answer.cached_tokens == 0
-    # One worker and three editors: requests wait for each other.
-    assert sum(answer.latency for answer in run.answers) > run.seconds
-    for session in sessions:
-        sent = [r.index for r in run.requests if r.session == session.number]
-        assert sent == list(range(len(session.requests)))  # each editor in its own order
-    summary = run.summary()
-    assert summary["requests"] == len(run.answers) and summary["prefix_cache_share"] == 0
-    assert summary["ttft_p50"] <= summary["latency_p50"]
+    native = _replay(servers[0], bench.NATIVE, sessions, concurrency=3)
+    baseline = _replay(servers[1], bench.BASELINE, sessions, concurrency=3)
+    reusable = bench.ReusablePrompts(plain_folder)
+    prompts = {
+        (session.number, index): counts
+        for session in sessions
+        for index, counts in enumerate(reusable.of(session))
+    }
+    for run in (native, baseline):
+        assert len(run.answers) == sum(len(session.requests) for session in sessions)
+        for session in sessions:  # each editor sends its requests in order
+            sent = [r.index for r in run.requests if r.session == session.number]
+            assert sent == list(range(len(session.requests)))
+        for request, answer in zip(run.requests, run.answers, strict=True):
+            assert 0 < answer.ttft <= answer.latency
+            assert answer.completion_tokens <= 12
+            assert answer.prompt_tokens == prompts[request.session, request.index][0]
+    figures = bench.ratios(native, baseline, prompts)
+    assert figures["prompts_match"] == 1.0 and figures["agreement"] == 1.0
+    assert baseline.summary()["prefix_cache_share"] == 0
+    # The engine serves a keystroke's prompt from the slot of the editor's last one, never more
+    # than the two share; a first keystroke finds at most the start all files' prompts share.
+    for request, answer in zip(native.requests, native.answers, strict=True):
+        ceiling = prompts[request.session, request.index][1]
+        assert answer.cached_tokens <= (ceiling if request.index else 8)
+    assert figures["reuse_ceiling"] > 0.3  # short prompts: the suffix is much of each
+    assert figures["prefix_cache_share"] >= figures["reuse_ceiling"] - 0.05
 
 
-def test_the_same_answers_agree_and_levels_get_their_own_sessions(baseline):
-    sessions = _sessions(2)
-    first = asyncio.run(bench.replay(baseline, sessions, concurrency=1, realtime=False))
-    again = asyncio.run(bench.replay(baseline, sessions, concurrency=2, realtime=False))
-    assert bench.agreement(again, first) == 1.0  # greedy: the same text whatever the order
-    workload = bench.Workload(levels=(1, 2), sessions=1, max_requests=3, max_tokens=8)
+def test_levels_get_their_own_sessions():
+    workload = bench.Workload(levels=(1, 2), sessions=1, requests_per_session=3, max_tokens=8)
     levels = bench.split_levels(_sessions(3), workload)
     assert [[s.number for s in group] for group in levels.values()] == [[0], [1, 2]]
     with pytest.raises(bench.ZenCoderError, match="editing sessions"):
         bench.split_levels(_sessions(2), workload)
+
+
+def test_the_reusable_tokens_are_the_shared_start_of_consecutive_prompts():
+    assert bench.shared_start([1, 2, 3], [1, 2, 4, 5]) == 2
+    assert bench.shared_start([1, 2], [1, 2, 3]) == 2
+    assert bench.shared_start([], [1]) == 0

@@ -164,8 +164,14 @@ def test_sessions_take_turns_among_repositories_and_are_reproducible(mined):
     assert [session.edit.repo for session in built] == ["app", "lib", "app"]
     again = sessions.build_sessions(records, characters, limit=3, typing=TYPING, seed=1)
     assert again == built
-    capped = sessions.build_sessions(records, characters, limit=1, max_requests=2, typing=TYPING)
-    assert len(capped) == 1 and len(capped[0].requests) == 2
+    capped = sessions.build_sessions(records, characters, limit=2, requests=2, typing=TYPING)
+    assert [len(session.requests) for session in capped] == [2, 2]
+    counts = {session.edit.repo: len(session.requests) for session in built}
+    assert counts["lib"] < counts["app"]
+    few = sessions.build_sessions(
+        records, characters, limit=9, requests=counts["app"], typing=TYPING
+    )
+    assert [session.edit.repo for session in few] == ["app"] * 3  # lib's edit gives too few
 
 
 def test_a_folder_that_is_not_a_mined_dataset_fails_in_one_line(tmp_path):
