@@ -4,8 +4,7 @@ the one-at-a-time transformers baseline on the model's export.
 
 Checked once against broken variants by hand: `sse_data` keeping the `data:` field name, the
 replay sending a session's requests out of order, `ReusablePrompts` counting a whole prompt as
-reusable and
-`split_levels` giving two levels the same sessions each fail a test.
+reusable and `split_levels` giving two levels the same sessions each fail a test.
 """
 
 from __future__ import annotations
