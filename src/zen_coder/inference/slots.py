@@ -84,8 +84,10 @@ class SlotCaches:
             torch.zeros(*shape, key_width, device=device, dtype=dtype)
             for _ in range(config.n_layers)
         ]
+        # Values are stored as wide as keys, the rest zeros: attention pads them to that width
+        # anyway, and padding the whole cache at every step would copy it.
         self.values = [
-            torch.zeros(*shape, config.head_dimension, device=device, dtype=dtype)
+            torch.zeros(*shape, key_width, device=device, dtype=dtype)
             for _ in range(config.n_layers)
         ]
         self.capacity, self.spare, self.device = capacity, spare, device
@@ -127,7 +129,7 @@ class SlotBatch:
         stored_keys, stored_values = self.caches.keys[layer], self.caches.values[layer]
         rows, positions = self.rows[:, None], self.positions
         stored_keys[rows, :, positions] = keys.transpose(1, 2)
-        stored_values[rows, :, positions] = values.transpose(1, 2)
+        stored_values[rows, :, positions, : values.shape[-1]] = values.transpose(1, 2)
         if self.window is not None:
             return (
                 stored_keys[self.window, :, : self.keys],

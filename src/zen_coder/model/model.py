@@ -190,7 +190,9 @@ class Attention(nn.Module):
             )
         else:
             # SDPA kernels want one width for q, k and v: pad the values, then drop the padding.
-            v = F.pad(v, (0, q.shape[-1] - v.shape[-1]))
+            # A cache may hand back values stored padded already (a copy per step saved).
+            if v.shape[-1] != q.shape[-1]:
+                v = F.pad(v, (0, q.shape[-1] - v.shape[-1]))
             y = F.scaled_dot_product_attention(
                 q,
                 k,

@@ -36,6 +36,7 @@ class HuggingFaceBackend:
         self.counts_lock = threading.Lock()
         self.waiting = 0
         self.running = 0
+        self.generated_tokens = 0  # since start: shows that a cancelled request stopped early
 
     def _role_tokenizer(self) -> RoleTokenizer:
         """The role tokens of the model's tokenizer, read from its files as saved (a Hub name
@@ -112,6 +113,8 @@ class HuggingFaceBackend:
             )
         rest = cutter.flush()
         generated = streamer.generated
+        with self.counts_lock:
+            self.generated_tokens += len(generated)
         if cutter.reason == "stop" or (generated and generated[-1] == self.tokenizer.eos_token_id):
             reason = "stop"
         elif cancelled.is_set():
@@ -121,7 +124,8 @@ class HuggingFaceBackend:
         emit(Piece(rest, reason, int(prompt.shape[1]), 0, len(generated)))
 
     def stats(self) -> BackendStats:
-        return BackendStats(queue_depth=self.waiting, active=self.running)
+        counters = {"generated_tokens": self.generated_tokens}
+        return BackendStats(queue_depth=self.waiting, active=self.running, counters=counters)
 
     async def close(self) -> None:
         return None

@@ -104,8 +104,8 @@ class BackendCollector(Collector):
         )
         for name, value in sorted(stats.counters.items()):
             yield CounterMetricFamily(
-                f"{PREFIX}_engine_{metric_name(name)}",
-                f"The engine's {name.replace('_', ' ')}",
+                f"{PREFIX}_backend_{metric_name(name)}",
+                f"The backend's {name.replace('_', ' ')} since it started",
                 value=value,
             )
 

@@ -250,12 +250,12 @@ async def merge(
     stopped = asyncio.create_task(stop.wait())
     ends = {stopped} | ({watcher} if watcher else set())
     open_streams = set(range(len(streams)))
+    getter: asyncio.Task | None = None
     try:
         while open_streams:
             getter = asyncio.create_task(queue.get())
             done, _ = await asyncio.wait({getter} | ends, return_when=asyncio.FIRST_COMPLETED)
             if getter not in done:
-                getter.cancel()
                 for index in sorted(open_streams):
                     yield index, Piece("", "cancelled")
                 return
@@ -268,6 +268,8 @@ async def merge(
                 yield index, item
     finally:
         stopped.cancel()
+        if getter is not None:
+            getter.cancel()
         for task in pumps:
             task.cancel()
         await asyncio.gather(*pumps, return_exceptions=True)
