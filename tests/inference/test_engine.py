@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from tests.inference.prompts import PROMPTS, ascii_piece
-from tests.models import native_config
+from tests.models import LANGUAGE_TABLE, native_config
 from zen_coder.data.tokenizer import read_tokenizer
 from zen_coder.errors import ZenCoderError
 from zen_coder.inference.engine import Channels, Engine, EngineRequest
 from zen_coder.inference.generation import cut_at_stop
 from zen_coder.inference.stopping import CutOff
+from zen_coder.model.folder import save_model
 from zen_coder.model.model import ZenCoder
 
 KEEP_ALL = CutOff(multiline="multi")  # no line rule: the text is every generated token's
@@ -30,15 +31,19 @@ def roles(tokenizer_folder):
 
 @pytest.fixture(scope="module")
 def model(tokenizer_folder) -> ZenCoder:
-    """The tests' small model with its history tables drawn at random, so that every channel
-    changes the output: an engine that dropped one would not match `generate`."""
+    """The tests' small model with its history tables drawn at random and its experts' output
+    scaled up (at initialization they barely move the residual stream, so routing by language
+    would change no token), so that every channel changes the output: an engine that dropped or
+    mixed up one would not match `generate`."""
     config = dataclasses.replace(native_config(tokenizer_folder), n_repos=4)
     torch.manual_seed(0)
     model = ZenCoder(config).eval()
     with torch.no_grad():
-        model.repo.weight[1:].normal_(std=1.0)
+        model.repo.weight[1:].normal_(std=0.05)
         for block in model.blocks:
             block.moe.language.normal_(std=2.0)
+            block.moe.experts.w2.normal_(std=0.5)
+            block.attention.o.weight.normal_(std=0.5)
             block.attention.temporal.weight.normal_(std=2.0)
     return model
 
@@ -63,7 +68,7 @@ def alone(model, roles, request: EngineRequest) -> list[int]:
         eos_id=roles.eos_id,
         repo=full + channels.repo,
         language=full + channels.language,
-        time=full + channels.time,
+        time=torch.tensor([request.prompt_times()]),
         generator=generator,
     )[0, len(request.ids) :].tolist()
     return output[: output.index(roles.eos_id)] if roles.eos_id in output else output
@@ -86,7 +91,8 @@ def requests(engine, **fields) -> list[EngineRequest]:
 @pytest.mark.parametrize("speculate", [False, True])
 def test_concurrent_greedy_requests_match_generate_alone(engine, model, roles, speculate):
     """Checked by hand to fail: with the key mask allowing one position too many
-    (`<= positions + 1` in SlotBatch) every request's tokens differ from generate's."""
+    (`<= positions + 1` in SlotBatch) every request's tokens differ from generate's; with the
+    engine committing rejected drafts to the slot (no roll-back), the speculative run's do."""
     batch = requests(engine, speculate=speculate)
     streams = [engine.submit(request) for request in batch]
     for stream, request in zip(streams, batch, strict=True):
@@ -142,6 +148,27 @@ def test_the_next_keystroke_resumes_the_slot_holding_its_prefix(engine, model, r
     _, last = stream.text()
     assert last.cached_tokens == 0
     assert stream.token_ids == alone(model, roles, elsewhere)
+
+
+def test_a_prompt_of_several_times_matches_generate_and_reuses_by_time(engine, model, roles):
+    """A prompt holding the file's history has tokens of several times; the temporal bias then
+    changes the output. Checked by hand to fail: with the engine feeding `channels.time` for
+    every token, the tokens differ from generate's (and swapping the repository and language
+    channels fails the tests above)."""
+    ids = engine.encode(PROMPTS[1] * 2)
+    half = len(ids) // 2
+    times = [0] * half + [300] * (len(ids) - half)
+    request = EngineRequest(ids=ids, times=times, max_tokens=NEW_TOKENS, cutoff=KEEP_ALL)
+    stream = engine.submit(request)
+    stream.text()
+    assert stream.token_ids == alone(model, roles, request)
+    assert stream.token_ids != alone(model, roles, dataclasses.replace(request, times=None))
+    # The same tokens at other times from the change on: only the earlier part is reused.
+    later = dataclasses.replace(request, times=[0] * half + [30] * (len(ids) - half))
+    stream = engine.submit(later)
+    _, last = stream.text()
+    assert last.cached_tokens == half
+    assert stream.token_ids == alone(model, roles, later)
 
 
 def test_sampling_follows_the_seed_as_generate_does(engine, model, roles):
@@ -214,6 +241,28 @@ def test_events_can_be_awaited(engine, model, roles):
     assert text == roles.tokenizer.decode(alone(model, roles, request), skip_special_tokens=False)
 
 
+def test_prompts_spell_special_tokens_as_the_tokens(engine, roles):
+    fim = roles.ids["<|fim_prefix|>"]
+    assert fim in engine.encode("<|fim_prefix|>x = 1")
+    assert fim not in roles.tokenizer.encode("<|fim_prefix|>x = 1").ids  # the caller's unchanged
+
+
+def test_a_model_folder_names_its_channels(model, roles, tokenizer_folder, tmp_path):
+    repos = ["<unknown>", "github.com/acme/tools", "github.com/acme/web", "local/notes"]
+    folder = tmp_path / "model"
+    save_model(
+        folder, model.config, model.state_dict(), LANGUAGE_TABLE, tokenizer_folder, repos=repos
+    )
+    with Engine.from_folder(folder, slots=2) as engine:
+        channels = engine.tables.channels("github.com/acme/web", "PYTHON", time=12)
+        assert channels == Channels(repo=2, language=LANGUAGE_TABLE.index("Python"), time=12)
+        assert engine.tables.channels("elsewhere/x", "Klingon") == Channels()
+        request = EngineRequest(ids=engine.encode(PROMPTS[0]), channels=channels, max_tokens=8)
+        stream = engine.submit(request)
+        stream.text()
+        assert stream.token_ids == alone(model, roles, request)
+
+
 def test_bad_requests_are_one_line_errors(engine):
     with pytest.raises(ZenCoderError, match="no tokens"):
         engine.submit(EngineRequest(ids=[]))
@@ -221,3 +270,5 @@ def test_bad_requests_are_one_line_errors(engine):
         engine.submit(EngineRequest(ids=[1] * 300))
     with pytest.raises(ZenCoderError, match="outside the vocabulary"):
         engine.submit(EngineRequest(ids=[10**6]))
+    with pytest.raises(ZenCoderError, match="one time per prompt token"):
+        engine.submit(EngineRequest(ids=[1, 2], times=[5]))

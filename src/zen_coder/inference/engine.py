@@ -27,15 +27,19 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer
 
-from zen_coder.data.tokenizer import RoleTokenizer
+from zen_coder.data.tokenizer import RoleTokenizer, read_tokenizer
 from zen_coder.errors import ZenCoderError
+from zen_coder.inference.native import language_ids, torch_dtype
 from zen_coder.inference.slots import Channels, Slot, SlotCaches, choose_slot
 from zen_coder.inference.speculation import PromptLookup, accepted
 from zen_coder.inference.stopping import CutOff, TextCutter
+from zen_coder.model.folder import load_model, read_languages, read_repos
 from zen_coder.model.model import ZenCoder, sample_token
 
 LOG = logging.getLogger(__name__)
@@ -45,15 +49,44 @@ PREFILL_CHUNK = 256
 BATCHED_PROMPT = 8
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
 
-__all__ = ["Channels", "Engine", "EngineRequest", "EngineStats", "Event", "Stream"]
+__all__ = ["ChannelTables", "Channels", "Engine", "EngineRequest", "EngineStats", "Event", "Stream"]
+
+
+@dataclass(frozen=True)
+class ChannelTables:
+    """The names a model learned its history channels under: repository names as `zen-coder
+    mine` gives them and language names (any case), each to its id; anything else is unknown
+    (id 0), which the model also learned (repository dropout, files of no known language)."""
+
+    repos: dict[str, int] = field(default_factory=dict)
+    languages: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of_folder(cls, folder: Path) -> ChannelTables:
+        repos = read_repos(folder) or []
+        return cls(
+            repos={name: number for number, name in enumerate(repos) if number},
+            languages=language_ids(read_languages(folder)),
+        )
+
+    def channels(self, repo: str | None, language: str | None, time: int = 0) -> Channels:
+        return Channels(
+            repo=self.repos.get(repo or "", 0),
+            language=self.languages.get((language or "").lower(), 0),
+            time=time,
+        )
 
 
 @dataclass(frozen=True)
 class EngineRequest:
     """One completion. `ids` are the prompt's tokens as the model reads them (BOS included:
     `Engine.encode` makes them); `prefix` is the text before the cursor, which the cut-off's
-    "auto" rules read (the cursor line's indentation). A greedy request (temperature 0) with
-    `speculate` drafts tokens by prompt lookup; its tokens are the same either way."""
+    "auto" rules read (the cursor line's indentation). `times`, when given, is each prompt
+    token's temporal position (a prompt holding the file's history, changes of several times,
+    as `prepare` writes it); otherwise every token has `channels.time`. Generated tokens take
+    the last prompt token's time, as `ZenCoder.generate` carries it over. A greedy request
+    (temperature 0) with `speculate` drafts tokens by prompt lookup; its tokens are the same
+    either way."""
 
     ids: list[int]
     channels: Channels = field(default_factory=Channels)
@@ -65,6 +98,10 @@ class EngineRequest:
     client: str | None = None  # a newer request from the same client cancels this one
     speculate: bool = True
     prefix: str = ""
+    times: list[int] | None = None
+
+    def prompt_times(self) -> list[int]:
+        return list(self.times) if self.times is not None else [self.channels.time] * len(self.ids)
 
 
 @dataclass(frozen=True)
@@ -207,6 +244,7 @@ class Running:
     stream: Stream
     slot: Slot
     pending: list[int]
+    times: list[int]  # the prompt's; later tokens take its last
     cached: int
     cutter: TextCutter
     decoder: IncrementalDecoder
@@ -222,6 +260,11 @@ class Running:
 
     def feed(self) -> list[int]:
         return self.pending + self.drafts
+
+    def times_from(self, start: int, count: int) -> list[int]:
+        """The times of the `count` tokens from position `start`."""
+        last = len(self.times) - 1
+        return [self.times[min(index, last)] for index in range(start, start + count)]
 
 
 class Engine:
@@ -249,7 +292,10 @@ class Engine:
         if slots < 1:
             raise ZenCoderError(f"the engine needs at least one slot, not {slots}")
         self.model = model.eval()
-        self.tokenizer = tokenizer.tokenizer
+        # A copy that reads special tokens spelled in a prompt ("<|fim_prefix|>") as those
+        # tokens, as the prompt formats spell them; the caller's tokenizer keeps its setting.
+        self.tokenizer = Tokenizer.from_str(tokenizer.tokenizer.to_str())
+        self.tokenizer.encode_special_tokens = False
         self.roles = tokenizer
         self.eos_id = tokenizer.eos_id
         weight = model.embed.weight
@@ -263,6 +309,7 @@ class Engine:
             model.config, slots, self.capacity, self.spare, self.device, weight.dtype
         )
         self.slots = [Slot(index) for index in range(slots)]
+        self.tables = ChannelTables()  # names of the channels' ids; from_folder reads a model's
         self._condition = threading.Condition()
         self._waiting: collections.deque[Stream] = collections.deque()
         self._running: list[Running] = []
@@ -271,6 +318,17 @@ class Engine:
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="zen-coder-engine", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def from_folder(
+        cls, folder: Path, *, device: str = "cpu", dtype: str | None = None, **options: Any
+    ) -> Engine:
+        """An engine for the native model folder `folder` (a run's `model/`), with its channel
+        tables as `tables`; `options` are the constructor's."""
+        model = load_model(folder).to(device=torch.device(device), dtype=torch_dtype(dtype))
+        engine = cls(model, read_tokenizer(folder), **options)
+        engine.tables = ChannelTables.of_folder(folder)
+        return engine
 
     # -- the public side ------------------------------------------------------------------------
 
@@ -342,6 +400,11 @@ class Engine:
         vocabulary = self.model.config.vocab_size
         if not all(0 <= token < vocabulary for token in request.ids):
             raise ZenCoderError(f"a prompt token is outside the vocabulary of {vocabulary} tokens")
+        if request.times is not None and len(request.times) != len(request.ids):
+            raise ZenCoderError(
+                f"the request has {len(request.times)} times for {len(request.ids)} tokens; "
+                "give one time per prompt token, or none"
+            )
 
     # -- the engine's thread --------------------------------------------------------------------
 
@@ -396,17 +459,17 @@ class Engine:
                 if not self._waiting:
                     return
                 request = self._waiting[0].request
-                slot = choose_slot(self.slots, request.ids, request.channels)
+                times = request.prompt_times()
+                slot = choose_slot(self.slots, request.ids, times, request.channels)
                 if slot is None:
                     return
                 stream = self._waiting.popleft()
-            self._start(stream, slot)
+            self._start(stream, slot, times)
 
-    def _start(self, stream: Stream, slot: Slot) -> None:
+    def _start(self, stream: Stream, slot: Slot, times: list[int]) -> None:
         request = stream.request
-        cached = slot.reusable(request.ids, request.channels)
-        del slot.tokens[cached:]
-        slot.channels, slot.busy = request.channels, True
+        cached = slot.reusable(request.ids, times, request.channels)
+        slot.start(cached, request.channels)
         greedy = request.temperature <= 0
         speculate = greedy and request.speculate and self.speculative_tokens > 0
         generator = None
@@ -417,6 +480,7 @@ class Engine:
                 stream=stream,
                 slot=slot,
                 pending=list(request.ids[cached:]),
+                times=times,
                 cached=cached,
                 cutter=TextCutter(request.cutoff, request.prefix),
                 decoder=IncrementalDecoder(self.tokenizer),
@@ -432,8 +496,9 @@ class Engine:
         """Compute a chunk of a long prompt rest alone, leaving at least its last token for a
         batched step (whose logits give the first completion token)."""
         chunk = running.pending[: min(PREFILL_CHUNK, len(running.pending) - 1)]
+        start = len(running.slot.tokens)
         self._forward([running], [chunk], last_only=True)
-        running.slot.tokens.extend(chunk)
+        running.slot.extend(chunk, running.times_from(start, len(chunk)))
         del running.pending[: len(chunk)]
 
     def _decode(self, rows: list[Running]) -> None:
@@ -459,7 +524,8 @@ class Engine:
                 with self._condition:
                     self._counts["drafted_tokens"] += len(running.drafts)
                     self._counts["accepted_tokens"] += count
-            running.slot.tokens.extend(feed[:committed])
+            start = len(running.slot.tokens)
+            running.slot.extend(feed[:committed], running.times_from(start, committed))
             running.in_prompt, running.drafts = False, []
             self._emit(running, tokens)
 
@@ -492,6 +558,9 @@ class Engine:
             [len(feed) for feed in feeds],
         )
         padded = [feed + [feed[-1]] * (width - len(feed)) for feed in feeds]
+        times = [
+            running.times_from(len(running.slot.tokens), width) for running in rows
+        ]  # padding takes the times that would follow; its outputs are unused
         channels = [running.request.channels for running in rows]
         device = self.device
 
@@ -503,7 +572,7 @@ class Engine:
             torch.tensor(padded, device=device),
             repo=channel("repo"),
             language=channel("language"),
-            time=channel("time"),
+            time=torch.tensor(times, device=device),
             cache=batch,
             positions=batch.positions,
             key_mask=batch.key_mask,

@@ -19,7 +19,9 @@ from zen_coder.model.config import ModelConfig
 @dataclass(frozen=True)
 class Channels:
     """A request's history channels, the side inputs the model was trained with: repository id,
-    language id and temporal position (0 = unknown for the first two)."""
+    language id and temporal position (0 = unknown for the first two). The temporal bias is a
+    function of the distance between two tokens' times, so one time for a whole prompt changes
+    nothing: it matters where a prompt mixes times (`EngineRequest.times`)."""
 
     repo: int = 0
     language: int = 0
@@ -28,21 +30,33 @@ class Channels:
 
 @dataclass
 class Slot:
-    """What one slot's cache holds: `tokens` (their keys and values, at positions 0..n-1),
-    computed with `channels`, which change every key, so a cache is reused only under the same."""
+    """What one slot's cache holds: `tokens` at positions 0..n-1 with their `times`, computed
+    under `routing` (repository and language ids). Each of these changes the keys, so a cache is
+    reused only for a request that agrees on all of them over the reused prefix."""
 
     index: int
     tokens: list[int] = field(default_factory=list)
-    channels: Channels = Channels()
+    times: list[int] = field(default_factory=list)
+    routing: tuple[int, int] = (0, 0)
     busy: bool = False
     last_used: float = 0.0
 
-    def reusable(self, ids: list[int], channels: Channels) -> int:
-        """How many of `ids` this slot's cache already holds. The last token is always
-        recomputed: its logits are what the request needs first."""
-        if channels != self.channels:
+    def reusable(self, ids: list[int], times: list[int], channels: Channels) -> int:
+        """How many of `ids` (with `times`) this slot's cache already holds. The last token is
+        always recomputed: its logits are what the request needs first."""
+        if (channels.repo, channels.language) != self.routing:
             return 0
-        return common_prefix(self.tokens, ids[:-1])
+        count = common_prefix(self.tokens, ids[:-1])
+        return common_prefix(self.times[:count], times[:count])
+
+    def start(self, cached: int, channels: Channels) -> None:
+        """Keep the first `cached` positions for a request under `channels`."""
+        del self.tokens[cached:], self.times[cached:]
+        self.routing, self.busy = (channels.repo, channels.language), True
+
+    def extend(self, tokens: list[int], times: list[int]) -> None:
+        self.tokens.extend(tokens)
+        self.times.extend(times)
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -53,13 +67,15 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return count
 
 
-def choose_slot(slots: list[Slot], ids: list[int], channels: Channels) -> Slot | None:
+def choose_slot(
+    slots: list[Slot], ids: list[int], times: list[int], channels: Channels
+) -> Slot | None:
     """The idle slot whose cache shares the longest prefix with `ids`, else the least recently
     used idle one; None when every slot is busy."""
     idle = [slot for slot in slots if not slot.busy]
     if not idle:
         return None
-    return max(idle, key=lambda slot: (slot.reusable(ids, channels), -slot.last_used))
+    return max(idle, key=lambda slot: (slot.reusable(ids, times, channels), -slot.last_used))
 
 
 class SlotCaches:
