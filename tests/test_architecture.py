@@ -16,6 +16,7 @@ PACKAGES_RUN_ON_THE_WAY = {"zen_coder"}  # its __init__.py, all but empty
 NEVER = {
     "zen_coder.inference": ("training", "evaluation", "cli", "quickstart"),
     "zen_coder.evaluation": ("training", "cli", "quickstart"),
+    "zen_coder.serving": ("training", "evaluation", "cli", "quickstart"),
 }
 
 

@@ -405,6 +405,55 @@ def run_quickstart(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def run_serve(args: argparse.Namespace, console: Console) -> int:
+    from zen_coder.serving.app import open_repository, serve
+    from zen_coder.serving.backends import open_backend
+    from zen_coder.serving.settings import ServerSettings, keys_from_environment
+
+    settings = ServerSettings(
+        host=args.host,
+        port=args.port,
+        model_name=args.model_name,
+        api_keys=tuple(args.api_key or ()) + keys_from_environment(),
+        max_prompt_tokens=args.max_prompt_tokens,
+        max_tokens=args.max_tokens,
+        max_n=args.max_n,
+        concurrent_per_key=args.concurrent_per_key,
+        context_tokens=args.context_tokens,
+        prefix_share=args.prefix_share,
+        suffix_share=args.suffix_share,
+    )
+    backend = open_backend(
+        args.model,
+        backend=args.backend,
+        device=args.device,
+        dtype=args.dtype,
+        slots=args.slots,
+        family=args.family,
+        served_model=args.served_model,
+        tokenizer=args.tokenizer,
+    )
+    repository = open_repository(args.repo, backend)
+    console.print(
+        f"serving {args.model} ({backend.name} backend) as {settings.model_name!r} at "
+        f"http://{settings.host}:{settings.port}"
+        + (" (API keys required)" if settings.api_keys else "")
+    )
+    serve(backend, settings, repository, log_level=args.log_level)
+    return 0
+
+
+SERVE_HELP = """\
+Serve a model to editors and tools over HTTP: OpenAI /v1/completions (with `suffix` for
+fill-in-the-middle in the model's own layout) and /v1/chat/completions, llama.cpp's /infill
+(llama.vim, llama.vscode), Tabby's /v1/completions, /v1/events and /v1/health, /health and
+Prometheus /metrics. Native models run on a continuous-batching engine with a prefix cache per
+slot; Hugging Face models one request at a time; an OpenAI-compatible URL (vLLM) is used as the
+upstream, with prompts built here. Binds to localhost unless --host says otherwise; API keys come
+from --api-key and ZEN_CODER_API_KEYS (comma-separated). See docs/serving.md.
+"""
+
+
 EVAL_HELP = """\
 Evaluate a model on HumanEval, MBPP and MultiPL-E: generate completions (a native zen-coder
 model folder, a Hugging Face model, or an OpenAI-compatible server URL), run each in a sandbox
@@ -702,6 +751,61 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(handler=run_eval)
+
+    serving = commands.add_parser(
+        "serve",
+        help="serve a model to editors: OpenAI, llama.cpp /infill and Tabby endpoints",
+        description=SERVE_HELP,
+    )
+    serving.add_argument(
+        "--model",
+        required=True,
+        help="a zen-coder model folder, a Hugging Face folder or hub name, or an "
+        "OpenAI-compatible server URL to use as upstream (http://host:8001/v1)",
+    )
+    serving.add_argument("--backend", choices=["native", "huggingface", "openai"])
+    serving.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine)")
+    serving.add_argument("--port", type=int, default=8000)
+    serving.add_argument(
+        "--api-key", action="append", metavar="KEY", help="a key clients must send (repeatable)"
+    )
+    serving.add_argument(
+        "--model-name", default="zen-coder", help="the model id clients see (default zen-coder)"
+    )
+    serving.add_argument(
+        "--repo", type=Path, help="a checkout whose code and history go into prompts as context"
+    )
+    serving.add_argument("--device", default="cpu")
+    serving.add_argument("--dtype", help="float32, bfloat16 or float16 (local models)")
+    serving.add_argument(
+        "--slots", type=int, default=8, help="native: requests generated at once (default 8)"
+    )
+    serving.add_argument(
+        "--family",
+        default="zen-coder",
+        help="upstream: the served model's prompt layout, zen-coder (default) or a base family "
+        "(Qwen2.5-Coder, StarCoder2, DeepSeek-Coder, CodeLlama, Codestral, ...)",
+    )
+    serving.add_argument("--served-model", help="upstream: its model id (default: its first)")
+    serving.add_argument(
+        "--tokenizer", help="upstream: the model's tokenizer.json or folder, for exact budgets"
+    )
+    limits = serving.add_argument_group("limits")
+    limits.add_argument("--max-prompt-tokens", type=int, default=4096)
+    limits.add_argument("--max-tokens", type=int, default=1024, help="per completion")
+    limits.add_argument("--max-n", type=int, default=4, help="completions per request")
+    limits.add_argument(
+        "--concurrent-per-key", type=int, default=8, help="requests in flight per API key"
+    )
+    limits.add_argument(
+        "--context-tokens", type=int, default=1536, help="fill-in-the-middle prompt budget"
+    )
+    limits.add_argument("--prefix-share", type=float, default=0.5, help="of the budget")
+    limits.add_argument("--suffix-share", type=float, default=0.2, help="of the budget")
+    serving.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    serving.set_defaults(handler=run_serve)
 
     quick = commands.add_parser(
         "quickstart",

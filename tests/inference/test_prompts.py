@@ -178,8 +178,8 @@ def test_fim_only_families_get_context_as_comments():
 
 def test_the_budget_keeps_the_code_nearest_the_cursor_and_gives_unused_shares_away(zen):
     """No context: prefix and suffix fill the budget; the prefix keeps its last lines, the
-    suffix its first, each made of whole lines. (Checked to fail when the prefix keeps its
-    start.)"""
+    suffix its first, each made of whole lines. (Checked to fail with the prefix cut to its
+    first lines.)"""
     count = counter(zen)
     form = PromptFormat.from_tokenizer(zen)
     parts = PromptParts(CODE + "def last(", "):\n" + CODE, path="a.py")
@@ -228,3 +228,27 @@ def test_languages_are_named_as_mining_names_them():
     assert canonical_language("PYTHON") == "Python"
     assert canonical_language(None, "src/main.rs") == "Rust"
     assert canonical_language("klingon", "notes.txt") is None
+
+
+def test_a_base_with_fim_markers_but_no_repository_markers_gets_plain_fim(tmp_path):
+    """CodeGemma spells its markers as Qwen does but has no <|repo_name|>: no repository
+    layout with tokens it lacks. (Checked to fail when the FIM markers alone pick the family.)"""
+    folder = tmp_path / "codegemma"
+    folder.mkdir()
+    special = ["<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>"]
+    bases._byte_level(special).save(str(folder / "tokenizer.json"))
+    roles = read_tokenizer(folder / "tokenizer.json")
+    form = PromptFormat.from_tokenizer(roles)
+    parts = PromptParts("a", "b", path="x.py", repo="r", snippets=[Snippet("y.py", "Y\n")])
+    assert (form.layout, form.name) == ("psm", "Qwen2.5-Coder")
+    assert form.build(parts, Budget(), counter(roles)).text == (
+        "<|fim_prefix|># Path: y.py\n# Y\na<|fim_suffix|>b<|fim_middle|>"
+    )
+
+
+def test_a_base_without_fim_continues_the_prefix(tmp_path):
+    roles = read_tokenizer(bases.plain(tmp_path / "plain").path)
+    form = PromptFormat.from_tokenizer(roles)
+    parts = PromptParts("def f():\n", "    pass\n", path="x.py", snippets=[Snippet("y.py", "Y\n")])
+    assert form.layout == "plain"
+    assert form.build(parts, Budget(), counter(roles)).text == "# Path: y.py\n# Y\ndef f():\n"

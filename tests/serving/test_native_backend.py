@@ -85,3 +85,17 @@ def test_a_repeated_prompt_is_served_from_the_prefix_cache(client):
     complete(client, prompt)
     again = complete(client, prompt + " message")
     assert again.usage.prompt_tokens_details.cached_tokens > 0
+
+
+def test_prompts_are_fitted_to_the_models_context(client, native_folder):
+    """A fill-in-the-middle prompt is cut to what the context holds beside the completion; a
+    plain prompt too long for it is a 400 naming the limit. Checked by hand: without the
+    context in the budget, the first request was refused (the engine holds 256 positions)."""
+    prefix = "def total(values):\n    result = 0\n" * 80
+    answer = client.completions.create(
+        model="tiny-native", prompt=prefix, suffix="\n", max_tokens=TOKENS
+    )
+    context = load_model(native_folder).config.context_length
+    assert answer.usage.prompt_tokens <= context - TOKENS
+    with pytest.raises(openai.BadRequestError, match="at most"):
+        complete(client, prefix)

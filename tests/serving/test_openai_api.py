@@ -132,3 +132,8 @@ def test_chat_answers_whole_and_streamed(client):
     )
     text = "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices)
     assert text == whole.choices[0].message.content
+
+
+def test_zero_max_tokens_generates_nothing(client):
+    answer = client.completions.create(model="tiny-coder", prompt=PREFIX, max_tokens=0)
+    assert answer.choices[0].text == "" and answer.usage.completion_tokens == 0

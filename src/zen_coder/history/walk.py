@@ -9,7 +9,7 @@ never the history itself.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from zen_coder.history import filters
@@ -86,6 +86,18 @@ class HistoryPositions:
         return positions
 
 
+def positioned(
+    commits: Iterable[RawCommit], boundary: set[str], positions: HistoryPositions
+) -> Iterator[tuple[RawCommit, list[int]]]:
+    """Each commit with its changed files' history positions. A commit on a shallow clone's
+    boundary shows its whole tree as added: its files get position 0 and count nothing.
+    Mining and serving (`zen_coder.inference.repository`) both count through here, so the time
+    channel a model sees at inference is the one it was trained with."""
+    for commit in commits:
+        counted = commit.sha not in boundary
+        yield commit, positions.advance(commit) if counted else [0] * len(commit.changes)
+
+
 def commit_verdict(commit: RawCommit, plan: WalkPlan, boundary: set[str]) -> tuple[str | None, str]:
     """The commit-level drop reason (None to keep) and the decoded message."""
     config = plan.config
@@ -139,9 +151,7 @@ def _commit_jobs(repo: Repository, plan: WalkPlan, on_skip) -> Iterator[tuple[in
     positions = HistoryPositions()
     stream = LogStream(repo.git_dir, repo.revision, rename_limit=4 * config.max_files_per_commit)
     try:
-        for index, commit in enumerate(stream):
-            counted = commit.sha not in boundary
-            commit_positions = positions.advance(commit) if counted else [0] * len(commit.changes)
+        for index, (commit, commit_positions) in enumerate(positioned(stream, boundary, positions)):
             if commit.sha in plan.done:
                 if on_skip is not None:
                     on_skip(1)

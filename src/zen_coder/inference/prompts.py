@@ -31,6 +31,7 @@ encodes text as text, as `prepare` does, so code that spells "<|endoftext|>" can
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -46,9 +47,6 @@ SPECIAL = True
 TEXT = False
 Piece = tuple[bool, str]  # (is a special token, the token or the text)
 
-# A token never covers more characters than this, so the last `limit * _CHARS_PER_TOKEN`
-# characters of a prefix always hold its last `limit` tokens: trimming counts no more than that.
-_CHARS_PER_TOKEN = 64
 
 # Editors' language identifiers (VS Code, Neovim filetypes, Tabby) that are not a mined name.
 _EDITOR_LANGUAGES = {
@@ -234,6 +232,10 @@ _FAMILY_LAYOUTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "Codestral": ("spm", ()),
     "Llama 3": ("plain", ("<|eot_id|>",)),
 }
+_FIM_ROLES = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+_REPOSITORY_LAYOUTS = ("qwen", "starcoder2")
+_FIM_ROLES = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+_REPOSITORY_LAYOUTS = ("qwen", "starcoder2")
 # Code Llama's markers are SentencePiece pieces ("▁<PRE>"); as text they are written with the
 # spaces Code Llama's infilling prompt puts around them.
 _SENTENCEPIECE_SPACE = "\u2581"
@@ -257,16 +259,26 @@ class PromptFormat:
         was trained on zen-coder's formats, spelled with these tokens (a base's own markers
         where it had them). A tokenizer that lacked some (`read_tokenizer` just added them,
         untrained) is a published base model's: it gets its family's own layout, found by its
-        fill-in-the-middle tokens, or plain continuation if it has none."""
-        spelled = roles.role_tokens()
+        tokens (its fill-in-the-middle markers alone, in its family's order, where it lacks the
+        family's repository markers, as CodeGemma lacks Qwen's), or plain continuation if it has
+        none."""
         if not roles.added:
-            tokens = {short: spelled[role] for short, role in _ROLES.items()}
-            return cls._zen_coder(tokens)
+            spelled = roles.role_tokens()
+            return cls._zen_coder({short: spelled[role] for short, role in _ROLES.items()})
+        # The base's own tokens: read_tokenizer's additions (named as the roles) are untrained.
+        spelled = {r: t for r, t in roles.role_tokens().items() if r not in roles.added}
+        eos = {EOS: spelled[EOS]}
         for family, family_tokens in BASE_FAMILY_TOKENS.items():
-            fim = ("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
-            if fim[0] in family_tokens and all(spelled[r] == family_tokens[r] for r in fim):
-                return cls._family(family, {**family_tokens, EOS: spelled[EOS]})
-        return cls._family("Llama 3", {EOS: spelled[EOS]})
+            markers = {role: token for role, token in family_tokens.items() if role != EOS}
+            if markers and all(spelled.get(role) == token for role, token in markers.items()):
+                return cls._family(family, family_tokens | eos)
+        for family, family_tokens in BASE_FAMILY_TOKENS.items():
+            if all(role in family_tokens for role in _FIM_ROLES) and all(
+                spelled.get(role) == family_tokens[role] for role in _FIM_ROLES
+            ):
+                fim = {role: family_tokens[role] for role in _FIM_ROLES}
+                return cls._family(family, fim | eos, fim_only=True)
+        return cls._family("Llama 3", eos)
 
     @classmethod
     def from_family(cls, family: str) -> PromptFormat:
@@ -289,8 +301,12 @@ class PromptFormat:
         return cls(ZEN_CODER, "zen-coder", tokens, stop)
 
     @classmethod
-    def _family(cls, family: str, family_tokens: dict[str, str]) -> PromptFormat:
+    def _family(
+        cls, family: str, family_tokens: dict[str, str], fim_only: bool = False
+    ) -> PromptFormat:
         layout, extra_stops = _FAMILY_LAYOUTS[family]
+        if fim_only and layout in _REPOSITORY_LAYOUTS:
+            layout = "psm"
         tokens = {
             short: family_tokens[role] for short, role in _ROLES.items() if role in family_tokens
         }
@@ -318,13 +334,13 @@ class PromptFormat:
         if self.layout == "zen-coder":
             return self._zen_coder_pieces(parts, language, prefix, suffix, snippets, changes)
         comments = self._comments(language, [] if self._has_files else snippets, changes)
-        if self.layout in ("qwen", "starcoder2"):
+        if self.layout in _REPOSITORY_LAYOUTS:
             return self._repository_pieces(parts, comments + prefix, suffix, snippets)
         return self._fim_pieces(comments + prefix, suffix)
 
     @property
     def _has_files(self) -> bool:
-        return self.layout in ("qwen", "starcoder2", "zen-coder")
+        return self.layout in (*_REPOSITORY_LAYOUTS, "zen-coder")
 
     def _special(self, name: str) -> Piece:
         return (SPECIAL, self.tokens[name])
@@ -460,7 +476,8 @@ class _Packer:
     def __init__(
         self, form: PromptFormat, parts: PromptParts, budget: Budget, count: Callable[[str], int]
     ) -> None:
-        self.form, self.parts, self.budget, self.count = form, parts, budget, count
+        self.form, self.parts, self.budget = form, parts, budget
+        self.count = functools.lru_cache(maxsize=256)(count)  # the same texts, counted often
         self.suffix_wanted = parts.suffix is not None and form.layout not in ("plain",)
 
     def size(self, pieces: Sequence[Piece]) -> int:
@@ -575,7 +592,7 @@ def _tail(text: str, limit: int, count: Callable[[str], int]) -> str:
     the last line fits, the longest end of that line."""
     if limit <= 0 or not text:
         return ""
-    text = text[-limit * _CHARS_PER_TOKEN :]
+    text = text[-_window(text, limit, count, lambda size: text[-size:]) :]
     starts = [0, *(i + 1 for i, c in enumerate(text) if c == "\n")]
     line = _first_fitting(starts, lambda start: count(text[start:]) <= limit)
     if line < len(starts):
@@ -589,7 +606,7 @@ def _head(text: str, limit: int, count: Callable[[str], int]) -> str:
     even the first line fits, the longest start of that line."""
     if limit <= 0 or not text:
         return ""
-    text = text[: limit * _CHARS_PER_TOKEN]
+    text = text[: _window(text, limit, count, lambda size: text[:size])]
     ends = [i + 1 for i, c in enumerate(text) if c == "\n"]
     if not ends or ends[-1] != len(text):
         ends.append(len(text))
@@ -598,6 +615,16 @@ def _head(text: str, limit: int, count: Callable[[str], int]) -> str:
         return text[: ends[line]]
     chars = list(range(ends[0] + 1))
     return text[: chars[_last_fitting(chars, lambda end: count(text[:end]) <= limit)]]
+
+
+def _window(text: str, limit: int, count: Callable[[str], int], piece: Callable[[int], str]) -> int:
+    """A number of characters from one end of `text` that holds more than `limit` tokens (or
+    all of it), found by doubling from `limit` characters, so that cutting counts only about
+    twice what it keeps, never the whole of a long file."""
+    size = max(limit, 1)
+    while size < len(text) and count(piece(size)) <= limit:
+        size = min(2 * size, len(text))
+    return size
 
 
 def _first_fitting(candidates: list[int], fits: Callable[[int], bool]) -> int:

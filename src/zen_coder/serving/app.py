@@ -30,13 +30,16 @@ if TYPE_CHECKING:
     from zen_coder.inference.repository import RepositoryContext
 
 log = logging.getLogger("zen_coder.serving")
+SHUTDOWN_SECONDS = 5  # an interrupted server waits this long for requests in flight
+REFRESH_SECONDS = 2.0  # how often the repository index catches up with the editor's saves
 Handler = Callable[[Service, dict[str, Any], Call], Awaitable[Any]]
 
 
 def create_app(
     backend: Backend, settings: ServerSettings, repository: RepositoryContext | None = None
 ) -> FastAPI:
-    """The server's app around `backend`; the backend is closed when the app shuts down."""
+    """The server's app around `backend`; the backend and the repository are closed when the
+    app shuts down."""
     metrics = Metrics(backend.stats)
     service = Service(backend, settings, metrics, repository)
     keys = Keys(settings.api_keys)
@@ -46,6 +49,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await backend.close()
+        if repository is not None:
+            repository.close()
 
     app = FastAPI(
         title="zen-coder", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
@@ -159,11 +164,22 @@ async def released(events: AsyncIterator[str], release: Callable[[], None]) -> A
     try:
         async for item in events:
             yield item
-    except (ApiError, BackendError) as error:
-        status = error.status if isinstance(error, ApiError) else 502
-        yield openai_api.event(ApiError(status, str(error)).body())
+    except Exception as error:  # the answer has begun: the error can only be its last event
+        yield openai_api.event(stream_error(error).body())
     finally:
         release()
+
+
+def stream_error(error: Exception) -> ApiError:
+    """The error event that ends a stream: the status the error would have had before it."""
+    if isinstance(error, ApiError):
+        return error
+    if isinstance(error, BackendError):
+        return ApiError(502, str(error))
+    if isinstance(error, ZenCoderError):
+        return ApiError(400, str(error))
+    log.exception("a streamed completion failed")
+    return ApiError(500, f"the completion failed ({type(error).__name__}); see the server's log")
 
 
 class CountRequests:
@@ -208,16 +224,26 @@ def serve(
             settings.port,
         )
     app = create_app(backend, settings, repository)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
+    )
 
 
-def open_repository(path: Path | None) -> RepositoryContext | None:
-    """The repository context of `--repo`, indexed before the server starts (its index's
-    libraries are imported only then)."""
+def open_repository(
+    path: Path | None, backend: Backend, refresh_seconds: float = REFRESH_SECONDS
+) -> RepositoryContext | None:
+    """The repository context of `--repo`, kept fresh in the background (the server answers
+    while it is first indexed, without context until then). The repository is named as the
+    model's repository table names it where it can be. Its index's libraries are imported only
+    here."""
     if path is None:
         return None
     from zen_coder.inference.repository import RepositoryContext
 
-    repository = RepositoryContext(path)
-    repository.refresh()
+    repository = RepositoryContext(path, known_repos=backend.repo_names)
+    repository.watch(refresh_seconds)
     return repository

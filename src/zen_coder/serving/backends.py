@@ -104,6 +104,8 @@ class BackendStats:
 class Backend(Protocol):
     name: str  # "native", "huggingface" or "openai"
     prompt_format: PromptFormat  # the model's fill-in-the-middle and repository layout
+    repo_names: tuple[str, ...]  # the repositories the model knows by id (native), else empty
+    context_length: int | None  # positions for prompt and completion together; None: unknown
 
     def count(self, text: str) -> int:
         """Tokens of `text` as the model reads it (an estimate for an upstream)."""

@@ -26,12 +26,14 @@ Emit = Callable[[Piece], None]
 
 class HuggingFaceBackend:
     name = "huggingface"
+    repo_names: tuple[str, ...] = ()
 
     def __init__(self, folder_or_name: str, device: str = "cpu", dtype: str | None = None) -> None:
         self.generator = HuggingFaceGenerator(folder_or_name, device=device, dtype=dtype)
         self.model, self.tokenizer = self.generator.model, self.generator.tokenizer
         self.roles = self._role_tokenizer()
         self.prompt_format = PromptFormat.from_tokenizer(self.roles)
+        self.context_length = getattr(self.model.config, "max_position_embeddings", None)
         self.turn = threading.Lock()  # held by the one request generating
         self.counts_lock = threading.Lock()
         self.waiting = 0
@@ -49,7 +51,7 @@ class HuggingFaceBackend:
         return {**self.generator.identity(), "device": str(self.model.device.type)}
 
     def count(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def ids(self, request: TextRequest) -> list[int]:
         if isinstance(request.prompt, str):
@@ -88,6 +90,9 @@ class HuggingFaceBackend:
         from transformers import StoppingCriteria, StoppingCriteriaList
 
         prompt = torch.tensor([self.ids(request)], device=self.model.device)
+        if request.max_tokens == 0:  # generate refuses to generate nothing
+            emit(Piece("", "length", int(prompt.shape[1])))
+            return
         cutter = TextCutter(request.cutoff, prefix=request.prefix)
         streamer = CuttingStreamer(self.tokenizer, cutter, emit)
 

@@ -24,11 +24,12 @@ def infill_request(service: Service, body: Infill, call: Call) -> TextRequest:
     prefix = body.input_prefix + body.prompt
     snippets = snippets_from_client([(chunk.filename, chunk.text) for chunk in body.input_extra])
     parts = PromptParts(prefix=prefix, suffix=body.input_suffix, snippets=snippets)
-    built = service.fill_in_the_middle(parts)
+    max_tokens = service.max_tokens(None if body.n_predict < 0 else body.n_predict)
+    built = service.fill_in_the_middle(parts, max_tokens)
     stop = stop_list(body.stop, service.settings.max_stop)
     return TextRequest(
         prompt=built,
-        max_tokens=service.max_tokens(None if body.n_predict < 0 else body.n_predict),
+        max_tokens=max_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
         seed=body.seed or 0,

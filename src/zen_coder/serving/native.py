@@ -30,12 +30,14 @@ class NativeBackend:
         self.roles = read_tokenizer(self.folder)
         self.prompt_format = PromptFormat.from_tokenizer(self.roles)
         self.languages = language_ids(read_languages(self.folder))
-        self.repos = {name: number for number, name in enumerate(read_repos(self.folder) or [])}
+        self.repo_names = tuple(read_repos(self.folder) or ())
+        self.repos = {name: number for number, name in enumerate(self.repo_names)}
         # A built prompt's special tokens go in by id; the engine's `encode` reads a raw prompt's
         # spelled ones as tokens, so it gets a tokenizer of its own that does.
         self.text_tokenizer = read_tokenizer(self.folder)
         self.text_tokenizer.tokenizer.encode_special_tokens = False
         self.engine = Engine(model.eval(), self.text_tokenizer, slots=slots)
+        self.context_length = self.engine.capacity
 
     def identity(self) -> dict[str, Any]:
         return {"backend": self.name, "path": str(self.folder), "device": self.device}
@@ -97,6 +99,7 @@ class NativeBackend:
             "steps": stats.steps,
             "drafted_tokens": stats.drafted_tokens,
             "accepted_tokens": stats.accepted_tokens,
+            "cancelled": stats.cancelled,
         }
         return BackendStats(queue_depth=stats.queued, active=stats.active, counters=counters)
 

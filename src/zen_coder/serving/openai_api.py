@@ -34,7 +34,7 @@ def completion_requests(service: Service, body: Completion, call: Call) -> list[
         parts = PromptParts(
             prefix=prompt, suffix=body.suffix, path=body.path, language=body.language
         )
-        built = service.fill_in_the_middle(parts)
+        built = service.fill_in_the_middle(parts, max_tokens)
         text, language = built, service.language_of(body.path, body.language)
         cutoff = CutOff(
             stop=(*stop, *service.prompt_format.stop),
@@ -42,7 +42,7 @@ def completion_requests(service: Service, body: Completion, call: Call) -> list[
             suffix=body.suffix or "",
         )
     else:
-        service.check_raw_prompt(prompt)
+        service.check_raw_prompt(prompt, max_tokens)
         text, language = prompt, body.language
         cutoff = CutOff(stop=stop, multiline=body.multiline or "multi")
     return [
@@ -124,14 +124,15 @@ async def completion_events(
 def chat_requests(service: Service, body: ChatCompletion, call: Call) -> list[ChatRequest]:
     service.check_n(body.n)
     messages = [{"role": message.role, "content": message.text()} for message in body.messages]
-    service.check_raw_prompt("\n".join(message["content"] for message in messages))
     asked = (
         body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     )
+    max_tokens = service.max_tokens(asked)
+    service.check_raw_prompt("\n".join(message["content"] for message in messages), max_tokens)
     return [
         ChatRequest(
             messages=messages,
-            max_tokens=service.max_tokens(asked),
+            max_tokens=max_tokens,
             temperature=body.temperature,
             top_p=body.top_p,
             seed=(body.seed or 0) + index,

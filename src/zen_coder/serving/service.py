@@ -28,8 +28,6 @@ from zen_coder.serving.settings import ServerSettings
 if TYPE_CHECKING:  # imported by the app only when the server has a repository
     from zen_coder.inference.repository import RepositoryContext
 
-CHANGES_PER_PROMPT = 3  # recent commits of the edited file offered to the prompt
-
 
 @dataclass(frozen=True)
 class Choice:
@@ -77,26 +75,26 @@ class Service:
 
     # ---- prompts -----------------------------------------------------------------------------
 
-    def fill_in_the_middle(self, parts: PromptParts, retrieve: bool = True) -> Prompt:
-        """The prompt of a completion at a cursor, in the model's layout, with the repository's
-        snippets and the file's recent changes added when the server has a repository (and
-        `retrieve`); the budget shares are the server's."""
+    def fill_in_the_middle(
+        self, parts: PromptParts, max_tokens: int, retrieve: bool = True
+    ) -> Prompt:
+        """The prompt of a completion at a cursor, in the model's layout: with the server's
+        repository (and `retrieve`), its name, the snippets nearest the cursor and the file's
+        recent changes join what the editor sent. The budget shares are the server's, its size
+        the server's too unless the model's context leaves less beside `max_tokens`."""
         settings = self.settings
+        tokens = min(settings.context_tokens, self.prompt_limit(max_tokens))
+        budget = Budget(tokens, settings.prefix_share, settings.suffix_share)
         language = self.language_of(parts.path, parts.language)
-        parts = replace(parts, language=language, repo=parts.repo or self.repo_name)
         if self.repository is not None and retrieve:
-            context_chars = int(settings.context_tokens * 3 * budget_rest(settings))
-            found = self.repository.snippets(
-                parts.path, parts.prefix, parts.suffix or "", context_chars
+            found = self.repository.prompt_parts(
+                parts.prefix, parts.suffix, parts.path, language, budget
             )
-            parts = replace(parts, snippets=[*parts.snippets, *found])
-            if parts.path:
-                parts = replace(
-                    parts, changes=self.repository.changes(parts.path, CHANGES_PER_PROMPT)
-                )
-        budget = Budget(settings.context_tokens, settings.prefix_share, settings.suffix_share)
+            parts = replace(found, snippets=[*parts.snippets, *found.snippets])
+        else:
+            parts = replace(parts, language=language, repo=parts.repo or self.repo_name)
         prompt = self.prompt_format.build(parts, budget, self.backend.count)
-        self.check_prompt_tokens(prompt.prompt_tokens)
+        self.check_prompt_tokens(prompt.prompt_tokens, max_tokens)
         return prompt
 
     @staticmethod
@@ -112,15 +110,35 @@ class Service:
         """The file's history position, as the model's time channel counts it (0 unknown)."""
         if self.repository is None or not path:
             return 0
-        return self.repository.time_of(path)
+        return self.repository.time_of(self.repository.relative_path(path) or path)
 
-    def check_prompt_tokens(self, tokens: int) -> None:
+    def prompt_limit(self, max_tokens: int) -> int:
+        """The most prompt tokens a request may have: the server's limit, and what the model's
+        context holds beside the completion (and a start-of-text token)."""
         limit = self.settings.max_prompt_tokens
-        if tokens > limit:
-            raise ApiError(400, f"the prompt has {tokens} tokens; at most {limit} are accepted")
+        context = self.backend.context_length
+        if context is None:
+            return limit
+        room = context - max_tokens - 1
+        if room < 1:
+            raise ApiError(
+                400,
+                f"max_tokens {max_tokens} leaves no room for a prompt in the model's context of "
+                f"{context} tokens; ask for fewer",
+            )
+        return min(limit, room)
 
-    def check_raw_prompt(self, prompt: str) -> None:
-        self.check_prompt_tokens(self.backend.count(prompt))
+    def check_prompt_tokens(self, tokens: int, max_tokens: int) -> None:
+        limit = self.prompt_limit(max_tokens)
+        if tokens > limit:
+            raise ApiError(
+                400,
+                f"the prompt has {tokens} tokens; at most {limit} are accepted with max_tokens "
+                f"{max_tokens}",
+            )
+
+    def check_raw_prompt(self, prompt: str, max_tokens: int) -> None:
+        self.check_prompt_tokens(self.backend.count(prompt), max_tokens)
 
     def max_tokens(self, asked: int | None) -> int:
         limit = self.settings.max_tokens
@@ -222,11 +240,6 @@ class Service:
         seconds = time.perf_counter() - started
         choices = [Choice(index, text, last[index]) for index, text in enumerate(texts)]
         return Result(choices, seconds if first is None else first, seconds)
-
-
-def budget_rest(settings: ServerSettings) -> float:
-    """The share of the prompt budget left to repository context."""
-    return max(0.0, 1.0 - settings.prefix_share - settings.suffix_share)
 
 
 async def merge(

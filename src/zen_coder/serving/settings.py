@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+from zen_coder.errors import ZenCoderError
+
+KEYS_VARIABLE = "ZEN_CODER_API_KEYS"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
@@ -28,6 +32,30 @@ class ServerSettings:
     suffix_share: float = 0.2  # for the text after it; the rest goes to repository context
     retry_after_seconds: int = 1
 
+    def __post_init__(self) -> None:
+        counts = {
+            "max_prompt_tokens": self.max_prompt_tokens,
+            "max_tokens": self.max_tokens,
+            "max_n": self.max_n,
+            "concurrent_per_key": self.concurrent_per_key,
+            "context_tokens": self.context_tokens,
+        }
+        for name, value in counts.items():
+            if value < 1:
+                raise ZenCoderError(f"{name} is {value}; it must be at least 1")
+        shares = (self.prefix_share, self.suffix_share)
+        if min(shares) < 0 or sum(shares) > 1:
+            raise ZenCoderError(
+                f"prefix share {self.prefix_share} and suffix share {self.suffix_share} must be "
+                "0 or more and add up to at most 1 (the rest goes to repository context)"
+            )
+
     @property
     def is_local_only(self) -> bool:
         return self.host in LOOPBACK_HOSTS
+
+
+def keys_from_environment() -> tuple[str, ...]:
+    """API keys from ZEN_CODER_API_KEYS (comma-separated): keys kept out of the command line,
+    where other users of the machine could read them."""
+    return tuple(key.strip() for key in os.environ.get(KEYS_VARIABLE, "").split(",") if key.strip())

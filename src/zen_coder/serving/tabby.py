@@ -44,17 +44,18 @@ async def completion(service: Service, raw: dict[str, Any], call: Call) -> dict[
     body = parse(TabbyCompletion, raw)
     debug = body.debug_options
     parts = tabby_parts(body)
+    max_tokens = service.max_tokens(None)
     if debug is not None and debug.raw_prompt is not None:
         prompt: Prompt | str = debug.raw_prompt
-        service.check_raw_prompt(debug.raw_prompt)
+        service.check_raw_prompt(debug.raw_prompt, max_tokens)
         snippets = []
     else:
         retrieve = not (debug and debug.disable_retrieval_augmented_code_completion)
-        built = service.fill_in_the_middle(parts, retrieve=retrieve)
+        built = service.fill_in_the_middle(parts, max_tokens, retrieve=retrieve)
         prompt, snippets = built, built.snippets
     request = TextRequest(
         prompt=prompt,
-        max_tokens=service.max_tokens(None),
+        max_tokens=max_tokens,
         temperature=body.temperature or 0.0,
         seed=body.seed or 0,
         cutoff=CutOff(stop=service.prompt_format.stop, suffix=parts.suffix or ""),

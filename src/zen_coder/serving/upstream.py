@@ -30,6 +30,7 @@ class UpstreamBackend:
     `model` None serves the first model the upstream lists."""
 
     name = "openai"
+    repo_names: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -47,20 +48,27 @@ class UpstreamBackend:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.client = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout)
-        self.model = model or self._first_model(headers, timeout)
+        listed = self._models(headers, timeout)
+        self.model = model or listed[0]["id"]
+        served = next((entry for entry in listed if entry.get("id") == self.model), {})
+        self.context_length = served.get("max_model_len")  # vLLM says; others do not
         self.prompt_format = PromptFormat.from_family(family)
         self.tokenizer = read_tokenizer(Path(tokenizer)).tokenizer if tokenizer else None
         self.active = 0
 
-    def _first_model(self, headers: dict[str, str], timeout: float) -> str:
+    def _models(self, headers: dict[str, str], timeout: float) -> list[dict[str, Any]]:
         try:
             answer = httpx.get(f"{self.base_url}/models", headers=headers, timeout=timeout)
             answer.raise_for_status()
-            return answer.json()["data"][0]["id"]
-        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as error:
+            listed = answer.json()["data"]
+            if not listed or not isinstance(listed[0].get("id"), str):
+                raise ValueError("no model listed")
+            return listed
+        except (httpx.HTTPError, ValueError, KeyError, AttributeError, TypeError) as error:
+            reason = str(error) or type(error).__name__
             raise ZenCoderError(
-                f"{self.base_url}/models did not name a model ({error}); start the upstream "
-                "server, fix the URL (like http://localhost:8001/v1) or pass --served-model"
+                f"{self.base_url}/models did not name a model ({reason}); start the upstream "
+                "server, fix the URL (like http://localhost:8001/v1) or check its API key"
             ) from None
 
     def identity(self) -> dict[str, Any]:
@@ -133,7 +141,8 @@ class UpstreamBackend:
                     if cutter.done:
                         break  # leaving the block closes the connection: the upstream aborts
         except httpx.HTTPError as error:
-            raise BackendError(f"upstream {self.base_url}{path} failed: {error}") from None
+            reason = str(error) or type(error).__name__
+            raise BackendError(f"upstream {self.base_url}{path} failed: {reason}") from None
         finally:
             self.active -= 1
         yield Piece(
