@@ -12,7 +12,7 @@ import torch
 
 from tests.inference.prompts import PROMPTS, ascii_piece
 from tests.models import LANGUAGE_TABLE, native_config
-from zen_coder.data.tokenizer import read_tokenizer
+from zen_coder.data.tokenizer import EOS, read_tokenizer
 from zen_coder.errors import ZenCoderError
 from zen_coder.inference.engine import Channels, Engine, EngineRequest
 from zen_coder.inference.generation import cut_at_stop
@@ -150,6 +150,28 @@ def test_the_next_keystroke_resumes_the_slot_holding_its_prefix(engine, model, r
     assert stream.token_ids == alone(model, roles, elsewhere)
 
 
+def test_an_idle_slot_between_busy_ones_keeps_its_cache(engine, model, roles):
+    """Slots 0 and 2 run while slot 1, idle between them, holds a prefix: the step's filler row
+    for slot 1 must not touch its cache. Checked by hand to fail: with filler rows placed at
+    position 0 instead of past the capacity, the last request's tokens differ from generate's."""
+    texts = [PROMPTS[0], PROMPTS[1], PROMPTS[2] + "1, 2"]
+    first = [EngineRequest(ids=engine.encode(text), max_tokens=2) for text in texts]
+    streams = [engine.submit(request) for request in first]
+    for stream in streams:
+        stream.text()
+    later = [
+        EngineRequest(ids=engine.encode(text + " x"), max_tokens=NEW_TOKENS, cutoff=KEEP_ALL)
+        for text in texts
+    ]
+    outer = [engine.submit(later[0]), engine.submit(later[2])]
+    for stream in outer:
+        stream.text()
+    stream = engine.submit(later[1])
+    _, last = stream.text()
+    assert last.cached_tokens > 0
+    assert stream.token_ids == alone(model, roles, later[1])
+
+
 def test_a_prompt_of_several_times_matches_generate_and_reuses_by_time(engine, model, roles):
     """A prompt holding the file's history has tokens of several times; the temporal bias then
     changes the output. Checked by hand to fail: with the engine feeding `channels.time` for
@@ -219,6 +241,32 @@ def test_cancelled_and_superseded_requests_end_cancelled(engine, model, roles):
     assert list(third)[-1].finish_reason == "cancelled"
     assert engine.stats().cancelled == 2
     assert engine.stats().active == 0
+
+
+def test_end_of_text_stops_unless_ignored(model, roles):
+    """The random model never ends by itself: make a token it generates the end of text."""
+    with Engine(model, roles, slots=2) as engine:
+        request = EngineRequest(ids=engine.encode(PROMPTS[2]), max_tokens=NEW_TOKENS)
+        tokens = alone(model, roles, request)
+    end = tokens[len(tokens) // 2]
+    ended = dataclasses.replace(roles, ids={**roles.ids, EOS: end})
+    with Engine(model, ended, slots=2) as engine:
+        stream = engine.submit(request)
+        _, last = stream.text()
+        assert stream.token_ids == tokens[: tokens.index(end)]
+        assert last.finish_reason == "stop"
+        stream = engine.submit(dataclasses.replace(request, ignore_eos=True))
+        _, last = stream.text()
+        assert stream.token_ids == tokens
+        assert last.finish_reason == "length"
+
+
+def test_a_request_past_its_time_limit_ends_with_what_it_has(engine, model, roles):
+    request = dataclasses.replace(requests(engine)[1], max_seconds=0.0)
+    stream = engine.submit(request)
+    _, last = stream.text()
+    assert last.finish_reason == "length"
+    assert stream.token_ids == alone(model, roles, request)[:1]
 
 
 def test_zero_max_tokens_only_warms_the_cache(engine):

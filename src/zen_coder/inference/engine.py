@@ -99,6 +99,10 @@ class EngineRequest:
     speculate: bool = True
     prefix: str = ""
     times: list[int] | None = None
+    ignore_eos: bool = False  # run to max_tokens (benchmarks of models with random weights)
+    # A time limit from submission: past it the completion ends with what it has ("length"),
+    # as llama.cpp's t_max_predict_ms; an editor prefers a shorter completion to a late one.
+    max_seconds: float | None = None
 
     def prompt_times(self) -> list[int]:
         return list(self.times) if self.times is not None else [self.channels.time] * len(self.ids)
@@ -140,6 +144,7 @@ class Stream:
 
     def __init__(self, request: EngineRequest, wake: threading.Condition) -> None:
         self.request = request
+        self.submitted = time.monotonic()
         self.token_ids: list[int] = []
         self._events: collections.deque[Event] = collections.deque()
         self._condition = threading.Condition()
@@ -550,26 +555,31 @@ class Engine:
         self, rows: list[Running], feeds: list[list[int]], last_only: bool
     ) -> torch.Tensor:
         """One forward pass: row r feeds `feeds[r]` after its slot's cached tokens; logits
-        [A, T, V] (T the longest feed; shorter feeds are padded and their extra logits unused)."""
+        [A, T, V] (T the longest feed; shorter feeds are padded and their extra logits unused).
+
+        The pass runs over the window of slots from the lowest to the highest of the rows',
+        idle slots in between as filler rows (`slots.SlotBatch`)."""
         width = max(len(feed) for feed in feeds)
-        batch = self.caches.batch(
-            [running.slot.index for running in rows],
-            [len(running.slot.tokens) for running in rows],
-            [len(feed) for feed in feeds],
-        )
-        padded = [feed + [feed[-1]] * (width - len(feed)) for feed in feeds]
-        times = [
-            running.times_from(len(running.slot.tokens), width) for running in rows
-        ]  # padding takes the times that would follow; its outputs are unused
-        channels = [running.request.channels for running in rows]
+        first = min(running.slot.index for running in rows)
+        size = max(running.slot.index for running in rows) - first + 1
+        lengths: list[int | None] = [None] * size
+        tokens, times = [[0] * width] * size, [[0] * width] * size
+        channels = [Channels()] * size
+        for running, feed in zip(rows, feeds, strict=True):
+            row, cached = running.slot.index - first, len(running.slot.tokens)
+            lengths[row], channels[row] = cached, running.request.channels
+            tokens[row] = feed + [feed[-1]] * (width - len(feed))
+            # Padding takes the times that would follow; its outputs are unused.
+            times[row] = running.times_from(cached, width)
+        batch = self.caches.batch(first, lengths, width)
         device = self.device
 
         def channel(name: str) -> torch.Tensor:
             values = torch.tensor([[getattr(c, name)] for c in channels], device=device)
-            return values.expand(len(rows), width)
+            return values.expand(size, width)
 
         output = self.model(
-            torch.tensor(padded, device=device),
+            torch.tensor(tokens, device=device),
             repo=channel("repo"),
             language=channel("language"),
             time=torch.tensor(times, device=device),
@@ -578,7 +588,8 @@ class Engine:
             key_mask=batch.key_mask,
             last_only=last_only,
         )
-        return output.logits
+        wanted = torch.tensor([running.slot.index - first for running in rows], device=device)
+        return output.logits.index_select(0, wanted)
 
     def _emit(self, running: Running, tokens: list[int]) -> None:
         """Hand the new tokens to the request: stop at EOS, the token limit, the slot's
@@ -588,7 +599,7 @@ class Engine:
             self._finish(running, "length")  # max_tokens 0: the prompt only warms the cache
             return
         reason = None
-        if self.eos_id in tokens:
+        if self.eos_id in tokens and not request.ignore_eos:
             tokens, reason = tokens[: tokens.index(self.eos_id)], "stop"
         room = request.max_tokens - running.generated
         if len(tokens) >= room:
@@ -605,12 +616,19 @@ class Engine:
             running.stream._put(self._event(running, piece, None))
         if running.cutter.done:
             reason = "stop"
-        elif reason is None and len(running.slot.tokens) + 1 > self.capacity:
+        elif reason is None and (
+            len(running.slot.tokens) + 1 > self.capacity or self._late(running)
+        ):
             reason = "length"
         if reason is not None:
             self._finish(running, reason)
         else:
             running.pending = tokens[-1:]
+
+    @staticmethod
+    def _late(running: Running) -> bool:
+        limit = running.request.max_seconds
+        return limit is not None and time.monotonic() - running.stream.submitted > limit
 
     def _finish(self, running: Running, reason: str) -> None:
         text = ""

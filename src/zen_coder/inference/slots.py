@@ -108,36 +108,41 @@ class SlotCaches:
         ]
         self.capacity, self.spare, self.device = capacity, spare, device
 
-    def batch(self, slots: list[int], lengths: list[int], counts: list[int]) -> SlotBatch:
-        """A forward pass's view: row r writes `counts[r]` new tokens to slot `slots[r]` after
-        its `lengths[r]` cached positions."""
-        return SlotBatch(self, slots, lengths, counts)
+    def batch(self, first: int, lengths: list[int | None], width: int) -> SlotBatch:
+        """A forward pass's view of slots first, first + 1, ...: row r feeds `width` tokens
+        (some of them padding) after its slot's `lengths[r]` cached positions, or, where
+        `lengths[r]` is None, is an idle slot's filler row."""
+        return SlotBatch(self, first, lengths, width)
 
 
 class SlotBatch:
-    """`ZenCoder.forward`'s cache for one step over some slots (the `Cache` protocol), with the
-    positions and key mask to pass along: row r's token t sits at lengths[r] + t and sees keys
-    0..lengths[r] + t of its own slot."""
+    """`ZenCoder.forward`'s cache for one step over consecutive slots (the `Cache` protocol),
+    with the positions and key mask to pass along: row r's token t sits at lengths[r] + t and
+    sees keys 0..lengths[r] + t of its own slot.
+
+    The rows are a window of consecutive slots, so the step attends to a view of the caches and
+    copies nothing. An idle slot inside the window gets a filler row: it writes to its slot's
+    spare positions, past anything a request reads, and its output is dropped. On a CPU that is
+    cheaper than gathering the active slots' caches (a copy of every cached key at every step);
+    on a GPU it is a row of a batch.
+    """
 
     length = 0  # unused: the positions are explicit
 
     def __init__(
-        self, caches: SlotCaches, slots: list[int], lengths: list[int], counts: list[int]
+        self, caches: SlotCaches, first: int, lengths: list[int | None], width: int
     ) -> None:
         self.caches = caches
-        width = max(counts)
         device = caches.device
+        starts = [caches.capacity if length is None else length for length in lengths]
         offsets = torch.arange(width, device=device)
-        start = torch.tensor(lengths, device=device)
-        self.positions = start[:, None] + offsets  # [A, T]
-        self.keys = int(max(length + width for length in lengths))
+        self.positions = torch.tensor(starts, device=device)[:, None] + offsets  # [A, T]
+        self.keys = max(length + width for length in lengths if length is not None)
         key_index = torch.arange(self.keys, device=device)
+        # Filler rows sit past every key, so they see all of them: no row is empty.
         self.key_mask = (key_index <= self.positions[..., None])[:, None]  # [A, 1, T, keys]
-        self.rows = torch.tensor(slots, device=device)
-        first = slots[0]
-        contiguous = slots == list(range(first, first + len(slots)))
-        # Consecutive slots are read as a view; others are gathered (one copy per layer).
-        self.window = slice(first, first + len(slots)) if contiguous else None
+        self.rows = torch.arange(first, first + len(lengths), device=device)
+        self.window = slice(first, first + len(lengths))
 
     def update(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
         """Store the rows' new keys and values [A, K, T, width] at their positions; return every
@@ -146,14 +151,9 @@ class SlotBatch:
         rows, positions = self.rows[:, None], self.positions
         stored_keys[rows, :, positions] = keys.transpose(1, 2)
         stored_values[rows, :, positions, : values.shape[-1]] = values.transpose(1, 2)
-        if self.window is not None:
-            return (
-                stored_keys[self.window, :, : self.keys],
-                stored_values[self.window, :, : self.keys],
-            )
         return (
-            stored_keys[:, :, : self.keys].index_select(0, self.rows),
-            stored_values[:, :, : self.keys].index_select(0, self.rows),
+            stored_keys[self.window, :, : self.keys],
+            stored_values[self.window, :, : self.keys],
         )
 
     def advance(self, positions: int) -> None:
