@@ -234,9 +234,9 @@ def serve_command(model: Path, backend: str, port: int, slots: int, dtype: str |
     editor of the busiest level: fewer would evict an editor's prompt before its next keystroke.
     The limit on requests in flight per key is raised to match (no key: one caller)."""
     return [
-        *(sys.executable, "-m", "zen_coder.cli", "serve", str(model)),
-        *("--backend", backend, "--port", str(port)),
-        *("--slots", str(slots), "--max-concurrent", str(slots)),
+        *(sys.executable, "-m", "zen_coder.cli", "serve", "--model", str(model)),
+        *("--backend", backend, "--port", str(port), "--log-level", "warning"),
+        *("--slots", str(slots), "--concurrent-per-key", str(slots)),
         *(("--dtype", dtype) if dtype else ()),
     ]
 
@@ -287,15 +287,18 @@ def served_model(url: str, api_key: str | None) -> str:
 class ReusablePrompts:
     """How many of each request's prompt tokens a perfect prefix cache could serve: those it
     shares, from the start, with the last prompt of the same editor, the prompts built as the
-    server builds them (its default budget, no repository). A layout that puts the suffix after
-    the prefix recomputes the suffix at every keystroke: this is the ceiling for the measured
-    share, and `prompt_tokens` checks that the prompts here are the server's."""
+    server builds them (its default budget within the model's context, no repository). A layout
+    that puts the suffix after the prefix recomputes the suffix at every keystroke: this is the
+    ceiling for the measured share, and `prompt_tokens` checks that the prompts here are the
+    server's."""
 
-    def __init__(self, native: Path) -> None:
+    def __init__(self, native: Path, max_tokens: int) -> None:
         self.roles = read_tokenizer(native)
         self.format = PromptFormat.from_tokenizer(self.roles)
         defaults = ServerSettings()
-        self.budget = Budget(defaults.context_tokens, defaults.prefix_share, defaults.suffix_share)
+        room = read_config(native).context_length - max_tokens - 1  # the server's start token
+        tokens = min(defaults.context_tokens, defaults.max_prompt_tokens, room)
+        self.budget = Budget(tokens, defaults.prefix_share, defaults.suffix_share)
 
     def ids(self, request: Request) -> list[int]:
         parts = PromptParts(
@@ -739,7 +742,7 @@ def main() -> None:
         f"{os.cpu_count()} CPUs, shared with whatever else runs (timings are noisy)",
         flush=True,
     )
-    reusable = ReusablePrompts(native)
+    reusable = ReusablePrompts(native, workload.max_tokens)
     prompts = {
         (session.number, index): counts
         for group in levels.values()

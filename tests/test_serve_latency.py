@@ -109,7 +109,7 @@ def test_both_servers_answer_the_replay_with_the_same_completions(servers, plain
     sessions = _sessions(3)
     native = _replay(servers[0], bench.NATIVE, sessions, concurrency=3)
     baseline = _replay(servers[1], bench.BASELINE, sessions, concurrency=3)
-    reusable = bench.ReusablePrompts(plain_folder)
+    reusable = bench.ReusablePrompts(plain_folder, max_tokens=12)
     prompts = {
         (session.number, index): counts
         for session in sessions
