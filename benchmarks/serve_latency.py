@@ -101,7 +101,7 @@ class Workload:
 DTYPES = {"small": "bfloat16"}
 WORKLOADS = {
     "tiny": Workload(levels=(1, 8, 32), sessions=8, requests_per_session=8, max_tokens=64),
-    "small": Workload(levels=(1, 8), sessions=1, requests_per_session=1, max_tokens=16),
+    "small": Workload(levels=(1, 8), sessions=1, requests_per_session=2, max_tokens=16),
 }
 
 
@@ -590,12 +590,15 @@ def plot(runs: list[Run], path: Path, title: str) -> None:
 async def measure(
     backends, levels: dict[int, list[Session]], warmup: Session, realtime: bool
 ) -> list[Run]:
-    """Every backend at every level; each backend answers one session first, unmeasured (lazy
-    initialisation, the first allocations)."""
-    runs = []
+    """Every backend at every level, the backends in turn at each level (on a shared machine the
+    load drifts: the two runs compared are then minutes apart at most, not the whole benchmark);
+    each backend first answers one session unmeasured (lazy initialisation, first allocations).
+    """
     for backend in backends:
         await replay(backend, [warmup], 1, realtime=False)
-        for level, sessions in levels.items():
+    runs = []
+    for level, sessions in levels.items():
+        for backend in backends:
             run = await replay(backend, sessions, level, realtime)
             runs.append(run)
             s = run.summary()
