@@ -584,6 +584,44 @@ def plot(runs: list[Run], path: Path, title: str) -> None:
     plt.close(figure)
 
 
+def bare_generate(hf: Path, dtype: str | None, run: Run, reusable: ReusablePrompts) -> Run:
+    """transformers' `generate` alone, in this process, one request after another, on the
+    prompt ids of `run`'s requests (the server's prompts) and forced to the number of tokens the
+    server generated for each: the floor under the baseline server's latency, so a reader can
+    tell the engine's gain from the baseline server's own overhead (streaming, cut-off, HTTP)."""
+    import transformers
+
+    options = {"dtype": getattr(torch, dtype)} if dtype else {}
+    model = transformers.AutoModelForCausalLM.from_pretrained(hf, **options).eval()
+    pad = reusable.roles.pad_id
+    timed(model, reusable.ids(run.requests[0]), 1, pad)  # a warm-up
+    bare = Run("generate alone", 1)
+    for request, answer in zip(run.requests, run.answers, strict=True):
+        ids = reusable.ids(request)
+        tokens = max(answer.completion_tokens, 1)
+        seconds = timed(model, ids, tokens, pad)
+        bare.requests.append(request)
+        bare.answers.append(Answer(seconds, seconds, len(ids), 0, tokens, ""))
+        bare.seconds += seconds
+    return bare
+
+
+def timed(model, ids: list[int], tokens: int, pad: int) -> float:
+    """Seconds `model.generate` takes to add exactly `tokens` tokens to `ids`, greedily."""
+    prompt = torch.tensor([ids])
+    started = time.perf_counter()
+    with torch.no_grad():
+        model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
+            do_sample=False,
+            pad_token_id=pad,
+        )
+    return time.perf_counter() - started
+
+
 # -- main ------------------------------------------------------------------------------------------
 
 
@@ -703,10 +741,24 @@ def run_both(
         return asyncio.run(measure_all())
 
 
-def report(args: argparse.Namespace, workload: Workload, runs: list[Run], prompts: Prompts) -> None:
+def report(
+    args: argparse.Namespace, workload: Workload, runs: list[Run], prompts: Prompts, bare: Run
+) -> None:
     print_table(runs)
     table = {level: ratios(*pair_at(runs, level), prompts) for level in workload.levels}
     print_ratios(table, args.preset)
+    floor = bare.summary()
+    rate = floor["tokens_per_second"]
+    gains = [
+        f"{pair_at(runs, level)[0].summary()['tokens_per_second'] / rate:.2f}x at {level}"
+        for level in workload.levels
+    ]
+    print(
+        f"  {bare.backend} (transformers in this process, no server, one at a time, the same "
+        f"prompts and token counts): p50 {floor['latency_p50'] * 1000:.0f} ms, "
+        f"{floor['tokens_per_second']:.0f} tokens/s; the native engine's throughput is "
+        f"{', '.join(gains)} of that"
+    )
     results = {
         "preset": args.preset,
         "model": "trained" if args.model else "random",
@@ -714,6 +766,7 @@ def report(args: argparse.Namespace, workload: Workload, runs: list[Run], prompt
         "cpus": os.cpu_count(),
         "runs": [{"backend": r.backend, "concurrency": r.concurrency, **r.summary()} for r in runs],
         "ratios": {str(level): figures for level, figures in table.items()},
+        "generate_alone": floor,
     }
     write_json_atomic(args.out / "results.json", results, indent=2)
     figure = args.out / "serve-latency.png"
@@ -753,7 +806,9 @@ def main() -> None:
         for index, counts in enumerate(reusable.of(session))
     }
     runs = run_both(args, native, hf, workload, warmup, levels)
-    report(args, workload, runs, prompts)
+    dtype = None if args.model else DTYPES.get(args.preset)
+    bare = bare_generate(hf, dtype, pair_at(runs, min(levels))[1], reusable)
+    report(args, workload, runs, prompts, bare)
     print(f"benchmark finished in {time.perf_counter() - started:.0f} s")
 
 
