@@ -540,7 +540,9 @@ def print_ratios(table: dict[int, dict[str, float]], preset_name: str) -> None:
         print(f"  targets ({preset_name}, concurrency {TARGET_LEVEL}): {verdicts}")
 
 
-def plot(runs: list[Run], path: Path, title: str) -> None:
+def plot(runs: list[Run], floor: float, path: Path, title: str) -> None:
+    """Latency, time to first token and throughput against concurrency; `floor` is the
+    throughput of `generate` alone (bare_generate), as a line."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -565,6 +567,7 @@ def plot(runs: list[Run], path: Path, title: str) -> None:
         axes[2].plot(
             levels, [s["tokens_per_second"] for s in summaries], "o-", color=color, label=backend
         )
+    axes[2].axhline(floor, linestyle=":", color="tab:gray", label="generate alone, no server")
     for axis, label in zip(
         axes,
         ("completion latency (ms)", "time to first token (ms)", "completion tokens/s"),
@@ -591,6 +594,7 @@ def bare_generate(hf: Path, dtype: str | None, run: Run, reusable: ReusablePromp
     tell the engine's gain from the baseline server's own overhead (streaming, cut-off, HTTP)."""
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()
     options = {"dtype": getattr(torch, dtype)} if dtype else {}
     model = transformers.AutoModelForCausalLM.from_pretrained(hf, **options).eval()
     pad = reusable.roles.pad_id
@@ -771,7 +775,7 @@ def report(
     write_json_atomic(args.out / "results.json", results, indent=2)
     figure = args.out / "serve-latency.png"
     title = f"{args.preset} preset, {os.cpu_count()} CPUs: zen-coder serve, native vs transformers"
-    plot(runs, figure, title)
+    plot(runs, rate, figure, title)
     print(f"\nresults: {args.out / 'results.json'}\nplot: {figure}")
 
 

@@ -81,16 +81,16 @@ def plain_folder(tmp_path_factory, tokenizer_folder) -> Path:
 
 
 @pytest.fixture(scope="module")
-def servers(plain_folder, tmp_path_factory) -> Iterator[tuple[str, str]]:
+def servers(plain_folder, tmp_path_factory) -> Iterator[tuple[str, str, Path]]:
     """That model behind the real server, and its Hugging Face export behind the same server on
-    the transformers backend: (native URL, baseline URL)."""
+    the transformers backend: (native URL, baseline URL, the export)."""
     native_folder = plain_folder
     hf = bench.export_model(native_folder, tmp_path_factory.mktemp("export"))
     with (
         running(create_app(open_backend(str(native_folder), backend="native"), SETTINGS)) as a,
         running(create_app(open_backend(str(hf), backend="huggingface"), SETTINGS)) as b,
     ):
-        yield a, b
+        yield a, b, hf
 
 
 def _replay(url: str, name: str, sessions: list[Session], concurrency: int) -> bench.Run:
@@ -132,6 +132,13 @@ def test_both_servers_answer_the_replay_with_the_same_completions(servers, plain
     for request, answer in zip(native.requests, native.answers, strict=True):
         ceiling = prompts[request.session, request.index][1]
         assert answer.cached_tokens <= (ceiling if request.index else 8)
+    floor = bench.bare_generate(servers[2], None, baseline, reusable)
+    assert [answer.completion_tokens for answer in floor.answers] == [
+        max(answer.completion_tokens, 1) for answer in baseline.answers
+    ]
+    assert [answer.prompt_tokens for answer in floor.answers] == [
+        answer.prompt_tokens for answer in baseline.answers
+    ]
     assert figures["reuse_ceiling"] > 0.3  # short prompts: the suffix is much of each
     assert figures["prefix_cache_share"] >= figures["reuse_ceiling"] - 0.05
 
