@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import shutil
@@ -42,7 +43,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -63,7 +63,7 @@ from zen_coder.history.pipeline import mine
 from zen_coder.history.sources import RepoSpec
 from zen_coder.inference.prompts import Budget, PromptFormat, PromptParts, canonical_language
 from zen_coder.model.config import ModelConfig, preset
-from zen_coder.model.folder import TOKENIZER_FILES, read_config, save_model
+from zen_coder.model.folder import TOKENIZER_FILES, load_model, read_config, save_model
 from zen_coder.model.hf import save_pretrained
 from zen_coder.model.model import ZenCoder
 from zen_coder.serving.settings import ServerSettings
@@ -402,19 +402,13 @@ def random_models(name: str, records: dict[str, list[dict]], dtype: torch.dtype)
     save_tokenizer(
         train_tokenizer(texts, config.vocab_size), work / "tokenizer", config.context_length
     )
-    roles = read_tokenizer(work / "tokenizer")
     torch.manual_seed(0)
     model = random_model(config, dtype)
     table = ["<unknown>", *LANGUAGES]
     save_model(
         work / "native", config, model.state_dict(), table, work / "tokenizer", repos=["<unknown>"]
     )
-    with warnings.catch_warnings():  # random weights: the techniques' tensors are still no-ops
-        warnings.simplefilter("ignore")
-        token_ids = {"bos_token_id": roles.bos_id, "eos_token_id": roles.eos_id}
-        save_pretrained(model, work / "hf", token_ids=token_ids | {"pad_token_id": roles.pad_id})
-    for file in TOKENIZER_FILES:
-        shutil.copyfile(work / "tokenizer" / file, work / "hf" / file)
+    export(model, work / "tokenizer", work / "hf")
     install_directory(work, folder)
     return folder
 
@@ -431,9 +425,11 @@ def random_model(config: ModelConfig, dtype: torch.dtype) -> ZenCoder:
 
 
 def code_texts(records: dict[str, list[dict]], limit: int) -> list[str]:
+    """Files as the mined commits left them, up to `limit` characters: the random model's
+    tokenizer then splits the replayed code as a trained model's would."""
     texts, size = [], 0
     for rows in records.values():
-        for row in rows[: len(rows) // 2]:
+        for row in rows:
             if row["new_content"] and size < limit:
                 texts.append(row["new_content"])
                 size += len(row["new_content"])
@@ -441,18 +437,19 @@ def code_texts(records: dict[str, list[dict]], limit: int) -> list[str]:
 
 
 def export_model(native: Path, out: Path) -> Path:
-    """The Hugging Face export of a trained native model folder, with its tokenizer."""
-    from zen_coder.model.folder import load_model
+    """The Hugging Face export of a trained native model folder, in `out/hf`. The export cannot
+    hold the card's techniques; `save_pretrained` warns when that changes the outputs."""
+    return export(load_model(native), native, out / "hf")
 
-    hf = out / "hf"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        roles = read_tokenizer(native)
-        token_ids = {"bos_token_id": roles.bos_id, "eos_token_id": roles.eos_id}
-        token_ids["pad_token_id"] = roles.pad_id
-        save_pretrained(load_model(native), hf, token_ids=token_ids)
+
+def export(model: ZenCoder, tokenizer: Path, hf: Path) -> Path:
+    """`model` saved with `save_pretrained` into `hf`, with the tokenizer files of the folder
+    `tokenizer` and its BOS, EOS and pad tokens in config.json."""
+    roles = read_tokenizer(tokenizer)
+    token_ids = {"bos_token_id": roles.bos_id, "eos_token_id": roles.eos_id}
+    save_pretrained(model, hf, token_ids=token_ids | {"pad_token_id": roles.pad_id})
     for file in TOKENIZER_FILES:
-        shutil.copyfile(native / file, hf / file)
+        shutil.copyfile(tokenizer / file, hf / file)
     return hf
 
 
@@ -598,7 +595,8 @@ def bare_generate(hf: Path, dtype: str | None, run: Run, reusable: ReusablePromp
     options = {"dtype": getattr(torch, dtype)} if dtype else {}
     model = transformers.AutoModelForCausalLM.from_pretrained(hf, **options).eval()
     pad = reusable.roles.pad_id
-    timed(model, reusable.ids(run.requests[0]), 1, pad)  # a warm-up
+    first = max(run.answers[0].completion_tokens, 1)
+    timed(model, reusable.ids(run.requests[0]), first, pad)  # a warm-up, as the servers had
     bare = Run("generate alone", 1)
     for request, answer in zip(run.requests, run.answers, strict=True):
         ids = reusable.ids(request)
@@ -785,23 +783,33 @@ def pair_at(runs: list[Run], level: int) -> tuple[Run, Run]:
     return at[NATIVE], at[BASELINE]
 
 
+def inputs(
+    args: argparse.Namespace, workload: Workload
+) -> tuple[Path, Path, Session, dict[int, list[Session]]]:
+    """(native model, its export, the warm-up session, each level's sessions). The mined records
+    are dropped here: millions of Python objects would make the garbage collector pause this
+    process for seconds during the measurements (measured: 4 s in one `generate`)."""
+    bundles = available_bundles() if args.repos is None else args.repos
+    records = mined_records(mined_dataset(bundles))
+    native, hf = model_folders(args, records)
+    warmup, levels = level_sessions(records, native, workload)
+    print(
+        f"{args.preset} model ({'trained' if args.model else 'random weights'}), "
+        f"{sum(map(len, levels.values()))} editing sessions from {', '.join(sorted(records))}: "
+        f"{sum(len(s.requests) for group in levels.values() for s in group)} requests per "
+        f"backend, up to {workload.max_tokens} tokens each; {os.cpu_count()} CPUs, shared with "
+        "whatever else runs (timings are noisy)",
+        flush=True,
+    )
+    return native, hf, warmup, levels
+
+
 def main() -> None:
     args = parse_arguments()
     started = time.perf_counter()
     workload = workload_of(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    bundles = available_bundles() if args.repos is None else args.repos
-    records = mined_records(mined_dataset(bundles))
-    native, hf = model_folders(args, records)
-    warmup, levels = level_sessions(records, native, workload)
-    total = sum(len(session.requests) for group in levels.values() for session in group)
-    print(
-        f"{args.preset} model ({'trained' if args.model else 'random weights'}), "
-        f"{sum(map(len, levels.values()))} editing sessions from {', '.join(sorted(records))}: "
-        f"{total} requests per backend, up to {workload.max_tokens} tokens each; "
-        f"{os.cpu_count()} CPUs, shared with whatever else runs (timings are noisy)",
-        flush=True,
-    )
+    native, hf, warmup, levels = inputs(args, workload)
     reusable = ReusablePrompts(native, workload.max_tokens)
     prompts = {
         (session.number, index): counts
@@ -809,6 +817,8 @@ def main() -> None:
         for session in group
         for index, counts in enumerate(reusable.of(session))
     }
+    gc.collect()
+    gc.freeze()  # what is left lives to the end: no collection needs to look at it again
     runs = run_both(args, native, hf, workload, warmup, levels)
     dtype = None if args.model else DTYPES.get(args.preset)
     bare = bare_generate(hf, dtype, pair_at(runs, min(levels))[1], reusable)
