@@ -761,6 +761,10 @@ def report(
         f"{floor['tokens_per_second']:.0f} tokens/s; the native engine's throughput is "
         f"{', '.join(gains)} of that"
     )
+    if TARGET_LEVEL in workload.levels:
+        alone = pair_at(runs, TARGET_LEVEL)[0].summary()["tokens_per_second"] / rate
+        verdict = "met" if alone >= THROUGHPUT_TARGET else "MISSED"
+        print(f"  throughput >= {THROUGHPUT_TARGET:g}x generate alone at {TARGET_LEVEL}: {verdict}")
     results = {
         "preset": args.preset,
         "model": "trained" if args.model else "random",
