@@ -15,6 +15,8 @@ Two servers answer the same requests, each in a process of its own on a free por
   `zen_coder.model.hf.save_pretrained`, answered one request at a time by transformers'
   `generate`. The same server code builds both prompts and cuts both completions by the same
   editor rules, so the two do the same work and only the backend differs.
+Then, as a floor under the baseline, transformers' `generate` alone in this process, no server,
+on the same prompts forced to the same token counts.
 
 The model is the preset's with random weights (`--model FOLDER` for a trained one), decoded
 greedily: completions run until max_tokens, the model's end token or the editor's line rules
@@ -26,8 +28,8 @@ cached_tokens`); then the server's ratios to the baseline. Targets, tiny preset 
 concurrency 8: throughput >= 4x the baseline's, p50 completion latency <= 0.5x, prefix reuse
 >= 80% of prompt tokens. Writes results.json and serve-latency.png to --out.
 
-    python benchmarks/serve_latency.py                    # tiny preset, minutes on 2 cores
-    python benchmarks/serve_latency.py --preset small     # a handful of requests; slow on CPU
+    python benchmarks/serve_latency.py                    # tiny preset, 4-6 minutes on 2 cores
+    python benchmarks/serve_latency.py --preset small     # 18 requests a server, ~4 minutes
 """
 
 from __future__ import annotations
@@ -831,4 +833,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ZenCoderError as error:
+        sys.exit(f"serve_latency: {error}")
