@@ -419,6 +419,7 @@ def run_serve(args: argparse.Namespace, console: Console) -> int:
         max_tokens=args.max_tokens,
         max_n=args.max_n,
         concurrent_per_key=args.concurrent_per_key,
+        request_seconds=args.request_timeout,
         context_tokens=args.context_tokens,
         prefix_share=args.prefix_share,
         suffix_share=args.suffix_share,
@@ -796,6 +797,12 @@ def build_parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-n", type=int, default=4, help="completions per request")
     limits.add_argument(
         "--concurrent-per-key", type=int, default=8, help="requests in flight per API key"
+    )
+    limits.add_argument(
+        "--request-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="a completion running longer ends with the text it has (default: no limit)",
     )
     limits.add_argument(
         "--context-tokens", type=int, default=1536, help="fill-in-the-middle prompt budget"

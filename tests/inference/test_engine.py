@@ -148,6 +148,7 @@ def test_the_next_keystroke_resumes_the_slot_holding_its_prefix(engine, model, r
     _, last = stream.text()
     assert last.cached_tokens == 0
     assert stream.token_ids == alone(model, roles, elsewhere)
+    assert engine.stats().prefix_hits == 2
 
 
 def test_an_idle_slot_between_busy_ones_keeps_its_cache(engine, model, roles):
@@ -201,9 +202,8 @@ def test_sampling_follows_the_seed_as_generate_does(engine, model, roles):
         assert stream.token_ids == alone(model, roles, request)
 
 
-def test_long_prompts_are_computed_in_chunks(model, roles, monkeypatch):
-    monkeypatch.setattr("zen_coder.inference.engine.PREFILL_CHUNK", 16)
-    with Engine(model, roles, slots=2) as engine:
+def test_long_prompts_are_computed_in_chunks(model, roles):
+    with Engine(model, roles, slots=2, prefill_chunk=16) as engine:
         long = EngineRequest(
             ids=engine.encode(PROMPTS[1] * 4), max_tokens=NEW_TOKENS, cutoff=KEEP_ALL
         )
@@ -278,15 +278,20 @@ def test_zero_max_tokens_only_warms_the_cache(engine):
 
 
 def test_events_can_be_awaited(engine, model, roles):
-    request = requests(engine)[2]
+    batch = requests(engine)
 
-    async def collect():
+    async def collect(request):
         return [event async for event in engine.submit(request)]
 
-    events = asyncio.run(collect())
-    assert events[-1].finish_reason is not None
-    text = "".join(event.text for event in events)
-    assert text == roles.tokenizer.decode(alone(model, roles, request), skip_special_tokens=False)
+    async def together():
+        return await asyncio.gather(*(collect(request) for request in batch))
+
+    for request, events in zip(batch, asyncio.run(together()), strict=True):
+        assert events[-1].finish_reason is not None
+        assert all(event.finish_reason is None for event in events[:-1])
+        text = "".join(event.text for event in events)
+        expected = alone(model, roles, request)
+        assert text == roles.tokenizer.decode(expected, skip_special_tokens=False)
 
 
 def test_prompts_spell_special_tokens_as_the_tokens(engine, roles):

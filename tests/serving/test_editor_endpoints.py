@@ -151,6 +151,7 @@ def test_tabby_debug_options_return_the_prompt_with_the_editors_context(url):
     assert "def is_python(name)" in debug["prompt"]
     assert "os.walk(top)" in debug["prompt"]
     assert "tools/files.py" in debug["prompt"]
+    assert "example/tools" in debug["prompt"]  # the repository, named from git_url as mining does
     assert {snippet["filepath"] for snippet in debug["snippets"]} == {
         "tools/util.py",
         "tools/walk.py",
@@ -160,6 +161,7 @@ def test_tabby_debug_options_return_the_prompt_with_the_editors_context(url):
 def test_tabby_health_names_the_model(url):
     health = httpx.get(f"{url}/v1/health").json()
     assert health["model"] == "tiny-coder"
+    assert httpx.post(f"{url}/v1/health").json() == health
     assert {"device", "arch", "cpu_count", "version"} <= set(health)
 
 

@@ -180,3 +180,31 @@ def test_a_newer_request_of_the_same_user_cancels_the_older(url, hf_backend):
             events = [line for line in lines if line.startswith("data: {")]
         reasons = [json.loads(line[6:])["choices"][0]["finish_reason"] for line in events]
         assert reasons[-1] == "cancelled"
+        metrics = httpx.get(f"{second}/metrics", headers=key).text
+        assert 'zen_coder_requests_cancelled_total{cause="superseded"} 1.0' in metrics
+
+
+def test_a_completion_over_the_time_limit_ends_with_what_it_has(hf_backend):
+    limited = ServerSettings(**{**SETTINGS.__dict__, "request_seconds": 1.0})
+    with running(create_app(hf_backend, limited)) as url:
+        body = {"prompt": "def f():\n", "max_tokens": LONG}
+        answer = httpx.post(f"{url}/v1/completions", json=body, headers=AUTH).json()
+    assert answer["choices"][0]["finish_reason"] == "length"
+    assert 0 < answer["usage"]["completion_tokens"] < LONG
+    assert answer["choices"][0]["text"]
+
+
+def test_llama_cpp_prediction_time_limit_is_kept(url):
+    """This prompt runs to LONG tokens without a cut (found by trying: the tiny model's other
+    prompts soon write a marker that ends them), so only the time limit ends it early."""
+    body = {
+        "input_prefix": "import os\n",
+        "input_suffix": "",
+        "n_predict": LONG,
+        "n_indent": 0,
+        "t_max_predict_ms": 100,
+    }
+    answer = httpx.post(f"{url}/infill", json=body, headers=AUTH).json()
+    assert answer["stop_type"] == "limit"
+    assert 0 < answer["tokens_predicted"] < LONG
+    assert answer["tokens_evaluated"] > 0

@@ -43,8 +43,6 @@ from zen_coder.model.folder import load_model, read_languages, read_repos
 from zen_coder.model.model import ZenCoder, sample_token
 
 LOG = logging.getLogger(__name__)
-# Prompt tokens computed per forward pass when a prompt's rest is too long to share a step.
-PREFILL_CHUNK = 256
 # A prompt rest of up to this many tokens joins the batched step instead of its own pass.
 BATCHED_PROMPT = 8
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
@@ -130,6 +128,7 @@ class EngineStats:
     requests: int
     prompt_tokens: int
     cached_tokens: int
+    prefix_hits: int  # requests that resumed a slot's cache
     completion_tokens: int
     steps: int
     drafted_tokens: int
@@ -281,6 +280,8 @@ class Engine:
     many as keep a step within `step_tokens` fed tokens: every row of a step is padded to the
     longest, so drafts pay off when few requests run (a batch of eight already keeps the
     processor busy; on CPU, eight rows of nine tokens cost about twice eight rows of one).
+    A prompt rest too long to join a step is computed alone, `prefill_chunk` tokens per step
+    (larger on a GPU, where a longer chunk costs little more).
     """
 
     def __init__(
@@ -293,6 +294,7 @@ class Engine:
         speculative_tokens: int = 8,
         ngram: int = 3,
         step_tokens: int = 16,
+        prefill_chunk: int = 256,
     ) -> None:
         if slots < 1:
             raise ZenCoderError(f"the engine needs at least one slot, not {slots}")
@@ -309,6 +311,7 @@ class Engine:
         self.capacity = min(max_length or context, context)
         self.speculative_tokens, self.ngram = max(0, speculative_tokens), ngram
         self.step_tokens = step_tokens
+        self.prefill_chunk = max(1, prefill_chunk)
         self.spare = max(self.speculative_tokens + 1, BATCHED_PROMPT)
         self.caches = SlotCaches(
             model.config, slots, self.capacity, self.spare, self.device, weight.dtype
@@ -372,6 +375,7 @@ class Engine:
                 requests=counts["requests"],
                 prompt_tokens=counts["prompt_tokens"],
                 cached_tokens=counts["cached_tokens"],
+                prefix_hits=counts["prefix_hits"],
                 completion_tokens=counts["completion_tokens"],
                 steps=counts["steps"],
                 drafted_tokens=counts["drafted_tokens"],
@@ -496,11 +500,12 @@ class Engine:
         with self._condition:
             self._counts["prompt_tokens"] += len(request.ids)
             self._counts["cached_tokens"] += cached
+            self._counts["prefix_hits"] += cached > 0
 
     def _prefill_chunk(self, running: Running) -> None:
         """Compute a chunk of a long prompt rest alone, leaving at least its last token for a
         batched step (whose logits give the first completion token)."""
-        chunk = running.pending[: min(PREFILL_CHUNK, len(running.pending) - 1)]
+        chunk = running.pending[: min(self.prefill_chunk, len(running.pending) - 1)]
         start = len(running.slot.tokens)
         self._forward([running], [chunk], last_only=True)
         running.slot.extend(chunk, running.times_from(start, len(chunk)))

@@ -7,7 +7,7 @@ everything else needs a key when the server has keys."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,17 +90,13 @@ def create_app(
         if isinstance(answer, dict):
             in_flight.release(caller)
             return JSONResponse(answer)
-        return StreamingResponse(
-            released(answer, lambda: in_flight.release(caller)),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return EventStream(answer, lambda: in_flight.release(caller))
 
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/health")
+    @app.api_route("/v1/health", methods=["GET", "POST"])  # Tabby's agents use either
     async def tabby_health(request: Request) -> dict[str, Any]:
         keys.caller(request)
         return tabby.health(service)
@@ -159,15 +155,36 @@ def disconnect_of(request: Request) -> Callable[[], Awaitable[None]]:
     return disconnected
 
 
-async def released(events: AsyncIterator[str], release: Callable[[], None]) -> AsyncIterator[str]:
-    """`events`, then `release` (also when the client leaves mid-stream)."""
+class EventStream(StreamingResponse):
+    """Server-sent events that run `release` once the response has ended, however it ends: a
+    client that leaves before the first event too (the events' generator has then never started,
+    so no `finally` of its own would run)."""
+
+    def __init__(self, events: AsyncGenerator[str, None], release: Callable[[], None]) -> None:
+        super().__init__(
+            ending_in_error_events(events),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self.release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()  # stops the backend's work if it is still running
+            self.release()
+
+
+async def ending_in_error_events(events: AsyncGenerator[str, None]) -> AsyncIterator[str]:
+    """`events`; an error after the answer began can only be its last event."""
     try:
         async for item in events:
             yield item
-    except Exception as error:  # the answer has begun: the error can only be its last event
+    except Exception as error:
         yield openai_api.event(stream_error(error).body())
     finally:
-        release()
+        await events.aclose()
 
 
 def stream_error(error: Exception) -> ApiError:

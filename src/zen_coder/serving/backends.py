@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from zen_coder.data.tokenizer import EOS, RoleTokenizer
 from zen_coder.errors import ZenCoderError
 from zen_coder.inference.backends import detect_backend
-from zen_coder.inference.prompts import Prompt, PromptFormat
+from zen_coder.inference.prompts import SPECIAL, TEXT, Prompt, PromptFormat
 from zen_coder.inference.stopping import CutOff
 
 BACKENDS = ("native", "huggingface", "openai")
@@ -37,7 +37,9 @@ class TextRequest:
     special tokens go in by id, so code that spells one cannot forge it) or a client's raw text
     (spelled special tokens count, as clients that template themselves expect). `prefix` is the
     text before the cursor (the indentation rule reads it); a native model's history channels
-    come from `language`, `repo` (a name the model knows) and `time`."""
+    come from `language`, `repo` (a name the model knows) and `time`. With `ignore_eos` neither
+    the end of text nor the layout's end markers end the completion (the caller leaves them
+    out of `cutoff.stop`)."""
 
     prompt: Prompt | str
     max_tokens: int = 64
@@ -50,6 +52,7 @@ class TextRequest:
     language: str | None = None
     repo: str | None = None
     time: int = 0
+    ignore_eos: bool = False  # run on past the model's end markers (benchmarks, random weights)
 
     @property
     def text(self) -> str:
@@ -58,8 +61,9 @@ class TextRequest:
 
 @dataclass(frozen=True)
 class Piece:
-    """A streamed piece of one completion; the last has a `finish_reason` ("stop", "length" or
-    "cancelled") and the token counts of the whole request."""
+    """A streamed piece of one completion, with the request's token counts so far where the
+    backend knows them (an upstream tells them only at the end); the last piece has a
+    `finish_reason` ("stop", "length" or "cancelled") and the final counts."""
 
     text: str
     finish_reason: str | None = None
@@ -78,7 +82,7 @@ class ChatRequest:
     stop: tuple[str, ...] = ()
     client: str | None = None
 
-    def as_text(self, prompt: str, format_stop: Sequence[str]) -> TextRequest:
+    def as_text(self, prompt: Prompt | str, format_stop: Sequence[str]) -> TextRequest:
         """The request as a completion of `prompt` (the conversation in the model's layout),
         ending at its stop sequences or the layout's end markers."""
         return TextRequest(
@@ -156,17 +160,22 @@ def open_backend(
     raise ZenCoderError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-def chat_prompt(roles: RoleTokenizer, messages: Sequence[dict[str, Any]]) -> str:
+def chat_prompt(roles: RoleTokenizer, messages: Sequence[dict[str, Any]]) -> Prompt:
     """A conversation in the instruction layout zen-coder trains on
     (`<|instruction|>message<|response|>answer`): system and user turns are instructions,
-    assistant turns responses, each closed by EOS, and the prompt ends ready for the answer."""
+    assistant turns responses, each closed by EOS, and the prompt ends ready for the answer.
+    The role tokens go in by id and the messages as text, so a message that spells a role token
+    cannot forge a turn."""
     tokens = roles.role_tokens()
-    instruction, response, eos = tokens["<|instruction|>"], tokens["<|response|>"], tokens[EOS]
-    text, pending = "", []
+    instruction, response = (SPECIAL, tokens["<|instruction|>"]), (SPECIAL, tokens["<|response|>"])
+    pieces: list[tuple[bool, str]] = []
+    pending: list[str] = []
     for message in messages:
         if message["role"] == "assistant":
-            text += instruction + "\n\n".join(pending) + response + message["content"] + eos
+            pieces += [instruction, (TEXT, "\n\n".join(pending)), response]
+            pieces += [(TEXT, message["content"]), (SPECIAL, tokens[EOS])]
             pending = []
         else:
             pending.append(message["content"])
-    return text + instruction + "\n\n".join(pending) + response
+    pieces += [instruction, (TEXT, "\n\n".join(pending)), response]
+    return Prompt(tuple(pieces), 0, [], [])

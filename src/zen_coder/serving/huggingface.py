@@ -94,7 +94,9 @@ class HuggingFaceBackend:
             emit(Piece("", "length", int(prompt.shape[1])))
             return
         cutter = TextCutter(request.cutoff, prefix=request.prefix)
-        streamer = CuttingStreamer(self.tokenizer, cutter, emit)
+        streamer = CuttingStreamer(
+            self.tokenizer, cutter, emit, int(prompt.shape[1]), request.ignore_eos
+        )
 
         class Stop(StoppingCriteria):
             """Ends generation once the cutter has cut or the client has gone."""
@@ -107,6 +109,7 @@ class HuggingFaceBackend:
         torch.manual_seed(request.seed)
         with torch.no_grad():
             self.model.generate(
+                **({"eos_token_id": None} if request.ignore_eos else {}),
                 input_ids=prompt,
                 attention_mask=torch.ones_like(prompt),
                 max_new_tokens=request.max_tokens,
@@ -120,7 +123,10 @@ class HuggingFaceBackend:
         generated = streamer.generated
         with self.counts_lock:
             self.generated_tokens += len(generated)
-        if cutter.reason == "stop" or (generated and generated[-1] == self.tokenizer.eos_token_id):
+        ended = (
+            not request.ignore_eos and generated and generated[-1] == self.tokenizer.eos_token_id
+        )
+        if cutter.reason == "stop" or ended:
             reason = "stop"
         elif cancelled.is_set():
             reason = "cancelled"
@@ -141,8 +147,11 @@ class CuttingStreamer:
     (the model's end of text shows as nothing; half a character waits for its rest). The first
     `put` is the prompt, skipped."""
 
-    def __init__(self, tokenizer: Any, cutter: TextCutter, emit: Emit) -> None:
+    def __init__(
+        self, tokenizer: Any, cutter: TextCutter, emit: Emit, prompt_tokens: int, ignore_eos: bool
+    ) -> None:
         self.tokenizer, self.cutter, self.emit = tokenizer, cutter, emit
+        self.prompt_tokens, self.ignore_eos = prompt_tokens, ignore_eos
         self.generated: list[int] = []
         self.shown = 0  # characters of the decoded completion handed to the cutter
         self.prompt_seen = False
@@ -160,14 +169,14 @@ class CuttingStreamer:
 
     def _push(self, final: bool) -> None:
         eos = self.tokenizer.eos_token_id
-        ids = [token for token in self.generated if token != eos]
+        ids = [token for token in self.generated if token != eos or self.ignore_eos]
         text = self.tokenizer.decode(ids, skip_special_tokens=False)
         if text.endswith("\ufffd") and not final:
             return
         delta = self.cutter.push(text[self.shown :])
         self.shown = len(text)
         if delta:
-            self.emit(Piece(delta))
+            self.emit(Piece(delta, None, self.prompt_tokens, 0, len(self.generated)))
 
 
 async def pieces_from_thread(run: Callable[[Emit, threading.Event], None]) -> AsyncIterator[Piece]:

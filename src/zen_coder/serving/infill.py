@@ -1,6 +1,8 @@
 """llama.cpp's /infill, as llama.vim and llama.vscode call it: the text before the cursor is
 `input_prefix` followed by `prompt` (the start of the cursor line), `input_extra` holds chunks of
-other files, `n_indent` the indentation below which a line ends the completion. The answer has
+other files, `n_indent` the indentation below which a line ends the completion; `n_predict` 0
+(llama.vim sends its chunks so) only computes the prompt, which warms a native slot's cache for
+the requests that follow with the same chunks. The answer has
 llama.cpp's fields (`content`, `stop`, `tokens_cached`, `timings`, ...), or only those named in
 `response_fields`, flattened by their path ("timings/prompt_n") as llama.cpp does."""
 
@@ -47,11 +49,10 @@ def infill_request(service: Service, body: Infill, call: Call) -> TextRequest:
 async def infill(service: Service, raw: dict[str, Any], call: Call) -> Any:
     body = parse(Infill, raw)
     request = infill_request(service, body, call)
-    if request.max_tokens == 0:  # llama.vim's cache warm-up: nothing to generate
-        return select(answer(Piece("", "length"), "", 0.0, 0.0), body.response_fields)
     if body.stream:
-        return infill_events(service, request)
-    result = await service.collect("infill", [request], request.client, call.disconnected)
+        return infill_events(service, request, body.t_max_predict_ms)
+    predict = None if body.t_max_predict_ms is None else body.t_max_predict_ms / 1000
+    result = await service.collect("infill", [request], request.client, call.disconnected, predict)
     choice = result.choices[0]
     full = answer(choice.last, choice.text, result.first_token_seconds, result.seconds)
     return select(full, body.response_fields)
@@ -102,10 +103,13 @@ def select(full: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:
     return chosen
 
 
-async def infill_events(service: Service, request: TextRequest) -> AsyncIterator[str]:
+async def infill_events(
+    service: Service, request: TextRequest, predict_ms: int | None
+) -> AsyncIterator[str]:
     """llama.cpp's stream: `data: {"content": ..., "stop": false}` per piece, the last with
     `"stop": true` and the token counts; no [DONE]."""
-    async for _, piece in service.run("infill", [request], request.client):
+    predict = None if predict_ms is None else predict_ms / 1000
+    async for _, piece in service.run("infill", [request], request.client, None, predict):
         if piece.finish_reason is None:
             data: dict[str, Any] = {"content": piece.text, "stop": False}
         else:

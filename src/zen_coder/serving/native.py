@@ -8,13 +8,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from zen_coder.data.tokenizer import read_tokenizer
-from zen_coder.inference.engine import Channels, Engine, EngineRequest
-from zen_coder.inference.native import language_ids, torch_dtype
+from zen_coder.inference.engine import Engine, EngineRequest
 from zen_coder.inference.prompts import PromptFormat
-from zen_coder.model.folder import load_model, read_languages, read_repos
+from zen_coder.model.folder import read_repos
 from zen_coder.serving.backends import BackendStats, ChatRequest, Piece, TextRequest, chat_prompt
 
 
@@ -26,17 +22,10 @@ class NativeBackend:
     ) -> None:
         self.folder = folder.resolve()
         self.device = device
-        model = load_model(self.folder).to(device=torch.device(device), dtype=torch_dtype(dtype))
-        self.roles = read_tokenizer(self.folder)
+        self.engine = Engine.from_folder(self.folder, device=device, dtype=dtype, slots=slots)
+        self.roles = self.engine.roles
         self.prompt_format = PromptFormat.from_tokenizer(self.roles)
-        self.languages = language_ids(read_languages(self.folder))
         self.repo_names = tuple(read_repos(self.folder) or ())
-        self.repos = {name: number for number, name in enumerate(self.repo_names)}
-        # A built prompt's special tokens go in by id; the engine's `encode` reads a raw prompt's
-        # spelled ones as tokens, so it gets a tokenizer of its own that does.
-        self.text_tokenizer = read_tokenizer(self.folder)
-        self.text_tokenizer.tokenizer.encode_special_tokens = False
-        self.engine = Engine(model.eval(), self.text_tokenizer, slots=slots)
         self.context_length = self.engine.capacity
 
     def identity(self) -> dict[str, Any]:
@@ -46,24 +35,17 @@ class NativeBackend:
         return len(self.roles.tokenizer.encode(text, add_special_tokens=False).ids)
 
     def ids(self, request: TextRequest) -> list[int]:
+        """A raw prompt as the engine reads text (spelled special tokens as tokens); a built
+        one with its special tokens by id and its code as text."""
         if isinstance(request.prompt, str):
             return self.engine.encode(request.prompt)
         start = [] if self.roles.bos_id is None else [self.roles.bos_id]
         return start + request.prompt.ids(self.roles.tokenizer)
 
-    def channels(self, request: TextRequest) -> Channels:
-        """Ids from the model's own tables (0, the unknown, for a name it never saw), and the
-        file's history position."""
-        return Channels(
-            repo=self.repos.get(request.repo or "", 0),
-            language=self.languages.get((request.language or "").lower(), 0),
-            time=request.time,
-        )
-
     def stream(self, request: TextRequest) -> AsyncIterator[Piece]:
         engine_request = EngineRequest(
             ids=self.ids(request),
-            channels=self.channels(request),
+            channels=self.engine.tables.channels(request.repo, request.language, request.time),
             max_tokens=request.max_tokens,
             temperature=request.temperature,
             top_p=request.top_p,
@@ -71,6 +53,7 @@ class NativeBackend:
             cutoff=request.cutoff,
             client=request.client,
             prefix=request.prefix,
+            ignore_eos=request.ignore_eos,
         )
         return self._events(engine_request)
 
@@ -96,6 +79,7 @@ class NativeBackend:
         stats = self.engine.stats()
         counters = {
             "requests": stats.requests,
+            "prefix_hits": stats.prefix_hits,
             "steps": stats.steps,
             "drafted_tokens": stats.drafted_tokens,
             "accepted_tokens": stats.accepted_tokens,

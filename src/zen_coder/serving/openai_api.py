@@ -36,10 +36,9 @@ def completion_requests(service: Service, body: Completion, call: Call) -> list[
         )
         built = service.fill_in_the_middle(parts, max_tokens)
         text, language = built, service.language_of(body.path, body.language)
+        ends = () if body.ignore_eos else service.prompt_format.stop
         cutoff = CutOff(
-            stop=(*stop, *service.prompt_format.stop),
-            multiline=body.multiline or "auto",
-            suffix=body.suffix or "",
+            stop=(*stop, *ends), multiline=body.multiline or "auto", suffix=body.suffix or ""
         )
     else:
         service.check_raw_prompt(prompt, max_tokens)
@@ -58,6 +57,7 @@ def completion_requests(service: Service, body: Completion, call: Call) -> list[
             language=language,
             repo=service.repo_name,
             time=service.time_of(body.path),
+            ignore_eos=body.ignore_eos,
         )
         for index in range(body.n)
     ]

@@ -29,9 +29,10 @@ class Sampling(Body):
 
 
 class Completion(Sampling):
-    """OpenAI /v1/completions; `suffix` makes it fill-in-the-middle. zen-coder reads three more
+    """OpenAI /v1/completions; `suffix` makes it fill-in-the-middle. zen-coder reads more
     fields: `path` and `language` of the edited file (its prompt layout and history channels),
-    and `multiline` (single, multi or auto)."""
+    `multiline` (single, multi or auto), and vLLM's `ignore_eos` (no end of text, no end
+    markers: benchmarks of models with random weights run to max_tokens)."""
 
     model: str | None = None
     prompt: str | list[str] = ""
@@ -46,6 +47,7 @@ class Completion(Sampling):
     path: str | None = None
     language: str | None = None
     multiline: MULTILINE | None = None
+    ignore_eos: bool = False  # vLLM's extension: run to max_tokens (benchmarks)
 
 
 class TextPart(Body):

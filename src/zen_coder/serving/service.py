@@ -160,22 +160,33 @@ class Service:
         requests: list[TextRequest] | list[ChatRequest],
         client: str | None,
         disconnected: Callable[[], Awaitable[None]] | None = None,
+        predict_seconds: float | None = None,
     ) -> AsyncIterator[tuple[int, Piece]]:
-        """The pieces of every choice, tagged with the choice's index, as they come. A newer
-        request of the same `client`, or `disconnected` returning (the client went away; a
-        streaming response is closed by the server instead), stops every choice: each ends with
-        finish reason "cancelled" and the backend frees what it held."""
+        """The pieces of every choice, tagged with the choice's index, as they come.
+
+        A newer request of the same `client`, or `disconnected` returning (the client went
+        away; a streaming response is closed by the server instead), stops every choice: each
+        ends with finish reason "cancelled" and the backend frees what it held. The server's
+        request time limit (from the start) and `predict_seconds` (from the first text, as
+        llama.cpp's t_max_predict_ms) end them with "length", keeping what came."""
         stop = self._claim(client)
         started = time.perf_counter()
-        first = True
+        first_text = asyncio.Event()
         ended = 0
         watcher = asyncio.create_task(disconnected()) if disconnected else None
+        ends = {asyncio.create_task(stop.wait()): "cancelled"}
+        if watcher is not None:
+            ends[watcher] = "cancelled"
+        if self.settings.request_seconds is not None:
+            ends[asyncio.create_task(asyncio.sleep(self.settings.request_seconds))] = "length"
+        if predict_seconds is not None:
+            ends[asyncio.create_task(after(first_text, predict_seconds))] = "length"
         streams = [self._backend_stream(request) for request in requests]
         try:
-            async with aclosing(merge(streams, stop, watcher)) as pieces:
+            async with aclosing(merge(streams, ends)) as pieces:
                 async for index, piece in pieces:
-                    if first and piece.text:
-                        first = False
+                    if piece.text and not first_text.is_set():
+                        first_text.set()
                         self.metrics.first_token.labels(endpoint).observe(
                             time.perf_counter() - started
                         )
@@ -184,12 +195,14 @@ class Service:
                         self._count_finished(piece)
                     yield index, piece
         finally:
-            if watcher:
-                watcher.cancel()
+            for task in ends:
+                task.cancel()
             if client is not None and self.newest.get(client) is stop:
                 del self.newest[client]
-            if ended < len(requests):
-                self._count_cancelled(stop, watcher)
+            if stop.is_set():
+                self.metrics.cancelled.labels("superseded").inc()
+            elif (watcher is not None and watcher.done()) or ended < len(requests):
+                self.metrics.cancelled.labels("disconnected").inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
     def _backend_stream(self, request: TextRequest | ChatRequest) -> AsyncIterator[Piece]:
@@ -214,23 +227,21 @@ class Service:
         metrics.cached_tokens.inc(piece.cached_tokens)
         metrics.completion_tokens.inc(piece.completion_tokens)
 
-    def _count_cancelled(self, stop: asyncio.Event, watcher: asyncio.Task | None) -> None:
-        superseded = stop.is_set() and not (watcher and watcher.done())
-        self.metrics.cancelled.labels("superseded" if superseded else "disconnected").inc()
-
     async def collect(
         self,
         endpoint: str,
         requests: list[TextRequest] | list[ChatRequest],
         client: str | None,
         disconnected: Callable[[], Awaitable[None]] | None,
+        predict_seconds: float | None = None,
     ) -> Result:
         """Every choice's whole text, for the responses that are not streamed."""
         texts = ["" for _ in requests]
         last = [Piece("", "cancelled") for _ in requests]
         started = time.perf_counter()
         first = None
-        async with aclosing(self.run(endpoint, requests, client, disconnected)) as pieces:
+        run = self.run(endpoint, requests, client, disconnected, predict_seconds)
+        async with aclosing(run) as pieces:
             async for index, piece in pieces:
                 if first is None and piece.text:
                     first = time.perf_counter() - started
@@ -243,11 +254,12 @@ class Service:
 
 
 async def merge(
-    streams: list[AsyncIterator[Piece]], stop: asyncio.Event, watcher: asyncio.Task | None
+    streams: list[AsyncIterator[Piece]], ends: dict[asyncio.Task, str]
 ) -> AsyncIterator[tuple[int, Piece]]:
     """The pieces of several streams as they come, tagged with the stream's index, until each
-    has finished, or until `stop` is set or `watcher` ends: then every unfinished stream is
-    closed (its backend work stops) and ends with a "cancelled" piece."""
+    has finished, or until one of `ends` completes: then every unfinished stream is closed (its
+    backend work stops) and ends with an empty piece whose finish reason is that task's, with
+    the stream's last token counts."""
     queue: asyncio.Queue[tuple[int, Piece | BaseException | None]] = asyncio.Queue()
 
     async def pump(index: int, stream: AsyncIterator[Piece]) -> None:
@@ -260,17 +272,17 @@ async def merge(
         await queue.put((index, None))  # this stream has ended
 
     pumps = [asyncio.create_task(pump(index, stream)) for index, stream in enumerate(streams)]
-    stopped = asyncio.create_task(stop.wait())
-    ends = {stopped} | ({watcher} if watcher else set())
     open_streams = set(range(len(streams)))
+    latest = [Piece("") for _ in streams]
     getter: asyncio.Task | None = None
     try:
         while open_streams:
             getter = asyncio.create_task(queue.get())
-            done, _ = await asyncio.wait({getter} | ends, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({getter, *ends}, return_when=asyncio.FIRST_COMPLETED)
             if getter not in done:
+                reason = next(ends[task] for task in ends if task in done)
                 for index in sorted(open_streams):
-                    yield index, Piece("", "cancelled")
+                    yield index, replace(latest[index], text="", finish_reason=reason)
                 return
             index, item = getter.result()
             if isinstance(item, BaseException):
@@ -278,14 +290,20 @@ async def merge(
             if item is None:
                 open_streams.discard(index)
             else:
+                latest[index] = item
                 yield index, item
     finally:
-        stopped.cancel()
         if getter is not None:
             getter.cancel()
         for task in pumps:
             task.cancel()
         await asyncio.gather(*pumps, return_exceptions=True)
+
+
+async def after(event: asyncio.Event, seconds: float) -> None:
+    """Return `seconds` after `event` is set."""
+    await event.wait()
+    await asyncio.sleep(seconds)
 
 
 def snippets_from_client(files: list[tuple[str, str]]) -> list[Snippet]:

@@ -31,6 +31,7 @@ class ServerSettings:
     prefix_share: float = 0.5  # of context_tokens, for the text before the cursor
     suffix_share: float = 0.2  # for the text after it; the rest goes to repository context
     retry_after_seconds: int = 1
+    request_seconds: float | None = None  # a completion running longer ends with what it has
 
     def __post_init__(self) -> None:
         counts = {
@@ -43,6 +44,10 @@ class ServerSettings:
         for name, value in counts.items():
             if value < 1:
                 raise ZenCoderError(f"{name} is {value}; it must be at least 1")
+        if self.request_seconds is not None and self.request_seconds <= 0:
+            raise ZenCoderError(
+                f"the request time limit is {self.request_seconds}; give seconds > 0"
+            )
         shares = (self.prefix_share, self.suffix_share)
         if min(shares) < 0 or sum(shares) > 1:
             raise ZenCoderError(

@@ -4,7 +4,9 @@ were shown, accepted or dismissed: counted in the metrics) and /v1/health.
 
 The context the extension sends (declarations of the symbols near the cursor, snippets of
 recently changed and opened files) joins the server's own repository context in the prompt;
-the clipboard is left out (it is rarely code of this file)."""
+the clipboard is left out (it is rarely code of this file). Without a repository of its own,
+the server names the repository as mining names the `git_url` (owner/name), for the prompt and
+the model's repository channel."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import uuid
 from typing import Any
 
 from zen_coder import __version__
+from zen_coder.history.sources import RepoSpec
 from zen_coder.inference.prompts import Prompt, PromptParts
 from zen_coder.inference.stopping import CutOff
 from zen_coder.serving.backends import TextRequest
@@ -36,6 +39,7 @@ def tabby_parts(body: TabbyCompletion) -> PromptParts:
         suffix=segments.suffix,
         path=segments.filepath,
         language=body.language,
+        repo=RepoSpec(segments.git_url).display_name() if segments.git_url else None,
         snippets=snippets_from_client(files),
     )
 
@@ -62,7 +66,7 @@ async def completion(service: Service, raw: dict[str, Any], call: Call) -> dict[
         prefix=parts.prefix,
         client=call.client(body.user),
         language=service.language_of(parts.path, parts.language),
-        repo=service.repo_name,
+        repo=service.repo_name or parts.repo,
         time=service.time_of(parts.path),
     )
     result = await service.collect("tabby", [request], request.client, call.disconnected)

@@ -88,6 +88,7 @@ class UpstreamBackend:
             "top_p": request.top_p,
             "seed": request.seed,
             "stop": list(request.cutoff.stop[:UPSTREAM_STOP_LIMIT]) or None,
+            "ignore_eos": request.ignore_eos or None,  # vLLM's extension
             "stream": True,
             "stream_options": {"include_usage": True},
         }
