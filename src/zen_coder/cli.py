@@ -485,6 +485,7 @@ def _open_backend(args: argparse.Namespace, **options: Any) -> Backend:
         family=args.family,
         served_model=args.served_model,
         tokenizer=args.tokenizer,
+        threads=args.threads,
         **options,
     )
 
@@ -642,6 +643,11 @@ def _backend_arguments(parser: argparse.ArgumentParser, server: str) -> None:
     parser.add_argument("--backend", choices=["native", "huggingface", "openai"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", help="float32, bfloat16 or float16 (local models)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads on the CPU (default: all cores but one, which serves the requests)",
+    )
     parser.add_argument(
         "--family",
         default="zen-coder",

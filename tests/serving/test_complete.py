@@ -5,6 +5,9 @@ gives an editor for the same cursor. Bad input is one line."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+
 import openai
 import pytest
 import torch
@@ -153,3 +156,20 @@ def test_a_missing_file_or_no_input_is_one_line(native_folder, tmp_path, capsys)
     assert "pass a FILE" in capsys.readouterr().err
     with pytest.raises(ZenCoderError, match="outside"):
         cursor_offset("a\nb", 3, 1, "x")
+
+
+def test_a_local_model_on_the_cpu_leaves_a_core_to_the_requests(native_folder):
+    """torch's threads: every core but one by default (its spinning workers starved the event
+    loop: a streamed completion took three times as long on 2 cores), or as many as asked."""
+    from zen_coder.serving.backends import cpu_threads, open_backend
+
+    before = torch.get_num_threads()
+    try:
+        backend = open_backend(str(native_folder), slots=1, threads=1)
+        asyncio.run(backend.close())
+        assert torch.get_num_threads() == 1
+        assert cpu_threads() == max(1, len(os.sched_getaffinity(0)) - 1) and cpu_threads(3) == 3
+        with pytest.raises(ZenCoderError, match="--threads 0"):
+            cpu_threads(0)
+    finally:
+        torch.set_num_threads(before)
