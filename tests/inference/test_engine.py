@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 
 import pytest
 import torch
@@ -292,6 +293,23 @@ def test_events_can_be_awaited(engine, model, roles):
         text = "".join(event.text for event in events)
         expected = alone(model, roles, request)
         assert text == roles.tokenizer.decode(expected, skip_special_tokens=False)
+
+
+def test_events_a_slow_consumer_missed_come_as_one(engine, model, roles):
+    """Awaited after the engine finished, a stream is one event: the whole text, the reason and
+    the counts. (Checked to fail with every event yielded on its own.)"""
+    request = requests(engine)[0]
+    stream = engine.submit(request)
+    while engine.stats().active or engine.stats().queued:
+        time.sleep(0.01)
+
+    async def collect():
+        return [event async for event in stream]
+
+    [event] = asyncio.run(collect())
+    expected = alone(model, roles, request)
+    assert event.text == roles.tokenizer.decode(expected, skip_special_tokens=False)
+    assert event.finish_reason is not None and event.completion_tokens == len(expected)
 
 
 def test_prompts_spell_special_tokens_as_the_tokens(engine, roles):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import threading
 import time
@@ -187,11 +188,28 @@ class Stream:
                 return
 
     async def __aiter__(self) -> AsyncIterator[Event]:
+        """The events as they come; those that arrived while the consumer was busy come as one
+        (their texts joined, the last one's reason and counts). A server streaming to many
+        clients then sends fewer, larger pieces as its load grows, instead of falling behind
+        the engine one token at a time."""
         while True:
-            event = await self.next()
+            event = self._joined(await self.next())
             yield event
             if event.finish_reason is not None:
                 return
+
+    def _joined(self, first: Event) -> Event:
+        """`first` and every event already waiting after it, as one."""
+        with self._condition:
+            waiting: list[Event] = []
+            last = first
+            while self._events and last.finish_reason is None:
+                last = self._events.popleft()
+                waiting.append(last)
+        if not waiting:
+            return first
+        text = first.text + "".join(event.text for event in waiting)
+        return dataclasses.replace(waiting[-1], text=text)
 
     def text(self) -> tuple[str, Event]:
         """The whole completion (blocking) and its last event, which holds the reason and usage."""
