@@ -195,10 +195,11 @@ def test_a_completion_over_the_time_limit_ends_with_what_it_has(hf_backend):
 
 
 def test_llama_cpp_prediction_time_limit_is_kept(url):
-    """This prompt runs to LONG tokens without a cut (found by trying: the tiny model's other
-    prompts soon write a marker that ends them), so only the time limit ends it early."""
+    """This prompt runs to 400 tokens without a cut, far more than 100 ms give (found by
+    trying: the tiny model's other prompts soon write a marker that ends them; "import os\n"
+    ended at 67 tokens, before the limit on a quiet machine), so only the time limit ends it."""
     body = {
-        "input_prefix": "import os\n",
+        "input_prefix": "x = 1\n",
         "input_suffix": "",
         "n_predict": LONG,
         "n_indent": 0,
