@@ -22,7 +22,8 @@ The model is the preset's with random weights (`--model FOLDER` for a trained on
 greedily: completions run until max_tokens, the model's end token or the editor's line rules
 (indentation, a repeated suffix line) cut them, the same on both backends. Reported per
 backend and concurrency: time to first token and completion latency p50/p95 (from sending the
-request, queueing included), completion tokens/s over the run's wall time, and the share of
+request, queueing included), completion tokens/s while all N editors had a request out (and
+over the whole run, whose tail has fewer editors left: "whole"), and the share of
 prompt tokens the server served from its prefix cache (`usage.prompt_tokens_details.
 cached_tokens`); then the server's ratios to the baseline. Targets, tiny preset on CPU, at
 concurrency 8: throughput >= 4x the baseline's, p50 completion latency <= 0.5x, prefix reuse
@@ -117,15 +118,35 @@ class Answer:
     cached_tokens: int
     completion_tokens: int
     text: str
+    sent: float = 0.0  # seconds from the start of its run
 
 
 @dataclass
 class Run:
+    """A backend's answers at one concurrency level. `busy_seconds` is how long every editor
+    had a request out (until the first ran out of sessions): the run's throughput is measured
+    over that time, at the level's concurrency. The run's tail, where fewer editors are left,
+    is one editor's sessions at a lower concurrency; it counts in `tokens_per_second_whole`."""
+
     backend: str
     concurrency: int
     seconds: float = 0.0
+    busy_seconds: float | None = None
     requests: list[Request] = field(default_factory=list)
     answers: list[Answer] = field(default_factory=list)
+
+    def busy_tokens(self) -> float:
+        """Completion tokens streamed within `busy_seconds`: a request that straddles its end
+        counts the share of its streaming time before it (tokens come at an even pace)."""
+        end = self.seconds if self.busy_seconds is None else self.busy_seconds
+        total = 0.0
+        for answer in self.answers:
+            first, last = answer.sent + answer.ttft, answer.sent + answer.latency
+            if last <= end:
+                total += answer.completion_tokens
+            elif first < end:
+                total += answer.completion_tokens * (end - first) / (last - first)
+        return total
 
     def summary(self) -> dict[str, float]:
         ttft = [answer.ttft for answer in self.answers]
@@ -139,7 +160,9 @@ class Run:
             "ttft_p95": float(np.percentile(ttft, 95)),
             "latency_p50": float(np.percentile(latency, 50)),
             "latency_p95": float(np.percentile(latency, 95)),
-            "tokens_per_second": completion / self.seconds,
+            "tokens_per_second": self.busy_tokens() / (self.busy_seconds or self.seconds),
+            "tokens_per_second_whole": completion / self.seconds,
+            "busy_seconds": self.busy_seconds or self.seconds,
             "requests_per_second": len(self.answers) / self.seconds,
             "prompt_tokens_mean": prompt / len(self.answers),
             "completion_tokens_mean": completion / len(self.answers),
@@ -350,9 +373,12 @@ async def replay(backend, sessions: list[Session], concurrency: int, realtime: b
             for request in session.requests:
                 if realtime:
                     await asyncio.sleep(max(0.0, began + request.at - time.perf_counter()))
+                sent = time.perf_counter() - started
                 answer = await backend.complete(request)
                 run.requests.append(request)
-                run.answers.append(answer)
+                run.answers.append(replace(answer, sent=sent))
+        if run.busy_seconds is None:  # the first editor out of sessions: the level ends here
+            run.busy_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
     await asyncio.gather(*(editor() for _ in range(concurrency)))
@@ -476,7 +502,7 @@ def agreement(server: Run, baseline: Run) -> float:
 def print_table(runs: list[Run]) -> None:
     print(
         f"\n{'backend':24}{'conc':>5}{'reqs':>6}{'ttft p50':>10}{'p95':>8}{'latency p50':>13}"
-        f"{'p95':>8}{'tok/s':>8}{'prompt':>8}{'new':>6}{'cached':>8}"
+        f"{'p95':>8}{'tok/s':>8}{'whole':>7}{'prompt':>8}{'new':>6}{'cached':>8}"
     )
     for run in runs:
         s = run.summary()
@@ -484,7 +510,8 @@ def print_table(runs: list[Run]) -> None:
             f"{run.backend:24}{run.concurrency:5d}{s['requests']:6d}"
             f"{s['ttft_p50'] * 1000:8.0f}ms{s['ttft_p95'] * 1000:6.0f}ms"
             f"{s['latency_p50'] * 1000:11.0f}ms{s['latency_p95'] * 1000:6.0f}ms"
-            f"{s['tokens_per_second']:8.0f}{s['prompt_tokens_mean']:8.0f}"
+            f"{s['tokens_per_second']:8.0f}{s['tokens_per_second_whole']:7.0f}"
+            f"{s['prompt_tokens_mean']:8.0f}"
             f"{s['completion_tokens_mean']:6.0f}{s['prefix_cache_share']:8.0%}"
         )
 
@@ -504,6 +531,7 @@ def ratios(server: Run, baseline: Run, prompts: Prompts) -> dict[str, float]:
     ]
     return {
         "throughput": ours["tokens_per_second"] / theirs["tokens_per_second"],
+        "throughput_whole": ours["tokens_per_second_whole"] / theirs["tokens_per_second_whole"],
         "latency_p50": ours["latency_p50"] / theirs["latency_p50"],
         "ttft_p50": ours["ttft_p50"] / theirs["ttft_p50"],
         "prefix_cache_share": ours["prefix_cache_share"],
@@ -517,7 +545,8 @@ def print_ratios(table: dict[int, dict[str, float]], preset_name: str) -> None:
     print(f"\n{NATIVE} vs {BASELINE} (same server, same model, same requests):")
     for level, r in table.items():
         print(
-            f"  concurrency {level:2d}: throughput {r['throughput']:5.2f}x, "
+            f"  concurrency {level:2d}: throughput {r['throughput']:5.2f}x "
+            f"({r['throughput_whole']:.2f}x with the tail), "
             f"p50 latency {r['latency_p50']:5.2f}x, p50 time to first token {r['ttft_p50']:5.2f}x, "
             f"prefix cache {r['prefix_cache_share']:4.0%} of prompt tokens "
             f"(the layout allows {r['reuse_ceiling']:4.0%})"

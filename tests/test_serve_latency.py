@@ -105,6 +105,47 @@ def _replay(url: str, name: str, sessions: list[Session], concurrency: int) -> b
     return asyncio.run(run())
 
 
+def test_throughput_is_measured_while_every_editor_is_busy():
+    """A request that straddles the end of the busy time counts the share of its streaming time
+    before it; those after it (the tail) count only in the whole run's figure. Checked once by
+    hand: counting a straddling request whole, or the busy time as the run's, fails it."""
+    answers = [
+        bench.Answer(
+            ttft=1.0,
+            latency=3.0,
+            prompt_tokens=9,
+            cached_tokens=0,
+            completion_tokens=20,
+            text="",
+            sent=0.0,
+        ),
+        bench.Answer(
+            ttft=0.5,
+            latency=4.5,
+            prompt_tokens=9,
+            cached_tokens=0,
+            completion_tokens=40,
+            text="",
+            sent=2.5,
+        ),
+        bench.Answer(
+            ttft=1.0,
+            latency=2.0,
+            prompt_tokens=9,
+            cached_tokens=0,
+            completion_tokens=10,
+            text="",
+            sent=7.0,
+        ),
+    ]
+    run = bench.Run("native", 2, seconds=9.0, busy_seconds=5.0, answers=answers)
+    # 20 tokens by t=3; the second streams 40 from t=3 to t=7, half of it by t=5; the third after.
+    assert run.busy_tokens() == pytest.approx(40.0)
+    summary = run.summary()
+    assert summary["tokens_per_second"] == pytest.approx(40.0 / 5.0)
+    assert summary["tokens_per_second_whole"] == pytest.approx(70.0 / 9.0)
+
+
 def test_both_servers_answer_the_replay_with_the_same_completions(servers, plain_folder):
     sessions = _sessions(3)
     native = _replay(servers[0], bench.NATIVE, sessions, concurrency=3)
@@ -120,7 +161,9 @@ def test_both_servers_answer_the_replay_with_the_same_completions(servers, plain
         for session in sessions:  # each editor sends its requests in order
             sent = [r.index for r in run.requests if r.session == session.number]
             assert sent == list(range(len(session.requests)))
+        assert 0 < run.busy_seconds <= run.seconds
         for request, answer in zip(run.requests, run.answers, strict=True):
+            assert 0 <= answer.sent < run.seconds
             assert 0 < answer.ttft <= answer.latency
             assert answer.completion_tokens <= 12
             assert answer.prompt_tokens == prompts[request.session, request.index][0]
