@@ -3,6 +3,7 @@ sequences cut and end generation, batches of different-length prompts change not
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import sys
@@ -12,11 +13,13 @@ import pytest
 import torch
 
 from tests.data import bases
+from tests.inference.channel_model import REPOS, channel_model_folder
 from tests.inference.prompts import PROMPTS, ascii_piece
 from tests.models import LANGUAGE_TABLE, NO_REPOSITORIES, native_config
 from zen_coder.data.tokenizer import load_tokenizer, read_tokenizer, save_base_tokenizer
 from zen_coder.errors import ZenCoderError
 from zen_coder.history.languages import LANGUAGES
+from zen_coder.inference.channels import PROMPT_TIME
 from zen_coder.inference.generation import GenerationConfig, cut_at_stop
 from zen_coder.inference.native import NativeGenerator
 from zen_coder.model.folder import load_model, read_config, save_model
@@ -53,14 +56,24 @@ def fine_tuned_folder(tmp_path_factory) -> Path:
     return folder
 
 
-def hand_rolled_greedy(folder, ids: list[int], steps: int) -> str:
-    """Greedy decoding the long way: the whole sequence through the model for every token."""
+def hand_rolled_greedy(
+    folder, ids: list[int], steps: int, repo: int = 0, language: int = 0, time: int = 0
+) -> str:
+    """Greedy decoding the long way: the whole sequence through the model for every token, with
+    every token's channels given by id (0, the unknown repository and language, as training
+    gives a sample of neither)."""
     model, tokenizer = load_model(folder), load_tokenizer(folder)
     eos = read_tokenizer(folder).eos_id
     new: list[int] = []
     with torch.no_grad():
         for _ in range(steps):
-            token = int(model(torch.tensor([ids + new])).logits[0, -1].argmax())
+            tokens = torch.tensor([ids + new])
+            channels = {
+                "repo": torch.full_like(tokens, repo),
+                "language": torch.full_like(tokens, language),
+                "time": torch.full_like(tokens, time),
+            }
+            token = int(model(tokens, **channels).logits[0, -1].argmax())
             if token == eos:
                 break
             new.append(token)
@@ -235,3 +248,55 @@ def test_a_fine_tuned_model_stops_at_the_bases_eos(fine_tuned_folder, tmp_path):
     )
     assert hand_rolled_greedy(folder, prompt, 1) == ""
     assert NativeGenerator(folder).complete(PROMPTS[:1], GREEDY) == [[""]]
+
+
+@pytest.fixture(scope="module")
+def channel_folder(tmp_path_factory, tokenizer_folder) -> Path:
+    return channel_model_folder(tmp_path_factory.mktemp("channels") / "model", tokenizer_folder)
+
+
+def test_the_repository_reaches_the_model_by_the_folders_id(channel_folder):
+    """`extra["repo"]` is the repository embedding of the id the folder's table gives the name;
+    an unknown name or none is id 0. Broken by hand once (the repository never passed, as
+    before): the web repository's completion equalled the unknown one and the test failed."""
+    generator = NativeGenerator(channel_folder)
+    language = LANGUAGE_TABLE.index("Python")
+
+    def complete(**extra) -> str:
+        config = dataclasses.replace(GREEDY, extra={"language": "Python", **extra})
+        return generator.complete(PROMPTS[:1], config)[0][0]
+
+    def expected(repo: int) -> str:
+        ids = encode(channel_folder, PROMPTS[0])
+        return hand_rolled_greedy(channel_folder, ids, GREEDY.max_new_tokens, repo, language)
+
+    web, tools = complete(repo="github.com/acme/web"), complete(repo="github.com/acme/tools")
+    unknown = complete()
+    assert web == expected(REPOS.index("github.com/acme/web"))
+    assert len({web, tools, unknown}) == 3
+    assert complete(repo="github.com/elsewhere/x") == unknown
+    assert unknown == hand_rolled_greedy(
+        channel_folder, encode(channel_folder, PROMPTS[0]), GREEDY.max_new_tokens, 0, language, 0
+    )
+
+
+def test_one_time_for_a_whole_prompt_changes_nothing(channel_folder):
+    """The generator gives every token `PROMPT_TIME`; any other shared time computes the same,
+    as its docstring says, while times that differ within the prompt do not (so the model's
+    temporal attention is on and the comparison can fail)."""
+    model = load_model(channel_folder)
+    assert model.config.temporal_attention
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attention.temporal.weight.normal_(std=2.0)
+    tokens = torch.tensor([encode(channel_folder, PROMPTS[0])])
+    logits = {
+        name: model(tokens, time=time).logits
+        for name, time in {
+            "prompt": torch.full_like(tokens, PROMPT_TIME),
+            "later": torch.full_like(tokens, 500),
+            "mixed": torch.arange(tokens.shape[1])[None] * 40,
+        }.items()
+    }
+    assert torch.allclose(logits["prompt"], logits["later"], atol=1e-5)
+    assert not torch.allclose(logits["prompt"], logits["mixed"], atol=1e-3)

@@ -36,11 +36,12 @@ from tokenizers import Tokenizer
 
 from zen_coder.data.tokenizer import RoleTokenizer, read_tokenizer
 from zen_coder.errors import ZenCoderError
-from zen_coder.inference.native import language_ids, torch_dtype
+from zen_coder.inference.channels import ChannelTables
+from zen_coder.inference.native import torch_dtype
 from zen_coder.inference.slots import Channels, Slot, SlotCaches, choose_slot
 from zen_coder.inference.speculation import PromptLookup, accepted
 from zen_coder.inference.stopping import CutOff, TextCutter
-from zen_coder.model.folder import load_model, read_languages, read_repos
+from zen_coder.model.folder import load_model
 from zen_coder.model.model import ZenCoder, sample_token
 
 LOG = logging.getLogger(__name__)
@@ -49,31 +50,6 @@ BATCHED_PROMPT = 8
 FINISH_REASONS = ("stop", "length", "cancelled", "error")
 
 __all__ = ["ChannelTables", "Channels", "Engine", "EngineRequest", "EngineStats", "Event", "Stream"]
-
-
-@dataclass(frozen=True)
-class ChannelTables:
-    """The names a model learned its history channels under: repository names as `zen-coder
-    mine` gives them and language names (any case), each to its id; anything else is unknown
-    (id 0), which the model also learned (repository dropout, files of no known language)."""
-
-    repos: dict[str, int] = field(default_factory=dict)
-    languages: dict[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def of_folder(cls, folder: Path) -> ChannelTables:
-        repos = read_repos(folder) or []
-        return cls(
-            repos={name: number for number, name in enumerate(repos) if number},
-            languages=language_ids(read_languages(folder)),
-        )
-
-    def channels(self, repo: str | None, language: str | None, time: int = 0) -> Channels:
-        return Channels(
-            repo=self.repos.get(repo or "", 0),
-            language=self.languages.get((language or "").lower(), 0),
-            time=time,
-        )
 
 
 @dataclass(frozen=True)

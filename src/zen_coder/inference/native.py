@@ -18,8 +18,10 @@ from torch import Tensor
 
 from zen_coder.data.tokenizer import read_tokenizer
 from zen_coder.errors import ZenCoderError
+from zen_coder.inference.channels import ChannelTables
 from zen_coder.inference.generation import GenerationConfig, complete_in_batches, cut_at_stop
-from zen_coder.model.folder import WEIGHTS_FILE, load_model, read_languages
+from zen_coder.inference.slots import Channels
+from zen_coder.model.folder import WEIGHTS_FILE, load_model
 
 # What tells two zen-coder models apart in a result: the fields the presets set, and the switches.
 IDENTITY_FIELDS = (
@@ -53,16 +55,22 @@ class NativeGenerator:
     Every prompt starts with the tokenizer's BOS where `prepare` started every sample with it.
     Completions end at the model's EOS and show any other special token as its text, where a
     caller can cut.
-    `config.extra["language"]`, a language name such as "Python" (any case), sets the language
-    side channel for language routing, by the id the model was trained with (the folder's
-    language table); without it, or for a language the model does not know, it is unknown.
+
+    The history channels are filled by the ids the model was trained with (the folder's tables,
+    `channels.ChannelTables`): `config.extra["repo"]`, a repository name as `zen-coder mine`
+    gave it, sets the repository embedding; `config.extra["language"]`, a language name such as
+    "Python" (any case), sets the language routing. Without one, or for a name the model does
+    not know, that channel is 0, the unknown id the model was trained with too (repository
+    dropout, files of no known language). Every token gets one time, `channels.PROMPT_TIME`:
+    the temporal bias depends only on differences of times within a prompt, so one time for a
+    whole prompt changes nothing, whatever its value (a prompt has no per-token times here).
     """
 
     def __init__(self, folder: str | Path, device: str = "cpu", dtype: str | None = None) -> None:
         self.folder = Path(folder).resolve()
         self.device = torch.device(device)
         self.model = load_model(self.folder).to(device=self.device, dtype=torch_dtype(dtype))
-        self.language_ids = language_ids(read_languages(self.folder))  # the ids it learned
+        self.tables = ChannelTables.of_folder(self.folder)  # the ids it learned
         roles = read_tokenizer(self.folder)  # the prepared data's, which the model learned
         self.tokenizer = roles.tokenizer
         # Prompts spell special tokens as text ("<|repo|>...<|after|>") where `prepare` put ids.
@@ -82,7 +90,11 @@ class NativeGenerator:
 
     def language_id(self, name: str | None) -> int:
         """The id the model was trained with for the language `name` (any case); 0 = unknown."""
-        return self.language_ids.get((name or "").lower(), 0)
+        return self.tables.channels(None, name).language
+
+    def channels(self, config: GenerationConfig) -> Channels:
+        """The repository, language and time ids of `config.extra`'s names."""
+        return self.tables.channels(config.extra.get("repo"), config.extra.get("language"))
 
     @functools.cached_property
     def _weights_sha256(self) -> str:
@@ -90,13 +102,17 @@ class NativeGenerator:
 
     def complete(self, prompts: Sequence[str], config: GenerationConfig) -> list[list[str]]:
         generator = torch.Generator(self.device).manual_seed(config.seed)
-        language = self.language_id(config.extra.get("language"))
+        channels = self.channels(config)
         return complete_in_batches(
-            prompts, config, lambda rows: self._complete_rows(rows, config, generator, language)
+            prompts, config, lambda rows: self._complete_rows(rows, config, generator, channels)
         )
 
     def _complete_rows(
-        self, rows: list[str], config: GenerationConfig, generator: torch.Generator, language: int
+        self,
+        rows: list[str],
+        config: GenerationConfig,
+        generator: torch.Generator,
+        channels: Channels,
     ) -> list[str]:
         encodings = self.tokenizer.encode_batch(rows, add_special_tokens=False)
         start = [] if self.bos_id is None else [self.bos_id]
@@ -113,7 +129,9 @@ class NativeGenerator:
             temperature=config.temperature,
             top_p=config.top_p,
             eos_id=self.eos_id,
-            language=torch.full_like(tokens_tensor, language) if language else None,
+            repo=torch.full_like(tokens_tensor, channels.repo),
+            language=torch.full_like(tokens_tensor, channels.language),
+            time=torch.full_like(tokens_tensor, channels.time),
             segment=torch.tensor(segment, device=self.device),
             finished=stop_detector(self.tokenizer, config.stop) if config.stop else None,
             generator=generator,
@@ -139,12 +157,6 @@ def stop_detector(tokenizer: Tokenizer, stop: Sequence[str]) -> Callable[[Tensor
         return torch.tensor(seen, dtype=torch.bool, device=generated.device)
 
     return finished
-
-
-def language_ids(table: list[str]) -> dict[str, int]:
-    """Lower-cased language name to the id a model's language table gives it (0, the unknown
-    language, is nobody's: a name missing from the table is unknown too)."""
-    return {name.lower(): number for number, name in enumerate(table) if number}
 
 
 def torch_dtype(name: str | None) -> torch.dtype | None:

@@ -1,0 +1,29 @@
+"""A tiny native model whose completions depend on its history channels, saved as a run saves
+it: three repositories in its table, language routing rows and repository embeddings large
+enough that a repository or a language id changes the greedy text. So a test can tell from the
+text alone which ids reached the model, with no spy on the model."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from tests.models import LANGUAGE_TABLE, native_config
+from zen_coder.model.folder import save_model
+from zen_coder.model.model import ZenCoder
+
+REPOS = ["<unknown>", "github.com/acme/tools", "github.com/acme/web"]
+
+
+def channel_model_folder(folder: Path, tokenizer_folder: Path) -> Path:
+    config = dataclasses.replace(native_config(tokenizer_folder), n_repos=len(REPOS))
+    torch.manual_seed(1)
+    model = ZenCoder(config)
+    with torch.no_grad():
+        model.repo.weight[1:].normal_(std=1.0)  # row 0, the unknown repository, stays zero
+        for block in model.blocks:
+            block.moe.language.normal_(std=2.0)
+    save_model(folder, config, model.state_dict(), LANGUAGE_TABLE, tokenizer_folder, repos=REPOS)
+    return folder
