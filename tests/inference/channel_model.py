@@ -6,6 +6,7 @@ text alone which ids reached the model, with no spy on the model."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -17,13 +18,18 @@ from zen_coder.model.model import ZenCoder
 REPOS = ["<unknown>", "github.com/acme/tools", "github.com/acme/web"]
 
 
-def channel_model_folder(folder: Path, tokenizer_folder: Path) -> Path:
-    config = dataclasses.replace(native_config(tokenizer_folder), n_repos=len(REPOS))
+def channel_model_folder(
+    folder: Path, tokenizer_folder: Path, repos: Sequence[str] = REPOS
+) -> Path:
+    """The model in `folder`, with the tokenizer of `tokenizer_folder` and the repository
+    table `repos` (`"<unknown>"` first)."""
+    config = dataclasses.replace(native_config(tokenizer_folder), n_repos=len(repos))
     torch.manual_seed(1)
     model = ZenCoder(config)
     with torch.no_grad():
-        model.repo.weight[1:].normal_(std=1.0)  # row 0, the unknown repository, stays zero
+        # As large as the token embeddings; row 0, the unknown repository, stays zero.
+        model.repo.weight[1:].normal_(std=float(model.embed.weight.std()))
         for block in model.blocks:
             block.moe.language.normal_(std=2.0)
-    save_model(folder, config, model.state_dict(), LANGUAGE_TABLE, tokenizer_folder, repos=REPOS)
+    save_model(folder, config, model.state_dict(), LANGUAGE_TABLE, tokenizer_folder, repos=repos)
     return folder

@@ -219,6 +219,7 @@ def _history_task(benchmark: str, problem: HistoryProblem, template: str) -> Tas
         stop=stop_sequences(template, problem.markers),
         tests="",
         reference=problem.after,
+        repo=problem.repo,
     )
 
 
@@ -268,8 +269,18 @@ def _record_run(
             ),
             "stop": list(benchmark_tasks[0].stop) if benchmark_tasks else [],
             "limit": settings.limit,
+            "channels": _channels_used(benchmark, benchmark_tasks, settings.generation),
         }
     _write_json(path, run)
+
+
+def _channels_used(
+    benchmark: str, tasks: list[Task], generation: GenerationConfig
+) -> dict[str, str] | str:
+    """What a native model's history channels get for the benchmark, as run.json says it."""
+    if benchmark.startswith(HISTORY):
+        return "each problem's repository and language"
+    return tasks[0].channels(generation.extra.get("repo")) if tasks else {}
 
 
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -376,8 +387,10 @@ def _generate(
     progress: Progress | None,
 ) -> int:
     """Generate `n` completions for every task that has none yet, a chunk of prompts at a time,
-    appending each chunk when done. Chunks are fixed slices of the task list with seed
-    `seed + first index`, so a resumed run samples exactly what an uninterrupted one would."""
+    appending each chunk when done. Tasks go to the model with their history channels
+    (`Task.channels`), those of a chunk that share them in one call. Chunks are fixed slices of
+    the task list and each call's seed is `seed +` the index of its first task, so a resumed run
+    samples exactly what an uninterrupted one would."""
     generated = 0
     base = settings.generation
     for benchmark, benchmark_tasks in tasks.items():
@@ -386,23 +399,50 @@ def _generate(
         config = dataclasses.replace(base, stop=benchmark_tasks[0].stop if benchmark_tasks else ())
         for start in range(0, len(benchmark_tasks), PROMPTS_PER_CALL):
             chunk = benchmark_tasks[start : start + PROMPTS_PER_CALL]
-            todo = [task for task in chunk if (benchmark, task.task_id) not in samples]
-            if not todo:
-                continue
-            seeded = dataclasses.replace(config, seed=base.seed + start)
-            completions = generator.complete([task.prompt for task in todo], seeded)
-            rows = []
-            for task, outputs in zip(todo, completions, strict=True):
-                samples[(benchmark, task.task_id)] = list(outputs)
-                rows += [
-                    {"benchmark": benchmark, "task_id": task.task_id, "sample": i, "completion": c}
-                    for i, c in enumerate(outputs)
-                ]
-            _append_jsonl(path, rows)
-            generated += len(rows)
-            if advance:
-                advance(len(todo))
+            for first, channels, group in _by_channels(chunk, base.extra.get("repo")):
+                todo = [task for task in group if (benchmark, task.task_id) not in samples]
+                if not todo:
+                    continue
+                call = dataclasses.replace(
+                    config, seed=base.seed + start + first, extra=base.extra | channels
+                )
+                rows = _complete(generator, benchmark, todo, call, samples)
+                _append_jsonl(path, rows)
+                generated += len(rows)
+                if advance:
+                    advance(len(todo))
     return generated
+
+
+def _complete(
+    generator: Generator,
+    benchmark: str,
+    tasks: list[Task],
+    config: GenerationConfig,
+    samples: dict[SampleKey, list[str]],
+) -> list[dict[str, Any]]:
+    """The completions of `tasks` under `config`, recorded in `samples` and as sample rows."""
+    completions = generator.complete([task.prompt for task in tasks], config)
+    rows = []
+    for task, outputs in zip(tasks, completions, strict=True):
+        samples[(benchmark, task.task_id)] = list(outputs)
+        rows += [
+            {"benchmark": benchmark, "task_id": task.task_id, "sample": i, "completion": c}
+            for i, c in enumerate(outputs)
+        ]
+    return rows
+
+
+def _by_channels(
+    chunk: list[Task], repo: str | None
+) -> list[tuple[int, dict[str, str], list[Task]]]:
+    """The tasks of `chunk` grouped by their history channels, in order of first appearance:
+    (index in the chunk of the group's first task, the channels, the tasks)."""
+    groups: dict[tuple[tuple[str, str], ...], tuple[int, dict[str, str], list[Task]]] = {}
+    for index, task in enumerate(chunk):
+        channels = task.channels(repo)
+        groups.setdefault(tuple(sorted(channels.items())), (index, channels, []))[2].append(task)
+    return list(groups.values())
 
 
 def _runnable(tasks: list[Task]) -> tuple[list[Task], str | None]:

@@ -39,11 +39,19 @@ class Task:
 
     benchmark: str  # "humaneval", "mbpp", "multipl-e/humaneval-js", ...
     task_id: str
-    language: str
+    language: str  # lower-cased, as the model's language table names it in any case
     prompt: str
     stop: tuple[str, ...]
     tests: str
     reference: str | None  # a completion known to be correct, where the benchmark has one
+    repo: str | None = None  # the repository the code comes from, where the benchmark says
+
+    def channels(self, repo: str | None = None) -> dict[str, str]:
+        """What a native model's history channels get (`GenerationConfig.extra`): the task's
+        language, and its repository, else `repo` (the one the user names, `extra["repo"]`, for
+        a benchmark of no repository's code), else none (the unknown repository)."""
+        chosen = self.repo or repo
+        return {"language": self.language} | ({"repo": chosen} if chosen else {})
 
     def program(self, completion: str) -> str:
         return f"{self.prompt}{completion}\n{self.tests}"
