@@ -80,6 +80,24 @@ def test_a_saved_model_reads_back_whole(folder):
     assert read_languages(folder) == TABLE and read_repos(folder) == REPOS
 
 
+def test_the_technique_switches_and_tables_survive_a_round_trip(tmp_path, tokenizer_folder):
+    """The native format keeps all four techniques: each switch as saved (two on, two off
+    here, so a default read back would fail) and the tables that give the rows their names."""
+    config = dataclasses.replace(CONFIG, temporal_attention=False, contrastive_loss=False)
+    folder = tmp_path / "model"
+    save(folder, config=config, tokenizer=tokenizer_folder)
+    loaded = load_model(folder)
+    assert loaded.config.techniques == {
+        "repo_embeddings": True,
+        "temporal_attention": False,
+        "language_routing": True,
+        "contrastive_loss": False,
+    }
+    assert read_languages(folder) == TABLE and read_repos(folder) == REPOS
+    expected = model_with_language_rows(config)
+    assert torch.equal(loaded.repo.weight, expected.repo.weight)
+
+
 def test_a_save_interrupted_midway_leaves_no_model(folder, tmp_path):
     """Saving over a model stops after the weights (the tokenizer is missing): the folder no
     longer claims to hold a model. (Broken by hand, keeping the old config until the end, the

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from zen_coder.errors import ZenCoderError
 from zen_coder.model.config import ModelConfig
-from zen_coder.model.hf import config_from_hf, load_pretrained, save_pretrained
+from zen_coder.model.hf import EXPORT_FIELD, config_from_hf, load_pretrained, save_pretrained
 from zen_coder.model.model import ZenCoder
 
 transformers = pytest.importorskip("transformers")
@@ -269,7 +269,8 @@ def test_export_shards_with_an_index_and_replaces_earlier_files(tmp_path):
     exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert difference(model, exported) < TOLERANCE
     save_pretrained(model, tmp_path)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    files = sorted(path.name for path in tmp_path.iterdir())
+    assert files == ["README.md", "config.json", "model.safetensors"]
     assert difference(model, load_pretrained(tmp_path)) < TOLERANCE
 
 
@@ -286,6 +287,51 @@ def test_export_warns_about_non_zero_technique_tensors(tmp_path):
     ) as record:
         save_pretrained(model, tmp_path)
     assert "language routing" not in str(record[0].message)
+    statement = json.loads((tmp_path / "config.json").read_text())[EXPORT_FIELD]
+    assert statement["dropped"] == ["temporal_attention"]  # the zero table loses nothing
+
+
+def test_an_export_states_which_techniques_the_model_used_and_it_drops(tmp_path):
+    """config.json and README.md say, lasting in the folder, which of the four techniques the
+    native model used and which the export drops; the warning names them too; and the exported
+    model computes what the statement says: the native model without its channels, not with
+    them. (Broken by hand once, the statement's dropped list from the warning's old text: the
+    list comparison failed.)"""
+    four_on = dict.fromkeys(NATIVE.techniques, True)
+    model = randomize(ZenCoder(ModelConfig(**NATIVE.to_dict() | four_on | {"n_repos": 3})))
+    with pytest.warns(UserWarning) as record:
+        save_pretrained(model, tmp_path)
+    (warning,) = [str(w.message) for w in record if "Hugging Face format" in str(w.message)]
+    for part in ("repository embeddings", "temporal attention", "language routing"):
+        assert part in warning
+    statement = json.loads((tmp_path / "config.json").read_text())[EXPORT_FIELD]
+    assert statement["techniques"] == four_on
+    assert statement["dropped"] == ["language_routing", "repo_embeddings", "temporal_attention"]
+    card = (tmp_path / "README.md").read_text()
+    assert (
+        "History techniques of the native model: repository embeddings, temporal attention, "
+        "language routing, contrastive loss." in card
+    )
+    assert (
+        "Dropped by this export: language routing, repository embeddings, temporal attention"
+        in card
+    )
+    exported = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = tokens()
+    channels = {"repo": torch.ones_like(ids), "language": torch.ones_like(ids), "time": ids}
+    with torch.no_grad():
+        assert (exported(ids).logits - model(ids).logits).abs().max() < TOLERANCE
+        assert (exported(ids).logits - model(ids, **channels).logits).abs().max() > 1e-2
+
+
+def test_an_export_of_a_model_without_techniques_states_it_drops_nothing(tmp_path):
+    save_pretrained(randomize(ZenCoder(NATIVE)), tmp_path)
+    statement = json.loads((tmp_path / "config.json").read_text())[EXPORT_FIELD]
+    assert statement["techniques"] == dict.fromkeys(NATIVE.techniques, False)
+    assert statement["dropped"] == []
+    card = (tmp_path / "README.md").read_text()
+    assert "History techniques of the native model: none." in card
+    assert "Dropped by this export: none" in card
 
 
 # -- errors -------------------------------------------------------------------------------------

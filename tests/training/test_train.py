@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from zen_coder.errors import ZenCoderError
-from zen_coder.model.folder import load_model, read_languages, save_model
+from zen_coder.model.folder import load_model, read_languages, read_repos, save_model
 from zen_coder.model.model import ZenCoder
 from zen_coder.training.config import TrainConfig, load_run_config
 from zen_coder.training.metrics import read_metrics
@@ -80,6 +80,8 @@ def test_training_lowers_the_loss_and_exports(data, tmp_path):
     assert model.config.vocab_size == vocabulary and model.config.n_repos == 2
     assert (out / "model" / "tokenizer.json").exists()
     assert read_languages(out / "model") == json.loads((data / "languages.json").read_text())
+    # The repository table in the ids the model was trained with: the prepared data's.
+    assert read_repos(out / "model") == json.loads((data / "repos.json").read_text())
     assert json.loads((out / "config.json").read_text())["train"]["steps"] == 12
     transformers = pytest.importorskip("transformers")
     exported = transformers.AutoModelForCausalLM.from_pretrained(out / "hf")

@@ -142,14 +142,24 @@ FEED_FORWARD_WEIGHTS: dict[str, dict[str, str | tuple[str, str]]] = {
     },
 }
 
-# Native tensors no Hugging Face format holds, by what the exported model does without them.
-# The contrastive projection (projection.weight) only shapes training, so dropping it is silent.
+# Native tensors no Hugging Face format holds, by the part of the model they belong to (a
+# technique's switch, or the experts' balancing bias). The contrastive projection
+# (projection.weight) only shapes training, so dropping it loses nothing.
 NATIVE_ONLY = {
-    "repo.weight": "repository embeddings",
-    "blocks.{i}.attention.temporal.weight": "temporal attention",
-    "blocks.{i}.moe.language": "language routing",
-    "blocks.{i}.moe.expert_bias": "expert bias",
+    "repo.weight": "repo_embeddings",
+    "blocks.{i}.attention.temporal.weight": "temporal_attention",
+    "blocks.{i}.moe.language": "language_routing",
+    "blocks.{i}.moe.expert_bias": "expert_bias",
 }
+PARTS = {
+    "repo_embeddings": "repository embeddings",
+    "temporal_attention": "temporal attention",
+    "language_routing": "language routing",
+    "contrastive_loss": "contrastive loss",
+    "expert_bias": "expert bias",
+}
+EXPORT_FIELD = "zen_coder_export"  # config.json: what the native model had, what was dropped
+MODEL_CARD = "README.md"
 
 
 @dataclass(frozen=True)
@@ -673,13 +683,17 @@ def save_pretrained(
     Each file is written under a temporary name and renamed, so a reader never sees a
     half-written file; weight files of an earlier save that this one does not replace are then
     removed, and config.json comes last. The card's techniques have no place in these formats:
-    the export warns when that changes its outputs.
+    config.json (`EXPORT_FIELD`) and the model card (README.md) say which techniques the
+    native model used and which of them the export drops, and the export warns when it drops
+    any (`dropped_parts`).
     """
     config = model.config
     path = Path(path)
     architecture = _export_architecture(config)
     _check_exportable(config, architecture)
-    _warn_dropped_techniques(model, path)
+    dropped = dropped_parts(model)
+    if dropped:
+        warnings.warn(f"exporting {path}: {_dropped_sentence(dropped)}", stacklevel=2)
     layout = FAMILIES[architecture].layout
     tensors = {
         name: _export_tensor(model, target)
@@ -711,7 +725,11 @@ def save_pretrained(
     hf_config = _config_to_hf(config, dtype) | {
         name: value for name, value in (token_ids or {}).items() if value is not None
     }
-    write_json_atomic(path / CONFIG, hf_config, indent=2, sort_keys=False)
+    statement = export_statement(config, dropped)
+    write_atomic(path / MODEL_CARD, lambda temporary: temporary.write_text(_model_card(statement)))
+    write_json_atomic(
+        path / CONFIG, hf_config | {EXPORT_FIELD: statement}, indent=2, sort_keys=False
+    )
 
 
 def _check_exportable(config: ModelConfig, architecture: str) -> None:
@@ -729,19 +747,52 @@ def _check_exportable(config: ModelConfig, architecture: str) -> None:
         )
 
 
-def _warn_dropped_techniques(model: ZenCoder, path: Path) -> None:
-    dropped = set()
+def dropped_parts(model: ZenCoder) -> dict[str, str]:
+    """The parts of `model` (`PARTS` names) an export drops and their tensors: those whose
+    tensors are not all zero, so that leaving them out changes what the model computes (a
+    technique switched on but never trained, its tensors still zero, loses nothing)."""
+    dropped: dict[str, str] = {}
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         pattern = re.sub(r"^blocks\.\d+\.", "blocks.{i}.", name)
         if pattern in NATIVE_ONLY and tensor.count_nonzero():
-            dropped.add(f"{NATIVE_ONLY[pattern]} ({pattern.replace('{i}', '*')})")
-    if dropped:
-        warnings.warn(
-            f"exporting {path}: the Hugging Face format cannot hold {', '.join(sorted(dropped))}; "
-            "the exported model behaves as zen-coder does with unknown repository and language "
-            "and no temporal information",
-            stacklevel=3,
-        )
+            dropped[NATIVE_ONLY[pattern]] = pattern.replace("{i}", "*")
+    return dict(sorted(dropped.items()))
+
+
+def export_statement(config: ModelConfig, dropped: Mapping[str, str]) -> dict[str, Any]:
+    """What config.json says of the card's techniques: the native model's four switches, which
+    parts the export drops, and what the exported model computes therefore."""
+    return {
+        "techniques": config.techniques,
+        "dropped": list(dropped),
+        "note": _dropped_sentence(dropped)
+        if dropped
+        else "this export computes what the native model computes: it drops nothing",
+    }
+
+
+def _dropped_sentence(dropped: Mapping[str, str]) -> str:
+    parts = ", ".join(f"{PARTS[part]} ({tensors})" for part, tensors in dropped.items())
+    return (
+        f"the Hugging Face format cannot hold {parts}; the export drops them and computes what "
+        "the native model computes with no repository, language or time input. The native "
+        "model folder keeps them"
+    )
+
+
+def _model_card(statement: Mapping[str, Any]) -> str:
+    """README.md of an export: the model's history techniques and what the export lost."""
+    used = [PARTS[name] for name, on in statement["techniques"].items() if on]
+    dropped = [PARTS[name] for name in statement["dropped"]]
+    lines = [
+        "# zen-coder model, exported to the Hugging Face format",
+        f"History techniques of the native model: {', '.join(used) or 'none'}.",
+        f"Dropped by this export: {', '.join(dropped) or 'none'} ({statement['note']}).",
+    ]
+    if statement["techniques"]["contrastive_loss"]:
+        lines.append("The contrastive loss only shaped training: what it taught is in the weights.")
+    lines.append(f"The same statement is `{EXPORT_FIELD}` in config.json.")
+    return "\n\n".join(lines) + "\n"
 
 
 def _export_tensor(model: ZenCoder, target: Target) -> Tensor:
