@@ -25,9 +25,13 @@ L = 16
 def pack(root: Path, documents: list[Document], shuffle_buffer: int = 0) -> Path:
     """Write `documents` as `zen-coder prepare` writes a training split; the data's root."""
     writer = SplitWriter(
-        root / "train", L, channel_dtypes(1000, 10, L), pad_id=0, seed=1,
+        root / "train",
+        L,
+        channel_dtypes(1000, 10, L),
+        pad_id=0,
+        seed=1,
         shuffle_buffer=shuffle_buffer,
-    )  # fmt: skip
+    )
     for document in documents:
         writer.add(document)
     writer.close()
@@ -70,9 +74,7 @@ def test_each_sequence_belongs_to_the_repository_of_most_of_its_tokens(tmp_path)
     padding as a repository makes sequences of mostly unknown documents fail.)"""
     rng = np.random.default_rng(0)
     documents = [
-        Document(
-            np.ones(n, dtype=np.int64), np.zeros(n, dtype=np.int64), int(rng.choice(4)), 1
-        )
+        Document(np.ones(n, dtype=np.int64), np.zeros(n, dtype=np.int64), int(rng.choice(4)), 1)
         for n in rng.integers(1, 3 * L, size=300)
     ]
     arrays = open_split(pack(tmp_path, documents, shuffle_buffer=64), "train")
@@ -93,9 +95,11 @@ def test_each_batch_holds_k_repositories_of_those_left(tmp_path, k, batch_size):
     repository; a plain permutation fails at once.)"""
     labels = sizes_of({1: 36, 2: 24, 3: 18, 4: 6, 5: 12})
     dataset = PackedDataset(
-        pack(tmp_path, whole_sequences(labels)), "train", batch_size=batch_size,
+        pack(tmp_path, whole_sequences(labels)),
+        "train",
+        batch_size=batch_size,
         repos_per_batch=k,
-    )  # fmt: skip
+    )
     labels = np.array(labels)
     for epoch in range(3):
         order = dataset.order(epoch)
@@ -115,9 +119,12 @@ def test_short_repositories_still_mix_every_batch(tmp_path):
     rng = np.random.default_rng(1)
     documents = [
         Document(np.ones(n, dtype=np.int64), np.zeros(n, dtype=np.int64), repo, 1)
-        for repo, n in zip(rng.choice(6, size=400, p=[0.05, 0.3, 0.25, 0.2, 0.12, 0.08]),
-                           rng.integers(L // 2, 3 * L, size=400), strict=True)
-    ]  # fmt: skip
+        for repo, n in zip(
+            rng.choice(6, size=400, p=[0.05, 0.3, 0.25, 0.2, 0.12, 0.08]),
+            rng.integers(L // 2, 3 * L, size=400),
+            strict=True,
+        )
+    ]
     root = pack(tmp_path, documents, shuffle_buffer=16)
     ranks = [
         PackedDataset(root, "train", batch_size=5, seed=2, rank=r, world_size=2, repos_per_batch=3)
