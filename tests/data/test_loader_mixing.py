@@ -114,8 +114,8 @@ def test_short_repositories_still_mix_every_batch(tmp_path):
     """Repositories of every size, sequences of several repositories (the packer's shuffle
     buffer), two ranks: each batch holds at least min(k, repositories left) of them, and all but
     a few exactly k, since none holds more than 1/k of the sequences (one that did would outlast
-    the others). (Broken by hand, skipping the fill from other repositories leaves a batch short
-    and the order no permutation.)"""
+    the others). (Broken by hand, drawing the repositories with replacement fails, and so does
+    an order drawn from an unseeded generator, which differs between ranks.)"""
     rng = np.random.default_rng(1)
     documents = [
         Document(np.ones(n, dtype=np.int64), np.zeros(n, dtype=np.int64), repo, 1)
