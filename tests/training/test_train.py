@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import json
 import shutil
@@ -20,9 +21,11 @@ from zen_coder.errors import ZenCoderError
 from zen_coder.model.folder import load_model, read_languages, read_repos, save_model
 from zen_coder.model.model import ZenCoder
 from zen_coder.training.config import TrainConfig, load_run_config
+from zen_coder.training.controls import Controls
 from zen_coder.training.metrics import read_metrics
 from zen_coder.training.optim import learning_rate_factor, parameter_groups
-from zen_coder.training.trainer import train
+from zen_coder.training.parallelize import init_distributed
+from zen_coder.training.trainer import train, validation_loss
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = [
@@ -70,7 +73,11 @@ def test_training_lowers_the_loss_and_exports(data, tmp_path):
     assert report.validation["loss"] < report.initial_validation["loss"] - 0.5
     assert set(report.validation["by_language"]) == {"Python"}
     events = read_metrics(out)
-    assert {e["kind"] for e in events} == {"train", "validation"}
+    assert {e["kind"] for e in events} == {"history", "train", "validation"}
+    # One repository: said at the start, and the contrastive loss stays 0.
+    assert report.history["repositories"] == 1 and not report.history["contrastive_negatives"]
+    assert any("no negatives" in warning for warning in report.warnings)
+    assert all(e["contrastive"] == 0 for e in events if e["kind"] == "train")
     train_events = [e for e in events if e["kind"] == "train"]
     assert {"loss", "lm", "balance", "z", "contrastive", "lr", "grad_norm"} <= set(train_events[0])
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
@@ -88,6 +95,60 @@ def test_training_lowers_the_loss_and_exports(data, tmp_path):
     tokens = torch.randint(0, vocabulary, (1, 16))
     # Without side channels our model is what the export holds: the techniques stay silent.
     assert torch.allclose(exported(tokens).logits, model(tokens).logits, atol=1e-4)
+
+
+def test_a_control_run_on_two_repositories_mixes_them_and_records_its_settings(
+    mixed_data, tmp_path
+):
+    """A time-shuffled control with two repositories per micro-batch: it trains, says what the
+    techniques had, records both settings, and every micro-batch holds both repositories. A run
+    with shuffled repositories instead starts from the same weights on the same batches: its
+    first loss differs by the repository control alone, and its validation applies it too.
+    (Broken by hand: a training dataset without repos_per_batch gets a micro-batch of one
+    repository in the first step; without the controls in `_accumulate`, the first
+    losses agree; without them in `validation_loss`, the run's validation is the one without.)"""
+    settings = ("train.steps=4", "train.repos_per_batch=2", "model.repo_dropout=0")
+    time_out, repo_out = tmp_path / "time", tmp_path / "repo"
+    report = train(mixed_data, time_out, *configs(*settings, "train.shuffle=time"))
+    assert report.steps == 4 and report.validation["loss"] < report.initial_validation["loss"]
+    assert report.history == {
+        "repositories": 2,
+        "contrastive_negatives": True,
+        "negatives_in": "every micro-batch",
+        "repos_per_batch": 2,
+        "shuffle": ["time"],
+    }
+    saved = json.loads((time_out / "config.json").read_text())["train"]
+    assert (saved["shuffle"], saved["repos_per_batch"]) == (["time"], 2)
+    events = read_metrics(time_out)
+    assert [e for e in events if e["kind"] == "history"] == [
+        {"kind": "history", "step": 0, **report.history}
+    ]
+    # Every micro-batch of the run held both repositories (averaged per step: 2 means all).
+    mixed = [e["repositories"] for e in events if e["kind"] == "train"]
+    assert mixed == [2.0] * 4
+    assert sum(e["contrastive"] for e in events if e["kind"] == "train") > 0
+
+    repo_settings = configs(*settings, "train.shuffle=repo")
+    repo_report = train(mixed_data, repo_out, *repo_settings)
+    # The technique tables start at zero, so the first step's language-model loss is the same;
+    # the contrastive loss groups the documents by their (shuffled) repositories.
+    assert losses(time_out)[1] != losses(repo_out)[1]
+    # The trained model's validation, with the repository control and without: the run's own
+    # is the one with it.
+    manifest = json.loads((mixed_data / "manifest.json").read_text())
+    score = functools.partial(
+        validation_loss,
+        load_model(repo_out / "model"),
+        mixed_data,
+        repo_settings[1],
+        init_distributed(),
+        manifest["special_tokens"]["<|pad|>"],
+        json.loads((mixed_data / "languages.json").read_text()),
+    )
+    controls = Controls.for_data(mixed_data, ("repo",), seed=0)
+    assert score(controls)["loss"] == pytest.approx(repo_report.validation["loss"], abs=1e-6)
+    assert abs(score(None)["loss"] - repo_report.validation["loss"]) > 1e-4
 
 
 def test_a_compiled_bfloat16_run_trains_and_exports_plain_weights(data, tmp_path):
@@ -202,6 +263,13 @@ def test_a_run_folder_resumes_only_with_its_settings(data, tmp_path):
     train(data, out, *configs("train.steps=2"))
     with pytest.raises(ZenCoderError, match=r"other settings \(train.lr\)"):
         train(data, out, *configs("train.steps=4", "train.lr=0.01"))
+    # A run from before repos_per_batch existed shuffled plainly: resuming it with the mixing
+    # default would change its data order mid-epoch.
+    effective = json.loads((out / "config.json").read_text())
+    del effective["train"]["repos_per_batch"]
+    (out / "config.json").write_text(json.dumps(effective))
+    with pytest.raises(ZenCoderError, match=r"other settings \(train.repos_per_batch\)"):
+        train(data, out, *configs("train.steps=4"))
     with pytest.raises(ZenCoderError, match="not prepared data"):
         train(tmp_path / "nothing", tmp_path / "other", *configs())
 

@@ -24,6 +24,8 @@ LORA_TARGETS = ("q", "k", "v", "o", "w1", "w2", "w3")  # attention and expert pr
 # What else trains beside the adapters (`zen_coder.training.lora` says which parameters each is).
 LORA_TRAINABLE = ("router", "techniques", "norms", "embeddings")
 SECTIONS = ("model", "train", "train.lora")
+# The side channels a shuffled control can destroy (`zen_coder.training.controls`).
+CONTROLS = ("repo", "time", "language")
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,13 @@ class TrainConfig:
     # micro-batches, which no large model's GPU memory has room for.
     sync_every_micro_batch: bool = False
     num_workers: int = 0
+    # Repositories in each micro-batch (`zen_coder.data.loader.mixed_order`): the contrastive
+    # loss needs documents of two to have a negative. 0 or 1: a plain shuffle.
+    repos_per_batch: int = 2
+    # Shuffled controls: channels among CONTROLS trained and validated with their information
+    # destroyed and their distribution kept, to tell a technique's information from its
+    # parameters (`zen_coder.training.controls`).
+    shuffle: tuple[str, ...] = ()
     lora: LoraConfig = field(default_factory=LoraConfig)  # the [train.lora] table
 
     def __post_init__(self) -> None:
@@ -123,6 +132,16 @@ class TrainConfig:
             raise ZenCoderError(
                 "train setting keep_checkpoints must be 0 or more (0 keeps no checkpoint once "
                 "the run has finished)"
+            )
+        if self.repos_per_batch < 0:
+            raise ZenCoderError(
+                "train setting repos_per_batch must be 0 or more (0 or 1: a plain shuffle)"
+            )
+        unknown = [name for name in self.shuffle if name not in CONTROLS]
+        if unknown:
+            raise ZenCoderError(
+                f"train setting shuffle has unknown {unknown[0]!r}; choose among "
+                f"{', '.join(CONTROLS)}"
             )
         if self.dtype not in DTYPES:
             raise ZenCoderError(f"train setting dtype must be one of {', '.join(DTYPES)}")
@@ -158,7 +177,8 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON writes them (lists, not tuples), so a run folder's saved
         settings compare equal to the same settings read again."""
-        return {**dataclasses.asdict(self), "lora": self.lora.to_dict()}
+        fields = {**dataclasses.asdict(self), "shuffle": list(self.shuffle)}
+        return {**fields, "lora": self.lora.to_dict()}
 
     def micro_batches(self, dp_size: int) -> int:
         """How many micro-batches each of `dp_size` data-parallel ranks runs per step."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import shutil
@@ -38,6 +39,7 @@ from zen_coder.model.model import IGNORE, ZenCoder, next_token_targets
 from zen_coder.model.weights import Source, build
 from zen_coder.training import checkpoint
 from zen_coder.training.config import TrainConfig
+from zen_coder.training.controls import TRAINING, VALIDATION, Controls
 from zen_coder.training.lora import apply_lora
 from zen_coder.training.metrics import MetricsWriter
 from zen_coder.training.optim import build_optimizer, build_scheduler
@@ -53,6 +55,9 @@ CHANNELS = ("repo", "language", "time", "segment")
 # Settings a resumed run may change: how long, how often to look, how to load data.
 RESUMABLE = {"steps", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints"}
 RESUMABLE |= {"log_every", "num_workers"}
+# Settings whose behaviour before they existed was not their default: a run folder without one
+# ran like this.
+BEFORE_THE_SETTING = {"repos_per_batch": 0}
 # What a base checkpoint cannot say: the data's tables and the run's chosen techniques.
 FROM_RECIPE = (
     "n_repos",
@@ -90,6 +95,8 @@ class TrainReport:
     resumed_from: int | None = None
     model_dir: Path | None = None
     hf_dir: Path | None = None
+    # What the history techniques had to work with (`history_information`).
+    history: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -120,7 +127,10 @@ def _check_run_folder(out: Path, effective: dict) -> None:
     previous = json.loads(path.read_text())
     # A setting the run's config.json lacks was added to zen-coder after the run started, which
     # then ran with its default.
-    defaults = {"model": ModelConfig().to_dict(), "train": TrainConfig().to_dict()}
+    defaults = {
+        "model": ModelConfig().to_dict(),
+        "train": {**TrainConfig().to_dict(), **BEFORE_THE_SETTING},
+    }
     changed = sorted(
         f"model.{key}"
         for key, value in effective["model"].items()
@@ -265,12 +275,15 @@ def validation_loss(
     dist: Distributed,
     pad_id: int,
     languages: list[str],
+    controls: Controls | None = None,
 ) -> dict:
     """Mean next-token loss on the validation split, overall and per language: the training
     run's own check (pass@k on benchmarks is `zen-coder eval`'s).
 
     It reads the first `eval_batches` micro-batches of the split, all data-parallel ranks
     together (rank r takes batches r, r + ranks, ...), so every layout scores the same tokens.
+    A control run's channels are shuffled here as in training, the same way at every evaluation
+    (keyed by the batch's place in the split), so its losses compare from step to step.
     """
     dataset = PackedDataset(
         data,
@@ -284,8 +297,11 @@ def validation_loss(
     count = torch.zeros(len(languages), dtype=torch.float64, device=dist.device)
     model.eval()
     for index, batch in enumerate(PackedLoader(dataset)):
-        if index * dist.dp_size + dist.dp_rank >= config.eval_batches:
+        place = index * dist.dp_size + dist.dp_rank
+        if place >= config.eval_batches:
             break
+        if controls is not None:
+            batch = controls.apply(batch, stream=VALIDATION, step=0, micro=place, rank=0)
         batch = {name: value.to(dist.device) for name, value in batch.items()}
         targets = next_token_targets(batch["tokens"], batch["segment"], pad_id)
         with _autocast(dist.device, config.dtype):
@@ -364,8 +380,10 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
         seed=config.seed,
         rank=dist.dp_rank,
         world_size=dist.dp_size,
+        repos_per_batch=config.repos_per_batch,
     )
     loader = PackedLoader(dataset, num_workers=config.num_workers)
+    controls = Controls.for_data(data, config.shuffle, config.seed)
     counters = {"step": 0, "tokens": 0, "bad_steps": 0, "skipped": 0}
     state = checkpoint.TrainState(model, optimizer, scheduler, loader, counters, dist.rank)
     report = TrainReport(out=out, steps=config.steps, tokens=0, elapsed=0.0)
@@ -375,8 +393,17 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
     metrics = MetricsWriter(out, dist.is_main)
     pad_id = prepared["special_tokens"]["<|pad|>"]
     languages = prepared["language_names"]
+    validate = functools.partial(
+        validation_loss, model, data, config, dist, pad_id, languages, controls
+    )
+    report.history = history_information(prepared, model_config, config)
+    metrics.write("history", counters["step"], report.history)
+    if not report.history["contrastive_negatives"] and model_config.contrastive_loss:
+        report.warnings.append(
+            "the contrastive loss has no negatives: the data holds one repository, so it stays 0"
+        )
     if resume is None:
-        report.initial_validation = validation_loss(model, data, config, dist, pad_id, languages)
+        report.initial_validation = validate()
         metrics.write("validation", 0, report.initial_validation)
     advance = progress(config.steps) if progress and dist.is_main else None
     if advance is not None and counters["step"]:
@@ -387,7 +414,7 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
         while counters["step"] < config.steps:
             step = counters["step"]
             parts, loads, tokens_in_step, finite = _accumulate(
-                model, stream, accumulation, config, dist, pad_id
+                model, stream, accumulation, config, dist, pad_id, controls=controls, step=step
             )
             grad_norm = float(_clip(model, config.grad_clip))
             if not finite or not math.isfinite(grad_norm):
@@ -426,12 +453,12 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
             elif advance is not None:
                 advance(step, {})
             if step % config.eval_every == 0 or step == config.steps:
-                report.validation = validation_loss(model, data, config, dist, pad_id, languages)
+                report.validation = validate()
                 metrics.write("validation", step, report.validation)
             if step % config.checkpoint_every == 0 or step == config.steps:
                 checkpoint.save(checkpoints, state, step, config.keep_checkpoints, dist.is_main)
         if report.validation is None:
-            report.validation = validation_loss(model, data, config, dist, pad_id, languages)
+            report.validation = validate()
         report.model_dir, report.hf_dir = _export(
             model, model_config, config, prepared, data, out, dist, report
         )
@@ -446,15 +473,59 @@ def _train(data, out, model_config, config, prepared, dist, started, progress) -
     return report
 
 
-def _accumulate(model, stream, accumulation: int, config: TrainConfig, dist, pad_id: int):
-    """Forward and backward over the micro-batches of one optimizer step."""
+def history_information(prepared: dict, model: ModelConfig, train: TrainConfig) -> dict:
+    """What the repository techniques have to work with in this run, said once at its start:
+    how many repositories the data has, whether the contrastive loss can find a negative (a
+    document of another repository in its micro-batch), and the shuffled controls.
+
+    With one repository the repository embedding is one constant vector and the contrastive
+    loss, without negatives, is 0.
+    """
+    repositories = len(prepared["repo_names"]) - 1  # id 0 is "no repository"
+    mixing = train.repos_per_batch >= 2 and train.micro_batch >= 2
+    negatives = model.contrastive_loss and repositories >= 2
+    return {
+        "repositories": repositories,
+        "contrastive_negatives": negatives,
+        # "every micro-batch" with the mixing sampler; otherwise only where a shuffle or the
+        # packer happens to put two repositories together.
+        "negatives_in": (
+            "none" if not negatives else "every micro-batch" if mixing else "some, by chance"
+        ),
+        "repos_per_batch": train.repos_per_batch,
+        "shuffle": list(train.shuffle),
+    }
+
+
+def _accumulate(
+    model,
+    stream,
+    accumulation: int,
+    config: TrainConfig,
+    dist,
+    pad_id: int,
+    *,
+    controls: Controls | None = None,
+    step: int = 0,
+):
+    """Forward and backward over the micro-batches of one optimizer step (`step`, which keys a
+    control's random numbers)."""
     totals: dict[str, float] = {}
     loads = None
     tokens = 0
     finite = True
     sync = getattr(model, "set_requires_gradient_sync", None)
     for micro in range(accumulation):
-        batch = {name: value.to(dist.device) for name, value in next(stream).items()}
+        batch = next(stream)
+        # The data's own mixing (before a control redraws the ids): the contrastive loss has
+        # negatives only in a micro-batch of two or more.
+        mixed = distinct_repositories(batch["repo"], batch["segment"]) / accumulation
+        totals["repositories"] = totals.get("repositories", 0.0) + mixed
+        if controls is not None:
+            batch = controls.apply(
+                batch, stream=TRAINING, step=step, micro=micro, rank=dist.dp_rank
+            )
+        batch = {name: value.to(dist.device) for name, value in batch.items()}
         targets = next_token_targets(batch["tokens"], batch["segment"], pad_id)
         if sync is not None:
             sync(config.syncs_after(micro, accumulation))
@@ -477,6 +548,11 @@ def _accumulate(model, stream, accumulation: int, config: TrainConfig, dist, pad
     shared = _reduce(shared.to(dist.device), dist).cpu() / dist.dp_size
     totals = dict(zip(names, shared[:-1].tolist(), strict=True))
     return totals, list(_reduce(loads, dist).unbind(0)), tokens, bool(shared[-1] == 0)
+
+
+def distinct_repositories(repo: torch.Tensor, segment: torch.Tensor) -> int:
+    """How many repositories (nonzero ids) a micro-batch's documents come from."""
+    return len(torch.unique(repo[(repo > 0) & (segment > 0)]))
 
 
 def _clip(model: torch.nn.Module, max_norm: float) -> float:
