@@ -148,8 +148,8 @@ def test_fill_in_the_middle_pieces_keep_their_lines_times(history):
 
 def test_line_times_do_not_change_the_tokens(history):
     """Every sample tokenizes to the same ids with per-line times as with one time per part.
-    Checked to fail with per-line parts encoded line by line (the pre-tokenizer joins a newline
-    to the next line's indentation, so the ids differ)."""
+    Checked to fail with per-line parts encoded line by line (tokens that span a line's end
+    are cut, so the ids differed)."""
     samples, tok, _ = history
     flat = [
         dataclasses.replace(s, parts=[(special, value, 0) for special, value, _ in s.parts])
@@ -165,8 +165,8 @@ def test_line_times_do_not_change_the_tokens(history):
 
 def test_packed_documents_carry_the_line_times(history):
     """The packed time channel of `prepare`'s output holds the blame ages: within one document
-    of the 4th change's edit, several times (checked to fail with the one-time-per-record
-    prepare, where every document had one time but its file history's)."""
+    of a commit edit, several times (checked to fail with the prepare before per-line times:
+    no document with a before file but a file history's had more than one time)."""
     _, tok, prepared = history
     arrays = open_split(prepared, "train")
     tokens, times, segments = (np.asarray(arrays[name]) for name in ("tokens", "time", "segment"))
@@ -194,8 +194,8 @@ def record(position: int, path: str, kind: str, old: str | None, new: str | None
 def test_ages_follow_a_rename_a_modification_and_a_gap():
     """Kept lines keep their times across a modification, a rename and a version mining did not
     see; a deletion ends the chain. Checked to fail with the rename not followed (the renamed
-    file's kept lines took the unknown time 2) and with gaps read through the record's diff
-    (the lines the unseen commit changed kept their old times)."""
+    file's kept lines took the unknown time 2) and with the previous version's times taken as
+    they are when mining missed a version (the line the unseen commit changed kept time 1)."""
     v1 = "a\nb\nc\nd\n"
     v2 = "a\nB\nc\nd\n"
     v3 = "a\nB\nc\nD\n"  # renamed to y.py
@@ -220,3 +220,17 @@ def test_ages_follow_a_rename_a_modification_and_a_gap():
     assert result[4] == LineTimes((4, 2, 1, 3, 5), ())
     assert result[5] == LineTimes((), (1,))
     assert all(len(r.after) == line_count(contents[i][1]) for i, r in enumerate(result))
+
+
+def test_line_times_count_characters_not_bytes(history):
+    """Token offsets are characters: with multi-byte characters before the newline, the tokens up
+    to the one holding the newline carry line 1's time and the rest line 2's. Checked to fail
+    with the newlines located in the UTF-8 bytes (line 2's time then began too early)."""
+    _, tok, _ = history
+    text = "naïve façade résumé ünïcode\nplain line after it\n"
+    parts = [(True, "<|after|>", 0), (False, text, (1, 2))]
+    [document] = tokenize([Sample("file", "train", "r", None, parts)], tok, {}, {})
+    ids, times = document.tokens.tolist()[1:-1], document.time[1:-1].tolist()
+    decode = tok.tokenizer.decode
+    newline = next(k for k in range(len(ids)) if "\n" in decode(ids[: k + 1]))
+    assert times == [1] * (newline + 1) + [2] * (len(ids) - newline - 1)
