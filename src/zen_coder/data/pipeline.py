@@ -59,7 +59,8 @@ from zen_coder.files import (
 )
 from zen_coder.history.languages import LANGUAGES
 
-FORMAT_VERSION = 3  # 2: the manifest records the split; 3: a base tokenizer's own role tokens
+FORMAT_VERSION = 4  # 2: the manifest records the split; 3: a base tokenizer's own role tokens;
+# 4: file lines carry their blame ages in the time channel (data/blame.py)
 SPLITS = ("train", "validation")
 DEFAULT_BENCHMARKS = ("humaneval", "mbpp", "multipl-e")
 CHARS_PER_TOKEN = 3.0  # for cutting file histories into chunks of about one context
