@@ -42,12 +42,12 @@ def synthetic_repo(commits: int) -> Path:
 
 def sample_texts(mined: Path, config) -> list[str]:
     """The text parts of every sample prepare builds, in order (special tokens excluded)."""
-    from zen_coder.data.pipeline import _repositories, _repository_samples
+    from zen_coder.data.pipeline import _repository_samples, split_repositories
     from zen_coder.data.records import open_mined
 
     dataset = open_mined(mined)
     texts = []
-    for repo in _repositories(dataset, config.validation_fraction):
+    for repo in split_repositories(dataset, config.validation_fraction):
         for sample in _repository_samples(dataset, repo, config):
             texts += [value for special, value, _ in sample.parts if not special]
     return texts

@@ -80,7 +80,8 @@ def test_history_chunks_never_mix_splits_and_respect_the_budget():
     assert kinds[:5] == ["<|history|>", "<|repo|>", "<|path|>", "<|lang|>", "<|before|>"]
     assert kinds.count("<|change|>") == 2
     times = {value: time for special, value, time in sample.parts if not special}
-    assert times["x = 1\n"] == 4  # the file as it was after its 4th change
+    # The file as it was after its 4th change, its lines' origin not given: all just before it.
+    assert times["x = 1\n"] == (4,)
     assert times[rows[5]["diff"]] == 6
 
 
@@ -96,7 +97,11 @@ def test_record_formats():
         "<|diff|>",
         "<|after|>",
     ]
-    assert all(time == 7 for _, _, time in edit.parts)
+    # Headers, message and diff carry the commit's time; the before file, given alone, is of
+    # unknown origin (just before the commit) and the after file's changed line is the commit's.
+    times = [time for _, value, time in edit.parts if value not in ("old\n", "new content here\n")]
+    assert set(times) == {7}
+    assert [t for _, v, t in edit.parts if v in ("old\n", "new content here\n")] == [(6,), (7,)]
     pieces = {v: t for s, v, t in fim.parts if not s}
     assert [v for s, v, _ in fim.parts if s][-3:] == [
         "<|fim_prefix|>",

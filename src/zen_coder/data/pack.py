@@ -6,7 +6,7 @@ Layout of one split folder (read by zen_coder.data.loader):
     tokens.bin      token ids                          } each a raw little-endian
     repo.bin        repository id (0 = unknown)        } C-order array of shape
     language.bin    language id (0 = unknown)          } (N, L)
-    time.bin        temporal position of the change    }
+    time.bin        temporal position (docs/prepare.md) }
     segment.bin     document number in the sequence, from 1; 0 = padding
 
 Documents are concatenated; one that does not fit the rest of a sequence continues in the next,
@@ -49,7 +49,9 @@ def tokenize(
 
     `encode_batch` runs in Rust threads without the GIL; special tokens go in by id, each role
     as the tokenizer's token for it. A document starts with the tokenizer's BOS where it has one
-    (a base that saw one before every text in pretraining) and ends with its EOS.
+    (a base that saw one before every text in pretraining) and ends with its EOS. A text part
+    with per-line times is encoded whole, as inference encodes it (cutting it at lines would
+    change the tokens), and each token takes the time of the line where it starts.
     """
     texts = [value for sample in samples for special, value, _ in sample.parts if not special]
     encodings = iter(tokenizer.tokenizer.encode_batch(texts, add_special_tokens=False))
@@ -59,27 +61,54 @@ def tokenize(
         ids: list[int] = []
         times: list[int] = []
         lengths: list[int] = []
+        per_line: list[tuple[int, np.ndarray]] = []  # (first token, times) of per-line parts
         if tokenizer.bos_id is not None:
             ids.append(tokenizer.bos_id)
             times.append(sample.parts[0][2])
             lengths.append(1)
         for special, value, time in sample.parts:
-            piece = [role_ids[value]] if special else next(encodings).ids
+            if special:
+                piece = [role_ids[value]]
+            else:
+                encoding = next(encodings)
+                piece = encoding.ids
+                if not isinstance(time, int):
+                    per_line.append((len(ids), token_line_times(value, time, encoding.offsets)))
             ids.extend(piece)
-            times.append(time)
+            times.append(time if isinstance(time, int) else 0)
             lengths.append(len(piece))
+        token_times = np.repeat(np.array(times, dtype=np.int64), lengths)
+        for first, values in per_line:
+            token_times[first : first + len(values)] = values
+        # The EOS takes the time of the token before it.
         ids.append(tokenizer.eos_id)
-        times.append(sample.parts[-1][2])
-        lengths.append(1)
+        token_times = np.append(token_times, token_times[-1:])
         documents.append(
             Document(
                 tokens=np.array(ids, dtype=np.int64),
-                time=np.repeat(np.array(times, dtype=np.int64), lengths),
+                time=token_times,
                 repo=repo_ids.get(sample.repo, 0),
                 language=language_ids.get(sample.language or "", 0),
             )
         )
     return documents
+
+
+def token_line_times(
+    text: str, line_times: Sequence[int], offsets: Sequence[tuple[int, int]]
+) -> np.ndarray:
+    """Each token's time: that of the line of `text` holding its first character (a token that
+    starts at a newline belongs to the line the newline ends). `offsets` are the tokenizer's
+    character offsets."""
+    starts = np.fromiter((start for start, _ in offsets), dtype=np.int64, count=len(offsets))
+    data = text.encode("utf-8")
+    if len(data) == len(text):
+        characters = np.frombuffer(data, dtype=np.uint8)
+    else:
+        characters = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    newlines = np.flatnonzero(characters == ord("\n"))
+    lines = np.searchsorted(newlines, starts, side="left")
+    return np.asarray(line_times, dtype=np.int64)[lines]
 
 
 class SplitWriter:

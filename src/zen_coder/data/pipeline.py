@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from zen_coder import __version__
 from zen_coder.benchmark_problems import load_problems
+from zen_coder.data.blame import FileBlame
 from zen_coder.data.config import PrepareConfig
 from zen_coder.data.decontaminate import BenchmarkIndex
 from zen_coder.data.pack import SplitWriter, channel_dtypes, tokenize
@@ -35,6 +36,7 @@ from zen_coder.data.records import (
 from zen_coder.data.samples import (
     RecordSamples,
     Sample,
+    file_chains,
     history_chunks,
     history_sample,
     validation_commits,
@@ -57,7 +59,8 @@ from zen_coder.files import (
 )
 from zen_coder.history.languages import LANGUAGES
 
-FORMAT_VERSION = 3  # 2: the manifest records the split; 3: a base tokenizer's own role tokens
+FORMAT_VERSION = 4  # 2: the manifest records the split; 3: a base tokenizer's own role tokens;
+# 4: file lines carry their blame ages in the time channel (data/blame.py)
 SPLITS = ("train", "validation")
 DEFAULT_BENCHMARKS = ("humaneval", "mbpp", "multipl-e")
 CHARS_PER_TOKEN = 3.0  # for cutting file histories into chunks of about one context
@@ -186,7 +189,8 @@ def _repository_samples(
     budget = int(config.context_length * CHARS_PER_TOKEN)
     chunks = list(history_chunks(rows, splits, budget)) if config.file_histories else []
     chunk_starts = {chunk.first for chunk in chunks}
-    befores: dict[int, str] = {}
+    befores: dict[int, tuple[str, tuple[int, ...]]] = {}
+    blame = FileBlame(file_chains(rows))
     per_record = RecordSamples(config)
     offset = 0
     for contents in shard_contents(dataset.shards[repo.key]):
@@ -194,13 +198,14 @@ def _repository_samples(
         news = contents["new_content"].to_pylist()
         for row_index, (old, new) in enumerate(zip(olds, news, strict=True)):
             index = offset + row_index
-            yield from per_record.all(rows[index], old, new, splits[index])
+            lines = blame.times(index, rows[index], old, new)
+            yield from per_record.all(rows[index], old, new, splits[index], lines)
             # A chunk opens with the file as it was, when that leaves room for the changes.
             if index in chunk_starts and old and len(old) <= budget // 2:
-                befores[index] = old
+                befores[index] = (old, lines.before)
         offset += len(olds)
     for chunk in chunks:
-        yield history_sample(chunk, rows, befores.get(chunk.first))
+        yield history_sample(chunk, rows, *befores.get(chunk.first, (None, None)))
 
 
 def _batches(samples: Iterator[Sample], size: int) -> Iterator[list[Sample]]:

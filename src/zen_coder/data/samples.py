@@ -1,7 +1,9 @@
 """Training samples from commit records: the formats the model learns git history from.
 
 Every sample is a sequence of parts, each either a special token or text, and each with the
-temporal position (the file's history position) its tokens carry. The formats:
+temporal position (the file's history position) its tokens carry: one for the whole part, or for
+a file's content one per line, the time of the change that last touched the line
+(zen_coder.data.blame), so that attention can tell fresh code from old. The formats:
 
     commit edit   <|repo|>r<|path|>p<|lang|>l<|before|>old<|message|>msg<|diff|>diff [<|after|>new]
     file history  <|history|><|repo|>r<|path|>p<|lang|>l[<|before|>old]
@@ -28,6 +30,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from zen_coder.data.blame import LineTimes, Times, piece_times, record_times, unknown_time
 from zen_coder.data.config import PrepareConfig
 
 SPECIAL = True
@@ -87,7 +90,8 @@ class Sample:
     split: str  # train or validation
     repo: str
     language: str | None
-    parts: list[tuple[bool, str, int]]  # (is special token, token name or text, time)
+    # (is special token, token name or text, time): one time, or a text's per-line times
+    parts: list[tuple[bool, str, int | Times]]
     commits: list[str] = field(default_factory=list)
     path: str = ""
 
@@ -144,62 +148,92 @@ class RecordSamples:
 
     config: PrepareConfig
 
-    def all(self, row: dict, old: str | None, new: str | None, split: str) -> Iterator[Sample]:
+    def all(
+        self,
+        row: dict,
+        old: str | None,
+        new: str | None,
+        split: str,
+        lines: LineTimes | None = None,
+    ) -> Iterator[Sample]:
+        """The record's samples; `lines` are its versions' line times (zen_coder.data.blame),
+        by default those this record alone tells (`record_times`)."""
+        lines = lines if lines is not None else record_times(row, old, new)
         config = self.config
         if config.commit_edits and row["diff"]:
-            yield self.commit_edit(row, old, new, split)
+            yield self.commit_edit(row, old, new, split, lines)
         if config.file_contents and new:
-            yield self.file(row, new, split)
+            yield self.file(row, new, split, lines)
         if config.instructions and row["diff"] and good_instruction(row["message"], config):
-            yield self.instruction(row, old, split)
+            yield self.instruction(row, old, split, lines)
 
     def _sample(self, kind: str, row: dict, split: str, parts: list) -> Sample:
         return Sample(
             kind, split, row["repo"], row["language"], parts, [row["commit"]], row["path"]
         )
 
-    def commit_edit(self, row: dict, old: str | None, new: str | None, split: str) -> Sample:
+    def commit_edit(
+        self,
+        row: dict,
+        old: str | None,
+        new: str | None,
+        split: str,
+        lines: LineTimes | None = None,
+    ) -> Sample:
+        """The edit; without `lines`, the line times this record alone tells (`record_times`)."""
+        lines = lines if lines is not None else record_times(row, old, new)
         time = row["history_position"]
         parts = _header(row["repo"], row["path"], row["language"], time)
         parts += [
             (SPECIAL, "<|before|>", time),
-            (TEXT, old or "", time),
+            (TEXT, old or "", lines.before),
             (SPECIAL, "<|message|>", time),
             (TEXT, row["message"], time),
         ]
         if self.config.edit_target in ("diff", "both"):
             parts += [(SPECIAL, "<|diff|>", time), (TEXT, row["diff"], time)]
         if self.config.edit_target in ("after", "both"):
-            parts += [(SPECIAL, "<|after|>", time), (TEXT, new or "", time)]
+            parts += [(SPECIAL, "<|after|>", time), (TEXT, new or "", lines.after)]
         return self._sample("commit_edit", row, split, parts)
 
-    def file(self, row: dict, content: str, split: str) -> Sample:
+    def file(self, row: dict, content: str, split: str, lines: LineTimes | None = None) -> Sample:
         """The file after the commit, plain or rearranged for fill-in-the-middle.
 
         The split points are uniform over characters (as in StarCoder) and drawn from a random
-        generator seeded by the record, so the same data always gives the same samples.
+        generator seeded by the record, so the same data always gives the same samples. Each
+        piece keeps the times of the lines it holds; without `lines`, the times this record
+        alone tells (`record_times`, the content as the record's new version).
         """
+        after = (lines if lines is not None else record_times(row, None, content)).after
         time = row["history_position"]
         parts = _header(row["repo"], row["path"], row["language"], time)
         rng = random.Random(f"{self.config.seed}:{row['commit']}:{row['path']}")
         if rng.random() >= self.config.fim_rate:
-            parts += [(SPECIAL, "<|after|>", time), (TEXT, content, time)]
+            parts += [(SPECIAL, "<|after|>", time), (TEXT, content, after)]
             return self._sample("file", row, split, parts)
         start, end = sorted(rng.randint(0, len(content)) for _ in range(2))
-        prefix = [(SPECIAL, "<|fim_prefix|>", time), (TEXT, content[:start], time)]
-        suffix = [(SPECIAL, "<|fim_suffix|>", time), (TEXT, content[end:], time)]
-        middle = [(SPECIAL, "<|fim_middle|>", time), (TEXT, content[start:end], time)]
+
+        def piece(role: str, first: int, last: int) -> list:
+            text = content[first:last]
+            return [(SPECIAL, role, time), (TEXT, text, piece_times(content, after, first, last))]
+
+        prefix = piece("<|fim_prefix|>", 0, start)
+        suffix = piece("<|fim_suffix|>", end, len(content))
+        middle = piece("<|fim_middle|>", start, end)
         spm = rng.random() < self.config.fim_spm_rate
         parts += (suffix + prefix if spm else prefix + suffix) + middle
         return self._sample("fim", row, split, parts)
 
-    def instruction(self, row: dict, old: str | None, split: str) -> Sample:
+    def instruction(
+        self, row: dict, old: str | None, split: str, lines: LineTimes | None = None
+    ) -> Sample:
+        before = (lines if lines is not None else record_times(row, old, None)).before
         time = row["history_position"]
         parts = [
             (SPECIAL, "<|instruction|>", time),
             (TEXT, row["message"], time),
             (SPECIAL, "<|before|>", time),
-            (TEXT, old or "", time),
+            (TEXT, old or "", before),
             (SPECIAL, "<|response|>", time),
             (TEXT, row["diff"], time),
         ]
@@ -258,14 +292,23 @@ def history_chunks(
                 yield HistoryChunk(chunk, split)
 
 
-def history_sample(chunk: HistoryChunk, rows: list[dict], before: str | None) -> Sample:
-    """One chunk of a file's history; `before` is the file before its first change, if given."""
+def history_sample(
+    chunk: HistoryChunk,
+    rows: list[dict],
+    before: str | None,
+    before_times: Times | None = None,
+) -> Sample:
+    """One chunk of a file's history; `before` is the file before its first change, if given,
+    with its line times (unknown, the chunk's start time, where not given)."""
     first, last = rows[chunk.first], rows[chunk.rows[-1]]
-    start_time = max(0, first["history_position"] - 1)
+    start_time = unknown_time(first["history_position"])
     parts = [(SPECIAL, "<|history|>", start_time)]
     parts += _header(last["repo"], last["path"], last["language"], start_time)
     if before:
-        parts += [(SPECIAL, "<|before|>", start_time), (TEXT, before, start_time)]
+        lines = (
+            before_times if before_times is not None else record_times(first, before, None).before
+        )
+        parts += [(SPECIAL, "<|before|>", start_time), (TEXT, before, lines)]
     for index in chunk.rows:
         row = rows[index]
         time = row["history_position"]
