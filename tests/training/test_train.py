@@ -13,10 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from zen_coder.data.loader import open_split, spread_rows
 from zen_coder.errors import ZenCoderError
 from zen_coder.model.folder import load_model, read_languages, read_repos, save_model
 from zen_coder.model.model import ZenCoder
@@ -318,3 +320,36 @@ def test_schedule_and_weight_decay_groups():
     assert {names[id(p)] for p in decay["params"]} >= {"blocks.0.attention.q.weight", "head.weight"}
     skipped = {names[id(p)] for p in no_decay["params"]}
     assert {"embed.weight", "repo.weight", "norm.weight", "blocks.0.moe.language"} <= skipped
+
+
+def test_validation_scores_sequences_spread_over_the_whole_split(mixed_data):
+    """The shuffle buffer mixes only nearby documents, so a split's first sequences may hold one
+    repository: validation scores sequences spread over the whole split. Here the first four
+    sequences are Python alone and four spread ones hold Go too. (Broken by hand: scoring the
+    first `eval_batches` micro-batches scores Python alone.)"""
+    model_config, train_config = configs("train.eval_batches=1", "train.micro_batch=4")
+    manifest = json.loads((mixed_data / "manifest.json").read_text())
+    languages = json.loads((mixed_data / "languages.json").read_text())
+    model_config = dataclasses.replace(
+        model_config,
+        vocab_size=manifest["vocab_size"],
+        n_languages=len(languages),
+        n_repos=len(json.loads((mixed_data / "repos.json").read_text())),
+    )
+    language = np.asarray(open_split(mixed_data, "validation")["language"])
+    rows = spread_rows(len(language), 4)
+
+    def named(ids: np.ndarray) -> list[str]:
+        return sorted(languages[i] for i in np.unique(ids[ids > 0]))
+
+    assert named(language[:4]) == ["Python"] and named(language[rows]) == ["Go", "Python"]
+    scores = validation_loss(
+        ZenCoder(model_config),
+        mixed_data,
+        train_config,
+        init_distributed(),
+        manifest["special_tokens"]["<|pad|>"],
+        languages,
+    )
+    assert sorted(scores["by_language"]) == ["Go", "Python"]
+    assert spread_rows(10, 3).tolist() == [0, 4, 9] and spread_rows(3, 5).tolist() == [0, 1, 2]

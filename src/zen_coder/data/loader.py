@@ -294,6 +294,14 @@ def _take(
     return filled + take
 
 
+def spread_rows(sequences: int, wanted: int) -> np.ndarray:
+    """`wanted` row numbers spread evenly over `sequences` rows, in order (all of them when
+    there are no more)."""
+    if wanted >= sequences:
+        return np.arange(sequences)
+    return np.linspace(0, sequences - 1, wanted).round().astype(np.int64)
+
+
 def read_rows(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, torch.Tensor]:
     """Read `rows` of every channel, in that order, as int64 tensors [len(rows), L].
 

@@ -28,7 +28,7 @@ import torch.distributed as torch_distributed
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from zen_coder.data.loader import PackedDataset, PackedLoader
+from zen_coder.data.loader import PackedDataset, PackedLoader, open_split, read_rows, spread_rows
 from zen_coder.data.tokenizer import read_tokenizer
 from zen_coder.errors import ZenCoderError
 from zen_coder.files import read_json, write_json_atomic
@@ -280,26 +280,22 @@ def validation_loss(
     """Mean next-token loss on the validation split, overall and per language: the training
     run's own check (pass@k on benchmarks is `zen-coder eval`'s).
 
-    It reads the first `eval_batches` micro-batches of the split, all data-parallel ranks
-    together (rank r takes batches r, r + ranks, ...), so every layout scores the same tokens.
-    A control run's channels are shuffled here as in training, the same way at every evaluation
-    (keyed by the batch's place in the split), so its losses compare from step to step.
+    It reads `eval_batches` micro-batches of sequences spread evenly over the split (packing
+    mixes only nearby documents: the split's first batches may miss whole repositories), all
+    data-parallel ranks together (rank r takes batches r, r + ranks, ...), so every layout
+    scores the same tokens. A control run's channels are shuffled here as in training, the same
+    way at every evaluation (keyed by the batch's place in the split), so its losses compare
+    from step to step.
     """
-    dataset = PackedDataset(
-        data,
-        "validation",
-        batch_size=config.micro_batch,
-        rank=dist.dp_rank,
-        world_size=dist.dp_size,
-        shuffle=False,
-    )
+    arrays = open_split(data, "validation")
+    rows = spread_rows(len(arrays["tokens"]), config.eval_batches * config.micro_batch)
     loss_sum = torch.zeros(len(languages), dtype=torch.float64, device=dist.device)
     count = torch.zeros(len(languages), dtype=torch.float64, device=dist.device)
     model.eval()
-    for index, batch in enumerate(PackedLoader(dataset)):
-        place = index * dist.dp_size + dist.dp_rank
-        if place >= config.eval_batches:
-            break
+    for place in range(dist.dp_rank, -(-len(rows) // config.micro_batch), dist.dp_size):
+        batch = read_rows(
+            arrays, rows[place * config.micro_batch : (place + 1) * config.micro_batch]
+        )
         if controls is not None:
             batch = controls.apply(batch, stream=VALIDATION, step=0, micro=place, rank=0)
         batch = {name: value.to(dist.device) for name, value in batch.items()}
