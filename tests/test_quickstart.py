@@ -15,6 +15,10 @@ def test_quickstart_writes_a_report_where_training_lowers_the_loss(tmp_path):
     assert result.trained["with"] < result.untrained - 0.5
     assert "| untrained |" in report and "| all languages |" in report
     assert "techniques on" in report and "techniques off" in report
+    assert "channels shuffled" in report and set(result.trained) == {"with", "shuffled", "without"}
+    # One repository: the report says the repository techniques had nothing to use.
+    assert "- repository embedding: **inactive**, one repository" in report
+    assert "- contrastive loss: **inactive**, one repository" in report
     assert lines[-1].endswith(f"report: {result.report}")
     again = quickstart(repo.path, tmp_path / "out", steps=6, benchmarks=[], say=lines.append)
     assert again.trained == result.trained  # reused: nothing is trained twice
