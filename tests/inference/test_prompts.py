@@ -3,12 +3,14 @@ real tokenizers (zen-coder's, and bases shaped like Qwen2.5-Coder, StarCoder2, C
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.data import bases
 from tests.models import tokenizer_folder  # noqa: F401 - a fixture
+from zen_coder.data.blame import LineTimes, line_count
 from zen_coder.data.config import PrepareConfig
 from zen_coder.data.pack import tokenize
 from zen_coder.data.samples import RecordSamples
@@ -16,6 +18,7 @@ from zen_coder.data.tokenizer import RoleTokenizer, read_tokenizer, save_base_to
 from zen_coder.errors import ZenCoderError
 from zen_coder.inference.prompts import (
     STABLE_START_LINES,
+    Ages,
     Budget,
     Change,
     PromptFormat,
@@ -288,3 +291,62 @@ def test_a_base_without_fim_continues_the_prefix(tmp_path):
     parts = PromptParts("def f():\n", "    pass\n", path="x.py", snippets=[Snippet("y.py", "Y\n")])
     assert form.layout == "plain"
     assert form.build(parts, Budget(), counter(roles)).text == "# Path: y.py\n# Y\ndef f():\n"
+
+
+def test_native_prompt_times_are_the_line_times_prepare_trains_with(zen):
+    """With ages, each token's time is what `prepare` gives the same fill-in-the-middle sample's
+    token (its line's time, by the tokenizer's offsets; the header's for headers and markers).
+    The lines the cursor joins (the prefix's last, the suffix's first) share a time, since an
+    editor's line holds both. Checked by hand to fail: with the suffix's lines taken from the
+    line after the prefix's last (off by one)."""
+    config = PrepareConfig(fim_rate=1.0, fim_spm_rate=1.0)
+    row = {"repo": "org/proj", "path": "pkg/shapes.py", "language": "Python", "commit": "c1"}
+    row["history_position"] = 40
+    content = CODE[:3000]
+    lines = line_count(content)
+    first = RecordSamples(config).file(row, content, "train")
+    texts = [value for special, value, _ in first.parts if not special]
+    suffix, prefix = texts[3], texts[4]
+    cursor, resumed = prefix.count("\n"), content.count("\n", 0, len(content) - len(suffix))
+    times = tuple(7 if cursor <= line <= resumed else 1 + (line * 13) % 39 for line in range(lines))
+    sample = RecordSamples(config).file(row, content, "train", LineTimes((), times))
+    [document] = tokenize([sample], zen, {}, {})
+    trained = document.tokens.tolist()
+    middle = trained.index(zen.ids["<|fim_middle|>"]) + 1
+
+    form = PromptFormat.from_tokenizer(zen)
+    ages = Ages(times[: cursor + 1] + times[resumed + 1 :], header=40)
+    parts = PromptParts(prefix, suffix, "pkg/shapes.py", "python", "org/proj", ages=ages)
+    ids, prompt_times = form.build(parts, Budget(tokens=100_000), counter(zen)).ids_and_times(
+        zen.tokenizer
+    )
+    start = [] if zen.bos_id is None else [zen.bos_id]
+    assert start + ids == trained[:middle]
+    assert prompt_times is not None and len(set(prompt_times)) > 3
+    assert prompt_times[:1] * len(start) + prompt_times == document.time[:middle].tolist()
+
+
+def test_a_prompt_cut_to_its_budget_keeps_each_lines_time(zen):
+    """A cut prefix keeps its last lines' times, a cut suffix its first lines'; without ages
+    there are none. (Checked to fail with the cut prefix's times from the file's first lines.)"""
+    code = CODE[:4000]
+    split = len(code) // 2
+    times = tuple(range(1, line_count(code) + 1))
+    form = PromptFormat.from_tokenizer(zen)
+    parts = PromptParts(code[:split], code[split:], "a.py", ages=Ages(times, header=99))
+    prompt = form.build(parts, Budget(tokens=300), counter(zen))
+    ids, prompt_times = prompt.ids_and_times(zen.tokenizer)
+    assert len(ids) == len(prompt_times)
+    pieces = {value: time for (_, value), time in zip(prompt.pieces, prompt.times, strict=True)}
+    cut_prefix = prompt.pieces[-2][1]
+    cut_suffix = prompt.pieces[-4][1]
+    assert code[:split].endswith(cut_prefix) and len(cut_prefix) < split
+    prefix_end = line_count(code[:split])
+    assert pieces[cut_prefix] == times[prefix_end - line_count(cut_prefix) : prefix_end]
+    suffix_start = code[:split].count("\n")
+    assert pieces[cut_suffix] == times[suffix_start : suffix_start + line_count(cut_suffix)]
+    assert prompt_times[-1] == 99  # <|fim_middle|>, the header's time
+    plain = replace(parts, ages=None)
+    assert (
+        form.build(plain, Budget(tokens=300), counter(zen)).ids_and_times(zen.tokenizer)[1] is None
+    )

@@ -34,6 +34,15 @@ end only), and a cut prefix starts on a line whose number is a multiple of STABL
 A prompt is a sequence of pieces, each a special token or text. `Prompt.text` spells the special
 tokens out (what an OpenAI-compatible server receives); `Prompt.ids` inserts them by id and
 encodes text as text, as `prepare` does, so code that spells "<|endoftext|>" cannot forge one.
+
+Time channel: parts with `Ages` (a repository's blame ages of the edited file) give the zen-coder
+layout's tokens the times `prepare` trains with (docs/prepare.md, "Time channel"): each token of
+the prefix and the suffix the time of its line, by the tokenizer's character offsets as
+`zen_coder.data.pack.tokenize` does; headers and markers the file's time; the history block's
+header its first change's position - 1 and each change its own position; a snippet its file's
+position (header) and its file's unknown-origin time (code), its lines not blamed.
+`Prompt.ids_and_times` returns them; without ages (or in another layout) there are none and the
+caller gives every token one time.
 """
 
 from __future__ import annotations
@@ -45,6 +54,8 @@ from dataclasses import dataclass, field
 
 from tokenizers import Tokenizer
 
+from zen_coder.data.blame import Times, line_count
+from zen_coder.data.pack import token_line_times
 from zen_coder.data.tokenizer import BASE_FAMILY_TOKENS, EOS, RoleTokenizer
 from zen_coder.errors import ZenCoderError
 from zen_coder.history.languages import LANGUAGES, detect_language
@@ -57,6 +68,8 @@ STABLE_START_LINES = 8
 SPECIAL = True
 TEXT = False
 Piece = tuple[bool, str]  # (is a special token, the token or the text)
+# A piece's time: one for all its tokens, or one per line of its text.
+PieceTime = int | Times
 
 
 # Editors' language identifiers (VS Code, Neovim filetypes, Tabby) that are not a mined name.
@@ -160,6 +173,25 @@ class Budget:
         return 1.0 - self.prefix - self.suffix
 
 
+@dataclass(frozen=True)
+class Ages:
+    """The times of a prompt's tokens where a repository knows them: `lines`, one per line of
+    the editor's text (prefix + suffix, lines cut at "\\n"); `header`, the time of the file's
+    header and markers; `snippets`, per path of another file, the time of its header and of its
+    code."""
+
+    lines: Times
+    header: int
+    snippets: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def code(self, whole: str, start: int, piece: str) -> PieceTime:
+        """The line times of `piece`, the part of the editor's text `whole` from its line
+        `start` on (the header's time where `lines` is not of `whole`)."""
+        if len(self.lines) != line_count(whole):
+            return self.header
+        return self.lines[start : start + line_count(piece)]
+
+
 @dataclass
 class PromptParts:
     """What a completion request holds. `suffix` None asks for a plain continuation; "" for
@@ -172,6 +204,7 @@ class PromptParts:
     repo: str | None = None
     snippets: list[Snippet] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
+    ages: Ages | None = None
 
 
 @dataclass(frozen=True)
@@ -183,6 +216,7 @@ class Prompt:
     prompt_tokens: int
     snippets: list[Snippet]
     changes: list[Change]
+    times: tuple[PieceTime, ...] | None = None  # each piece's, where the parts had ages
 
     @property
     def text(self) -> str:
@@ -192,18 +226,31 @@ class Prompt:
         """The token ids: special pieces by id, text encoded as text (`tokenizer` must leave
         special-token spellings in text as text, as `read_tokenizer`'s does). No BOS: the
         caller adds the tokenizer's where it has one."""
+        return self.ids_and_times(tokenizer)[0]
+
+    def ids_and_times(self, tokenizer: Tokenizer) -> tuple[list[int], list[int] | None]:
+        """The token ids (as `ids`) and each one's time, None where the prompt has no times: a
+        special token takes its piece's time, a text token that of the line of its piece where
+        its first character lies."""
         ids: list[int] = []
-        text = ""
-        for special, value in [*self.pieces, (SPECIAL, "")]:
+        times: list[int] = []
+        run: list[tuple[str, PieceTime]] = []  # adjacent texts, encoded as one
+        piece_times = self.times if self.times is not None else (0,) * len(self.pieces)
+        ends: list[Piece] = [(SPECIAL, "")]  # the last texts' end
+        for (special, value), time in zip([*self.pieces, *ends], [*piece_times, 0], strict=True):
             if not special:
-                text += value
+                run.append((value, time))
                 continue
+            text = "".join(piece for piece, _ in run)
             if text:  # adjacent texts as one, as the budget counted them
-                ids += tokenizer.encode(text, add_special_tokens=False).ids
-                text = ""
+                encoding = tokenizer.encode(text, add_special_tokens=False)
+                ids += encoding.ids
+                times += _run_times(run, encoding.offsets)
+            run = []
             if value:
                 ids.append(self._special_id(tokenizer, value))
-        return ids
+                times.append(time if isinstance(time, int) else 0)
+        return ids, times if self.times is not None else None
 
     @staticmethod
     def _special_id(tokenizer: Tokenizer, token: str) -> int:
@@ -216,6 +263,27 @@ class Prompt:
                 "format from this model's tokenizer (PromptFormat.from_tokenizer)"
             )
         return id_
+
+
+def _run_times(run: list[tuple[str, PieceTime]], offsets: Sequence[tuple[int, int]]) -> list[int]:
+    """The times of the tokens of adjacent texts encoded as one: each that of the piece (and,
+    for per-line times, the line of it) holding the token's first character."""
+    times: list[int] = []
+    begin = 0
+    token = 0
+    for index, (text, time) in enumerate(run):
+        end = begin + len(text)
+        last = index == len(run) - 1
+        first = token
+        while token < len(offsets) and (last or offsets[token][0] < end):
+            token += 1
+        if isinstance(time, int):
+            times += [time] * (token - first)
+        elif token > first:
+            local = [(start - begin, stop - begin) for start, stop in offsets[first:token]]
+            times += token_line_times(text, time, local).tolist()
+        begin = end
+    return times
 
 
 # Roles by short name: the format's own tokens are looked up through these.
@@ -341,11 +409,28 @@ class PromptFormat:
         """The prompt's pieces with the prefix, suffix and context given (already cut)."""
         language = canonical_language(parts.language, parts.path)
         if self.layout == "zen-coder":
-            return self._zen_coder_pieces(parts, language, prefix, suffix, snippets, changes)
+            timed = self._zen_coder_pieces(parts, language, prefix, suffix, snippets, changes)
+            return [(special, value) for special, value, _ in timed]
         comments = self._comments(language, [] if self._has_files else snippets, changes)
         if self.layout in _REPOSITORY_LAYOUTS:
             return self._repository_pieces(parts, comments + prefix, suffix, snippets)
         return self._fim_pieces(comments + prefix, suffix)
+
+    def piece_times(
+        self,
+        parts: PromptParts,
+        prefix: str,
+        suffix: str | None,
+        snippets: Sequence[Snippet],
+        changes: Sequence[Change],
+    ) -> tuple[PieceTime, ...] | None:
+        """The time of each of `pieces`' pieces as training gives them, None where the parts
+        have no ages or the layout is not one zen-coder trains (its tokens take one time)."""
+        if parts.ages is None or self.layout != "zen-coder":
+            return None
+        language = canonical_language(parts.language, parts.path)
+        timed = self._zen_coder_pieces(parts, language, prefix, suffix, snippets, changes)
+        return tuple(time for _, _, time in timed)
 
     @property
     def _has_files(self) -> bool:
@@ -372,35 +457,48 @@ class PromptFormat:
         suffix: str | None,
         snippets: Sequence[Snippet],
         changes: Sequence[Change],
-    ) -> list[Piece]:
+    ) -> list[tuple[bool, str, PieceTime]]:
+        """The layout's pieces, each with its time (0 for all where the parts have no ages)."""
         repo, path = parts.repo or "", parts.path or ""
-        pieces: list[Piece] = []
+        ages = parts.ages or Ages((), 0)
+        file_time = ages.header
+
+        def header(file: str, file_language: str, time: int) -> list[tuple[bool, str, int]]:
+            return [(*piece, time) for piece in self._header(repo, file, file_language)]
+
+        pieces: list[tuple[bool, str, PieceTime]] = []
         if changes:
-            pieces += [self._special("history"), *self._header(repo, path, language or "")]
-            for change in sorted(changes, key=lambda c: c.time):
+            ordered = sorted(changes, key=lambda c: c.time)
+            start = max(0, ordered[0].time - 1)  # the file before its first change shown
+            pieces += [(*self._special("history"), start), *header(path, language or "", start)]
+            for change in ordered:
                 pieces += [
-                    self._special("change"),
-                    self._special("message"),
-                    (TEXT, change.message),
-                    self._special("diff"),
-                    (TEXT, change.diff),
+                    (*self._special("change"), change.time),
+                    (*self._special("message"), change.time),
+                    (TEXT, change.message, change.time),
+                    (*self._special("diff"), change.time),
+                    (TEXT, change.diff, change.time),
                 ]
         for snippet in _nearest_last(snippets):
             snippet_language = canonical_language(None, snippet.path) or ""
-            pieces += self._header(repo, snippet.path, snippet_language)
-            pieces += [self._special("after"), (TEXT, snippet.text)]
-        pieces += self._header(repo, path, language or "")
+            opened, code = ages.snippets.get(snippet.path, (0, 0))
+            pieces += header(snippet.path, snippet_language, opened)
+            pieces += [(*self._special("after"), opened), (TEXT, snippet.text, code)]
+        pieces += header(path, language or "", file_time)
+        whole = parts.prefix + (parts.suffix or "")
+        prefix_lines = line_count(parts.prefix)
+        prefix_time = ages.code(whole, prefix_lines - line_count(prefix), prefix)
         if suffix is None:
-            return [*pieces, self._special("after"), (TEXT, prefix)]
+            return [*pieces, (*self._special("after"), file_time), (TEXT, prefix, prefix_time)]
         # Suffix first (prepare trains both orders): typing only ever extends the prompt's
         # end, so every keystroke's prompt starts with the last one's, cached in the engine.
         return [
             *pieces,
-            self._special("suffix"),
-            (TEXT, suffix),
-            self._special("prefix"),
-            (TEXT, prefix),
-            self._special("middle"),
+            (*self._special("suffix"), file_time),
+            (TEXT, suffix, ages.code(whole, parts.prefix.count("\n"), suffix)),
+            (*self._special("prefix"), file_time),
+            (TEXT, prefix, prefix_time),
+            (*self._special("middle"), file_time),
         ]
 
     def _repository_pieces(
@@ -592,7 +690,9 @@ class _Packer:
             tokens = self.size(pieces)
             over = tokens - self.budget.tokens
             if over <= 0:
-                return Prompt(tuple(pieces), tokens, list(snippets), list(changes))
+                suffix_shown = suffix if self.suffix_wanted else None
+                times = self.form.piece_times(self.parts, prefix, suffix_shown, snippets, changes)
+                return Prompt(tuple(pieces), tokens, list(snippets), list(changes), times)
             if prefix:
                 prefix = _tail(prefix, max(0, self._text_tokens(prefix) - over), self.count)
             elif snippets:

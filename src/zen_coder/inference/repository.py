@@ -18,9 +18,16 @@ file's recent history, and the repository's name and the file's time as the mode
 - History: one `git log --raw` walk through the miner's own reader (`history.gitio.LogStream`)
   and counter (`history.walk.positioned`), so each file's history position is the one `zen-coder
   mine` gives it; a later refresh walks only the new commits when HEAD moved forward along one
-  line. The last `history_depth` changes of each file are kept (commit, blob ids, position) and
-  their diffs made on demand with mining's normalization and diff (`history.extract.normalize`,
-  `history.diff.unified_diff`).
+  line. Every change of each file is kept (commit, blob ids, position; renames carry a file's
+  along) and the diffs of its last ones made on demand with mining's normalization and diff
+  (`history.extract.normalize`, `history.diff.unified_diff`).
+- Ages: the time channel of the edited file's lines as `prepare` gives them (`zen_coder.data.blame`
+  along the file's changes: a line keeps the position of the change that last touched it, lines
+  from before the walk's first change of the file its position - 1), cached per (file, HEAD,
+  newest version); the lines of the editor's text are matched to those of that version by
+  xdiff, and a line it does not hold (typed, unsaved) gets the file's position + 1, the time of
+  the commit that would make it: the same at every keystroke, so the engine keeps reusing the
+  prompt's start.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from pathlib import Path
 
 import tantivy
 
+from zen_coder.data.blame import Times, record_times, successor, unknown_time
 from zen_coder.data.pack import TIME_MAX
 from zen_coder.errors import ZenCoderError
 from zen_coder.history.config import MineConfig
@@ -49,7 +57,7 @@ from zen_coder.history.languages import PYGMENTS_ALIASES, detect_language, needs
 from zen_coder.history.secrets import redact
 from zen_coder.history.sources import RepoSpec, local_git_dir, shallow_boundary
 from zen_coder.history.walk import HistoryPositions, positioned
-from zen_coder.inference.prompts import Budget, Change, PromptParts, Snippet
+from zen_coder.inference.prompts import Ages, Budget, Change, PromptParts, Snippet
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +80,8 @@ MADE_CHANGES = 4096
 _MISSING = object()
 # Retrieval asks the index for one hit per this many characters of the limit.
 MIN_CHUNK_CHARS = 64
+# Files whose line ages are kept for the next request.
+AGED_FILES = 256
 
 
 def words(text: str) -> list[str]:
@@ -307,7 +317,6 @@ class RepositoryContext:
         known_repos: Sequence[str] | None = None,
         chunk_chars: int = 1024,
         max_file_bytes: int = 1 << 20,
-        history_depth: int = 8,
     ) -> None:
         self.root = Path(root)
         self.git_dir = local_git_dir(self.root, "the root of a git checkout")
@@ -315,13 +324,14 @@ class RepositoryContext:
         self.known_repos = list(known_repos or ())
         self.chunker = Chunker(chunk_chars)
         self.max_file_bytes = max_file_bytes
-        self.history_depth = history_depth
         self._files: dict[str, _File] = {}
         self._index = _SearchIndex()
         self._positions = HistoryPositions()
         self._recent: dict[str, deque[_Recent]] = {}
         self._walked: str | None = None  # the commit the history walk reached
         self._made: dict[_Recent, Change | None] = {}  # changes made into diffs, kept
+        # Line ages by (path, HEAD, newest version): that version's normalized text and times.
+        self._aged: dict[tuple[str, str | None, str], tuple[str, Times]] = {}
         self._lock = threading.Lock()  # guards the fields queries read
         self._refreshing = threading.Lock()
         self._blobs = BlobReader(self.git_dir)
@@ -438,7 +448,7 @@ class RepositoryContext:
             # Copies: queries keep reading the old state until the new one is complete.
             positions = HistoryPositions()
             positions.counts = dict(self._positions.counts)
-            recent = {path: deque(kept, kept.maxlen) for path, kept in self._recent.items()}
+            recent = {path: deque(kept) for path, kept in self._recent.items()}
             revision = f"{self._walked}..{head}"
         else:
             positions, recent = HistoryPositions(), {}
@@ -456,6 +466,7 @@ class RepositoryContext:
             stream.close()
         with self._lock:
             self._positions, self._recent, self._walked = positions, recent, head
+            self._aged = {}  # ages were of the old HEAD
         return walked
 
     def _remember(
@@ -466,10 +477,10 @@ class RepositoryContext:
         change: RawChange,
         position: int,
     ) -> None:
-        """Keep the change among its file's last ones; a rename carries the file's along."""
+        """Keep the change among its file's; a rename carries the file's along."""
         carried = recent.pop(change.old_path, None) if change.status == "R" else None
         changes = carried if carried is not None else recent.get(change.path)
-        changes = changes if changes is not None else deque(maxlen=self.history_depth)
+        changes = changes if changes is not None else deque()
         changes.append(_Recent(sha, message, change, position))
         recent[change.path] = changes
 
@@ -497,21 +508,99 @@ class RepositoryContext:
         language: str | None,
         budget: Budget,
         history: int = 4,
+        snippets: Sequence[Snippet] = (),
     ) -> PromptParts:
-        """A request's parts with this repository's context: its name, the snippets nearest
-        the cursor, sized for the budget's context share, and the file's last `history`
-        changes (the prompt format packs what fits)."""
+        """A request's parts with this repository's context: its name, `snippets` (the
+        client's) and the snippets nearest the cursor, sized for the budget's context share,
+        the file's last `history` changes (the prompt format packs what fits), and the ages of
+        the lines (`ages`)."""
         path = self.relative_path(path)
         limit = int(budget.tokens * budget.context * CONTEXT_CHARS_PER_TOKEN)
+        found = [*snippets, *self.snippets(path, prefix, suffix or "", limit)]
         return PromptParts(
             prefix,
             suffix,
             path,
             language,
             self.repo_name(),
-            self.snippets(path, prefix, suffix or "", limit),
+            found,
             self.changes(path, history) if path and history > 0 else [],
+            self.ages(path, prefix + (suffix or ""), found) if path else None,
         )
+
+    def ages(self, path: str, text: str, snippets: Sequence[Snippet] = ()) -> Ages:
+        """The times of the lines of `text`, the editor's content of `path`, as `prepare`
+        gives a version's lines (see the module docstring), and of the snippets' files: their
+        position for the header, their lines' unknown-origin time for the code (not blamed:
+        a file's first request would pay the walk of its history)."""
+        position = self._position(path)
+        typed = min(position + 1, TIME_MAX)
+        committed, times = self._head_ages(path)
+        comparable = _comparable(text)
+        lines = successor(committed, times, comparable, typed)
+        header = position if comparable == committed else typed
+        others = {
+            snippet.path: (self._position(snippet.path), self._unknown(snippet.path))
+            for snippet in snippets
+        }
+        return Ages(tuple(min(time, TIME_MAX) for time in lines), header, others)
+
+    def _position(self, path: str) -> int:
+        with self._lock:
+            return min(self._positions.counts.get(path, 0), TIME_MAX)
+
+    def _unknown(self, path: str) -> int:
+        """The time of a line of `path` whose last change the walk did not see."""
+        with self._lock:
+            changes = self._recent.get(path)
+            first = changes[0].position if changes else 0
+        return min(unknown_time(first), TIME_MAX)
+
+    def _head_ages(self, path: str) -> tuple[str, Times]:
+        """The newest walked version of `path` (normalized as mining stores it) and its line
+        ages; ("", ()) for a file the walk never saw. Cached until HEAD moves."""
+        with self._lock:
+            changes = tuple(self._recent.get(path, ()))
+            head = self._walked
+        if not changes:
+            return "", ()
+        key = (path, head, changes[-1].change.new_oid)
+        with self._lock:
+            cached = self._aged.get(key)
+        if cached is not None:
+            return cached
+        aged = self._blame(changes)
+        with self._lock:
+            if len(self._aged) >= AGED_FILES:
+                self._aged.clear()
+            self._aged[key] = aged
+        return aged
+
+    def _blame(self, changes: Sequence[_Recent]) -> tuple[str, Times]:
+        """Line ages along a file's changes, oldest first, as `zen_coder.data.blame.FileBlame`
+        follows a file's mined records: each version's lines through xdiff from the one before;
+        a version in between that the walk did not show (a side branch) through xdiff too."""
+        oids = sorted(
+            {
+                oid
+                for entry in changes
+                for oid in (entry.change.old_oid, entry.change.new_oid)
+                if oid != ZERO_OID
+            }
+        )
+        with self._blob_lock:
+            contents = self._blobs.contents(oids)
+        text, times = "", ()
+        for entry in changes:
+            old = _version(entry.change.old_oid, contents)
+            new = _version(entry.change.new_oid, contents)
+            position = entry.position
+            before = None
+            if old and times:
+                before = successor(text, times, old, unknown_time(position))
+            after = record_times({"history_position": position}, old, new, before).after
+            text, times = new or "", after
+        return text, times
 
     def snippets(
         self, path: str | None, prefix: str, suffix: str, limit_chars: int
@@ -606,6 +695,20 @@ def _as_change(entry: _Recent, contents: dict[str, bytes | None]) -> Change | No
     diff, _, _ = unified_diff(old_text, new_text, change.old_path or change.path, change.path)
     message, _ = redact(entry.message.decode("utf-8", errors="replace").rstrip())
     return Change(entry.commit, message, diff, entry.position)
+
+
+def _version(oid: str, contents: dict[str, bytes | None]) -> str | None:
+    """A blob's text as mining stores it (normalized); None for none, binary or undecodable."""
+    text = None if oid == ZERO_OID else _text(contents.get(oid))
+    return None if text is None else normalize(text)
+
+
+def _comparable(text: str) -> str:
+    """An editor's text with its lines as mining normalizes them (no trailing blanks or
+    carriage returns), its number of lines kept, so that xdiff matches them to a version's."""
+    if "\r" not in text and " \n" not in text and "\t\n" not in text:
+        return text
+    return "\n".join(line.rstrip(" \t\r") for line in text.split("\n"))
 
 
 def _text(data: bytes | None) -> str | None:

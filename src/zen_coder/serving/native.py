@@ -34,17 +34,23 @@ class NativeBackend:
     def count(self, text: str) -> int:
         return len(self.roles.tokenizer.encode(text, add_special_tokens=False).ids)
 
-    def ids(self, request: TextRequest) -> list[int]:
+    def ids_and_times(self, request: TextRequest) -> tuple[list[int], list[int] | None]:
         """A raw prompt as the engine reads text (spelled special tokens as tokens); a built
-        one with its special tokens by id and its code as text."""
+        one with its special tokens by id and its code as text, and its tokens' times where
+        it has them (the BOS takes the first token's, as `prepare` gives it)."""
         if isinstance(request.prompt, str):
-            return self.engine.encode(request.prompt)
-        start = [] if self.roles.bos_id is None else [self.roles.bos_id]
-        return start + request.prompt.ids(self.roles.tokenizer)
+            return self.engine.encode(request.prompt), None
+        ids, times = request.prompt.ids_and_times(self.roles.tokenizer)
+        if self.roles.bos_id is None:
+            return ids, times
+        bos_times = None if times is None else times[:1] + times
+        return [self.roles.bos_id, *ids], bos_times
 
     def stream(self, request: TextRequest) -> AsyncIterator[Piece]:
+        ids, times = self.ids_and_times(request)
         engine_request = EngineRequest(
-            ids=self.ids(request),
+            ids=ids,
+            times=times,
             channels=self.engine.tables.channels(request.repo, request.language, request.time),
             max_tokens=request.max_tokens,
             temperature=request.temperature,

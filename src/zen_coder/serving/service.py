@@ -252,12 +252,14 @@ def completion_prompt(
     repository: RepositoryContext | None = None,
 ) -> Prompt:
     """A completion's prompt at a cursor in the backend's layout within `budget`: with a
-    repository, its name, the snippets nearest the cursor and the file's recent changes join
-    the parts (the server and `zen-coder complete` build prompts the same way)."""
+    repository, its name, the snippets nearest the cursor, the file's recent changes and the
+    ages of its lines (the time channel's per-token times) join the parts (the server and
+    `zen-coder complete` build prompts the same way)."""
     language = canonical_language(parts.language, parts.path)
     if repository is not None:
-        found = repository.prompt_parts(parts.prefix, parts.suffix, parts.path, language, budget)
-        parts = replace(found, snippets=[*parts.snippets, *found.snippets])
+        parts = repository.prompt_parts(
+            parts.prefix, parts.suffix, parts.path, language, budget, snippets=parts.snippets
+        )
     else:
         parts = replace(parts, language=language)
     return backend.prompt_format.build(parts, budget, backend.count)
