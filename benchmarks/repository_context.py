@@ -9,8 +9,17 @@ On a clone of a repository (a path or a git bundle), in one run:
                 chunks replaced in the BM25 index
     commit      a refresh after one new commit: the walk of that commit only, the file again
     query       retrieval for a cursor in the middle of a file (`snippets`, 1,500 characters)
+    keystroke   a prompt's parts for a cursor typing in the middle of that file, one character
+                more each time (`prompt_parts`: snippets, changes, line ages), and the prompt
+                built in the zen-coder layout (tokens counted as characters / 3: no tokenizer)
+    ages        the line ages alone at each keystroke (the blame cached: one xdiff)
+    new ages    the line ages at a file's first keystroke (its history followed through each
+                of its versions, as `prepare` does), on a context just refreshed
+    next ages   the line ages at the first keystroke after a commit (only the new change
+                followed)
 
-Each is the median of `--repeat` runs; the ratios printed are build over each refresh.
+Each is the median of `--repeat` runs; the ratios printed are build over each refresh, and the
+keystroke's cost with ages over without (keystroke / (keystroke - ages)).
 
     python benchmarks/repository_context.py ../shared/repos/attrs.bundle
 """
@@ -18,6 +27,7 @@ Each is the median of `--repeat` runs; the ratios printed are build over each re
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import subprocess
 import tempfile
@@ -25,6 +35,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from zen_coder.inference.prompts import Budget, PromptFormat
 from zen_coder.inference.repository import RepositoryContext
 
 CODE = {".py", ".rs", ".go", ".ts", ".js"}
@@ -92,7 +103,32 @@ def main() -> None:
         prefix, suffix = "".join(lines[:middle]), "".join(lines[middle:])
         relative = target.relative_to(root).as_posix()
         query = seconds(lambda: context.snippets(relative, prefix, suffix, 1500), args.repeat)
+        typed = iter(range(10**6))
+        form, budget = PromptFormat.from_family("zen-coder"), Budget()
+
+        def keystroke() -> None:
+            cursor = prefix + "x" * next(typed)
+            parts = context.prompt_parts(cursor, suffix, relative, None, budget)
+            form.build(parts, budget, lambda text: len(text) // 3 + 1)
+
+        def ages() -> None:
+            context.ages(relative, prefix + "x" * next(typed) + suffix)
+
+        typing = seconds(keystroke, args.repeat)
+        aging = seconds(ages, args.repeat)
+        after_commit = []
+        for _ in range(args.repeat):
+            commit()
+            after_commit.append(seconds(ages, 1))
+        next_ages = statistics.median(after_commit)
         context.close()
+        first = []
+        for _ in range(args.repeat):
+            fresh = RepositoryContext(root)
+            fresh.refresh()
+            first.append(seconds(functools.partial(fresh.ages, relative, prefix + suffix), 1))
+            fresh.close()
+        new_ages = statistics.median(first)
 
     print(
         f"{args.source}: {stats.files} files indexed, {stats.chunks} chunks, "
@@ -107,6 +143,13 @@ def main() -> None:
     ):
         ratio = "" if name in ("build", "query") else f"   build / {name} = {built / value:6.1f}x"
         print(f"{name:>10} {value * 1000:9.1f} ms{ratio}")
+    without = typing - aging
+    print(
+        f"{'keystroke':>10} {typing * 1000:9.1f} ms   with ages / without = {typing / without:.2f}x"
+    )
+    print(f"{'ages':>10} {aging * 1000:9.1f} ms")
+    print(f"{'new ages':>10} {new_ages * 1000:9.1f} ms   (a file's first keystroke)")
+    print(f"{'next ages':>10} {next_ages * 1000:9.1f} ms   (the first after a commit)")
 
 
 if __name__ == "__main__":

@@ -23,11 +23,11 @@ file's recent history, and the repository's name and the file's time as the mode
   (`history.extract.normalize`, `history.diff.unified_diff`).
 - Ages: the time channel of the edited file's lines as `prepare` gives them (`zen_coder.data.blame`
   along the file's changes: a line keeps the position of the change that last touched it, lines
-  from before the walk's first change of the file its position - 1), cached per (file, HEAD,
-  newest version); the lines of the editor's text are matched to those of that version by
-  xdiff, and a line it does not hold (typed, unsaved) gets the file's position + 1, the time of
-  the commit that would make it: the same at every keystroke, so the engine keeps reusing the
-  prompt's start.
+  from before the walk's first change of the file its position - 1), kept per file and carried
+  through only the new changes when HEAD moves on; the lines of the editor's text are matched
+  to those of that version by xdiff, and a line it does not hold (typed, unsaved) gets the
+  file's position + 1, the time of the commit that would make it: the same at every keystroke,
+  so the engine keeps reusing the prompt's start.
 """
 
 from __future__ import annotations
@@ -330,8 +330,8 @@ class RepositoryContext:
         self._recent: dict[str, deque[_Recent]] = {}
         self._walked: str | None = None  # the commit the history walk reached
         self._made: dict[_Recent, Change | None] = {}  # changes made into diffs, kept
-        # Line ages by (path, HEAD, newest version): that version's normalized text and times.
-        self._aged: dict[tuple[str, str | None, str], tuple[str, Times]] = {}
+        # Line ages by path: the last change they follow, its version's normalized text and times.
+        self._aged: dict[str, tuple[_Recent, str, Times]] = {}
         self._lock = threading.Lock()  # guards the fields queries read
         self._refreshing = threading.Lock()
         self._blobs = BlobReader(self.git_dir)
@@ -466,7 +466,6 @@ class RepositoryContext:
             stream.close()
         with self._lock:
             self._positions, self._recent, self._walked = positions, recent, head
-            self._aged = {}  # ages were of the old HEAD
         return walked
 
     def _remember(
@@ -558,28 +557,31 @@ class RepositoryContext:
 
     def _head_ages(self, path: str) -> tuple[str, Times]:
         """The newest walked version of `path` (normalized as mining stores it) and its line
-        ages; ("", ()) for a file the walk never saw. Cached until HEAD moves."""
+        ages; ("", ()) for a file the walk never saw. Kept per file with the change they follow:
+        when HEAD moves on, only the file's new changes are followed (a change names a commit,
+        which names its whole history, so ages kept for one are right wherever it appears)."""
         with self._lock:
             changes = tuple(self._recent.get(path, ()))
-            head = self._walked
+            cached = self._aged.get(path)
         if not changes:
             return "", ()
-        key = (path, head, changes[-1].change.new_oid)
-        with self._lock:
-            cached = self._aged.get(key)
-        if cached is not None:
-            return cached
-        aged = self._blame(changes)
-        with self._lock:
-            if len(self._aged) >= AGED_FILES:
-                self._aged.clear()
-            self._aged[key] = aged
-        return aged
+        start, text, times = 0, "", ()
+        if cached is not None and cached[0] in changes:
+            last, text, times = cached
+            start = changes.index(last) + 1
+        if start < len(changes):
+            text, times = self._blame(changes[start:], text, times)
+            with self._lock:
+                if len(self._aged) >= AGED_FILES:
+                    self._aged.clear()
+                self._aged[path] = (changes[-1], text, times)
+        return text, times
 
-    def _blame(self, changes: Sequence[_Recent]) -> tuple[str, Times]:
-        """Line ages along a file's changes, oldest first, as `zen_coder.data.blame.FileBlame`
-        follows a file's mined records: each version's lines through xdiff from the one before;
-        a version in between that the walk did not show (a side branch) through xdiff too."""
+    def _blame(self, changes: Sequence[_Recent], text: str, times: Times) -> tuple[str, Times]:
+        """Line ages along a file's changes, oldest first, from the version `text` with
+        `times` before them, as `zen_coder.data.blame.FileBlame` follows a file's mined
+        records: each version's lines through xdiff from the one before; a version in between
+        that the walk did not show (a side branch) through xdiff too."""
         oids = sorted(
             {
                 oid
@@ -590,10 +592,10 @@ class RepositoryContext:
         )
         with self._blob_lock:
             contents = self._blobs.contents(oids)
-        text, times = "", ()
+        versions = {oid: _version(oid, contents) for oid in oids}  # most are two changes'
         for entry in changes:
-            old = _version(entry.change.old_oid, contents)
-            new = _version(entry.change.new_oid, contents)
+            old = versions.get(entry.change.old_oid)
+            new = versions.get(entry.change.new_oid)
             position = entry.position
             before = None
             if old and times:
@@ -698,8 +700,8 @@ def _as_change(entry: _Recent, contents: dict[str, bytes | None]) -> Change | No
 
 
 def _version(oid: str, contents: dict[str, bytes | None]) -> str | None:
-    """A blob's text as mining stores it (normalized); None for none, binary or undecodable."""
-    text = None if oid == ZERO_OID else _text(contents.get(oid))
+    """A blob's text as mining stores it (normalized); None for binary or undecodable."""
+    text = _text(contents.get(oid))
     return None if text is None else normalize(text)
 
 
