@@ -107,7 +107,7 @@ class Variant:
 
 
 def variants() -> list[Variant]:
-    tiny = preset("tiny")
+    tiny = preset("tiny").with_techniques()
     found = [Variant(ALL_ON, tiny), Variant(ALL_OFF, tiny.without_techniques())]
     found += [Variant(t.off, dataclasses.replace(tiny, **{t.switch: False})) for t in TECHNIQUES]
     found += [Variant(name, tiny, (channel,)) for channel, name in SHUFFLED.items()]

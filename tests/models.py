@@ -53,7 +53,7 @@ def _with_tokenizer(folder: Path, tokenizer_folder: Path) -> Path:
 def native_config(tokenizer: Path):
     """The tests' small native model, with the vocabulary of the tokenizer in folder `tokenizer`."""
     return dataclasses.replace(
-        preset("tiny"),
+        preset("tiny").with_techniques(),
         vocab_size=load_tokenizer(tokenizer).get_vocab_size(),
         context_length=256,
         d_model=64,

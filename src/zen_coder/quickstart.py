@@ -76,7 +76,8 @@ def quickstart(
     reports: dict[str, TrainReport] = {}
     for number, (name, label) in enumerate(RUNS.items(), start=3):
         say(f"{number}/5 training the tiny model, {label} ({steps} steps)")
-        model = preset("tiny") if name != "without" else preset("tiny").without_techniques()
+        tiny = preset("tiny")
+        model = tiny.without_techniques() if name == "without" else tiny.with_techniques()
         run_config = dataclasses.replace(config, shuffle=CONTROL if name == "shuffled" else ())
         reports[name] = train(
             out / "prepared", out / f"train-{name}", model, run_config, progress=progress

@@ -29,7 +29,7 @@ from zen_coder.model.model import ZenCoder
 TABLE = ["<unknown>", "Python", "Go", "Rust"]
 REPOS = ["<unknown>", "attrs", "click", "flask"]
 CONFIG = dataclasses.replace(
-    preset("tiny"),
+    preset("tiny").with_techniques(),
     vocab_size=256,
     n_layers=2,
     n_experts=4,

@@ -20,7 +20,7 @@ from zen_coder.model.model import (
 )
 from zen_coder.model.summary import parameter_counts
 
-TINY = dataclasses.replace(preset("tiny"), n_repos=6, vocab_size=256, n_layers=2)
+TINY = dataclasses.replace(preset("tiny").with_techniques(), n_repos=6, vocab_size=256, n_layers=2)
 
 
 def build(config: ModelConfig = TINY, seed: int = 0, randomize_techniques: bool = True) -> ZenCoder:

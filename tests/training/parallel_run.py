@@ -38,7 +38,7 @@ from zen_coder.training.parallelize import (
 # sequence, so a rank holding half the batch would draw different ones than the single-process
 # reference.
 CONFIG = dataclasses.replace(
-    preset("tiny"),
+    preset("tiny").with_techniques(),
     vocab_size=256,
     n_layers=2,
     d_model=64,

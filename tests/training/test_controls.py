@@ -157,7 +157,7 @@ def tiny_model() -> ZenCoder:
     """The four techniques on, with the temporal and language tables drawn at random (they
     start at zero, where no channel would show)."""
     config = dataclasses.replace(
-        ModelConfig(),
+        ModelConfig().with_techniques(),
         vocab_size=VOCABULARY,
         context_length=L,
         d_model=64,

@@ -64,18 +64,19 @@ class ModelConfig:
     document_masking: bool = True  # attend only within the document (segment) of each token
     attention: str = "sdpa"  # "sdpa" (materialized masks) or "flex" (FlexAttention, long contexts)
 
-    # The card's four techniques.
-    repo_embeddings: bool = True
+    # The card's four techniques: off by default, each measured not to help (yet) against its
+    # shuffled control and its absence (docs/model.md, benchmarks/history_ablation.py).
+    repo_embeddings: bool = False
     n_repos: int = 1  # rows of the repository table; id 0 = unknown, kept at zero
     repo_dropout: float = 0.1
-    temporal_attention: bool = True
+    temporal_attention: bool = False
     temporal_frequencies: int = 8  # terms of the learned Fourier series over temporal distance
     temporal_max_distance: int = 1024
-    language_routing: bool = True
+    language_routing: bool = False
     # Rows of the language table, id 0 = unknown; train sets it from the data's table. The
     # default is the size of that table when the mining stage knew 32 languages.
     n_languages: int = 33
-    contrastive_loss: bool = True
+    contrastive_loss: bool = False
     contrastive_weight: float = 0.1
     contrastive_temperature: float = 0.05
 
@@ -117,6 +118,10 @@ class ModelConfig:
             "language_routing": self.language_routing,
             "contrastive_loss": self.contrastive_loss,
         }
+
+    def with_techniques(self) -> ModelConfig:
+        """The same model with the card's four techniques on (their tables start at zero)."""
+        return dataclasses.replace(self, **dict.fromkeys(self.techniques, True))
 
     def without_techniques(self) -> ModelConfig:
         """The same model as a standard Mixtral-style MoE: the card's four techniques off."""
