@@ -63,6 +63,11 @@ from zen_coder.training.config import TrainConfig
 WORKSPACE = Path(tempfile.gettempdir()) / "zen-coder-bench-history"
 ROOT = Path(__file__).resolve().parents[1]
 ALL_ON, ALL_OFF = "all on", "all off"
+TEMPLATE = "zen-coder"  # the history prompt in the native model's own training format
+# Files of at most this many characters before and after (about 200 tokens each), answered in at
+# most this many tokens: prompt and answer fit the tiny preset's 512-token context.
+HISTORY_MAX_CHARS = 600
+HISTORY_NEW_TOKENS = 240
 
 
 @dataclass(frozen=True)
@@ -164,29 +169,78 @@ class Job:
     folder: Path
     train: TrainConfig
     threads: int
+    history_problems: int
 
 
 def run_job(job: Job) -> dict:
-    """One training run in this (worker) process; its result, also kept in the run folder."""
+    """One run in this (worker) process: trained unless its result is kept in the run folder,
+    then scored on the history benchmark unless that is kept too."""
     import torch
 
     from zen_coder.training.trainer import train
 
     torch.set_num_threads(job.threads)
-    config = dataclasses.replace(job.train, seed=job.seed, shuffle=job.variant.shuffle)
-    report = train(job.prepared, job.folder, job.variant.model, config)
-    result = {
-        "variant": job.variant.name,
-        "seed": job.seed,
-        "validation_loss": report.validation["loss"],
-        "by_language": report.validation["by_language"],
-        "validation_tokens": report.validation["tokens"],
-        "train_loss": report.train_loss,
-        "steps": report.steps,
-        "seconds": report.elapsed,
-    }
-    write_json_atomic(job.folder / "ablation-result.json", result, indent=2)
+    done = job.folder / "ablation-result.json"
+    if done.exists():
+        result = json.loads(done.read_text())
+    else:
+        config = dataclasses.replace(job.train, seed=job.seed, shuffle=job.variant.shuffle)
+        report = train(job.prepared, job.folder, job.variant.model, config)
+        result = {
+            "variant": job.variant.name,
+            "seed": job.seed,
+            "validation_loss": report.validation["loss"],
+            "by_language": report.validation["by_language"],
+            "validation_tokens": report.validation["tokens"],
+            "train_loss": report.train_loss,
+            "steps": report.steps,
+            "seconds": report.elapsed,
+        }
+    if "history" not in result and job.history_problems:
+        result["history"] = history_scores(job)
+    write_json_atomic(done, result, indent=2)
     return result
+
+
+def history_scores(job: Job) -> dict:
+    """`history:PREPARED` on the run's model without the projects' tests: exact match and edit
+    similarity of the files it writes for held-out commits, given the file before and the
+    message, greedy, with the problem's repository and language channels. Only files short
+    enough for the tiny model's context (prompt and answer) are asked."""
+    from zen_coder.evaluation.history_benchmark import (
+        history_prompt,
+        load_history_problems,
+        score,
+        stop_sequences,
+    )
+    from zen_coder.inference.generation import GenerationConfig
+    from zen_coder.inference.native import NativeGenerator
+
+    problems = load_history_problems(
+        job.prepared, job.history_problems, HISTORY_MAX_CHARS, tests=False
+    )
+    generator = NativeGenerator(job.folder / "model")
+    groups: dict[tuple[str, str], list] = {}
+    for problem in problems:
+        groups.setdefault((problem.repo, problem.language), []).append(problem)
+    exact, similarity = [], []
+    for (repo, language), group in groups.items():
+        config = GenerationConfig(
+            max_new_tokens=HISTORY_NEW_TOKENS,
+            stop=stop_sequences(TEMPLATE, group[0].markers),
+            extra={"repo": repo, "language": language},
+        )
+        prompts = [history_prompt(problem, TEMPLATE) for problem in group]
+        completions = generator.complete(prompts, config)
+        for problem, (completion,) in zip(group, completions, strict=True):
+            scored = score(problem, completion, TEMPLATE)
+            exact.append(scored.exact)
+            similarity.append(scored.similarity)
+    return {
+        "problems": len(problems),
+        "exact_match": statistics.mean(exact) if exact else float("nan"),
+        "edit_similarity": statistics.mean(similarity) if similarity else float("nan"),
+    }
 
 
 def jobs(args: argparse.Namespace, prepared: Path, train: TrainConfig) -> Iterator[Job]:
@@ -194,31 +248,34 @@ def jobs(args: argparse.Namespace, prepared: Path, train: TrainConfig) -> Iterat
     for seed in range(args.seeds):
         for variant in variants():
             folder = args.out / "runs" / f"{variant.slug}-seed{seed}"
-            yield Job(variant, seed, prepared, folder, train, threads)
+            yield Job(variant, seed, prepared, folder, train, threads, args.history_problems)
 
 
 def run_all(args: argparse.Namespace, prepared: Path, train: TrainConfig) -> list[dict]:
-    """Every (variant, seed), `args.jobs` at a time in processes of their own; those already
-    done are read back."""
+    """Every (variant, seed), `args.jobs` at a time in processes of their own; runs already
+    trained and scored are read back."""
     results, todo = [], []
     for job in jobs(args, prepared, train):
         done = job.folder / "ablation-result.json"
-        if done.exists():
-            results.append(json.loads(done.read_text()))
+        kept = json.loads(done.read_text()) if done.exists() else None
+        if kept is not None and ("history" in kept or not args.history_problems):
+            results.append(kept)
         else:
             todo.append(job)
     total = len(results) + len(todo)
-    print(f"{len(todo)} of {total} runs to train ({len(results)} done before)", flush=True)
+    print(f"{len(todo)} of {total} runs to train or score ({len(results)} done)", flush=True)
     started = time.perf_counter()
     with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
         futures = {pool.submit(run_job, job): job for job in todo}
         for future in as_completed(futures):
             result = future.result()
             results.append(result)
+            history = result.get("history") or {}
             print(
                 f"  [{len(results)}/{total}] {result['variant']}, seed {result['seed']}: "
-                f"validation loss {result['validation_loss']:.4f} ({result['seconds']:.0f} s; "
-                f"{time.perf_counter() - started:.0f} s so far)",
+                f"validation loss {result['validation_loss']:.4f}, history edit similarity "
+                f"{history.get('edit_similarity', float('nan')):.3f} ({result['seconds']:.0f} s "
+                f"training; {time.perf_counter() - started:.0f} s so far)",
                 flush=True,
             )
     return results
@@ -281,13 +338,29 @@ def verdicts(table: dict[str, dict[int, float]]) -> list[dict]:
     return rows
 
 
-def markdown(table: dict[str, dict[int, float]], rows: list[dict], seeds: int, steps: int) -> str:
+def history_by_variant(results: list[dict], metric: str) -> dict[str, list[float]]:
+    table: dict[str, list[float]] = {}
+    for result in results:
+        if result.get("history"):
+            table.setdefault(result["variant"], []).append(result["history"][metric])
+    return table
+
+
+def markdown(
+    table: dict[str, dict[int, float]], rows: list[dict], results: list[dict], steps: int
+) -> str:
+    seeds = max(len(losses) for losses in table.values())
+    similarity = history_by_variant(results, "edit_similarity")
+    exact = history_by_variant(results, "exact_match")
+    problems = max((r["history"]["problems"] for r in results if r.get("history")), default=0)
     lines = [
-        f"Validation loss on held-out future commits, tiny preset, {steps} steps, {seeds} seeds "
-        "(mean ± standard deviation over seeds; lower is better):",
+        f"Held-out future commits, tiny preset, {steps} steps, {seeds} seeds (mean ± standard "
+        "deviation over seeds): validation loss (lower is better), and on history:PREPARED "
+        f"({problems} problems, no tests) the edit similarity and exact match of the files "
+        "written (higher is better):",
         "",
-        "| variant | validation loss | seeds |",
-        "|---|---:|---|",
+        "| variant | validation loss | seeds | edit similarity | exact match |",
+        "|---|---:|---|---:|---:|",
     ]
     for variant in variants():
         values = [table[variant.name][seed] for seed in sorted(table.get(variant.name, {}))]
@@ -295,7 +368,8 @@ def markdown(table: dict[str, dict[int, float]], rows: list[dict], seeds: int, s
             seeds_text = ", ".join(f"{value:.4f}" for value in values)
             lines.append(
                 f"| {variant.name} | {statistics.mean(values):.4f} ± {spread(values):.4f} "
-                f"| {seeds_text} |"
+                f"| {seeds_text} | {mean_and_spread(similarity.get(variant.name))} "
+                f"| {mean_and_spread(exact.get(variant.name))} |"
             )
     lines += [
         "",
@@ -314,6 +388,12 @@ def markdown(table: dict[str, dict[int, float]], rows: list[dict], seeds: int, s
             f"| {row['seed_std']:.4f} | {row['verdict']} | {'yes' if row['aim_met'] else 'no'} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def mean_and_spread(values: list[float] | None) -> str:
+    if not values:
+        return "—"
+    return f"{statistics.mean(values):.3f} ± {spread(values):.3f}"
 
 
 def plot(table: dict[str, list[float]], path: Path, title: str) -> None:
@@ -346,7 +426,7 @@ def plot(table: dict[str, list[float]], path: Path, title: str) -> None:
 def report(args: argparse.Namespace, results: list[dict], train: TrainConfig) -> None:
     table = losses_by_variant(results)
     rows = verdicts(table)
-    text = markdown(table, rows, args.seeds, train.steps)
+    text = markdown(table, rows, results, train.steps)
     print("\n" + text)
     write_bytes_atomic(args.out / "ablation.md", text.encode())
     write_json_atomic(
@@ -375,6 +455,12 @@ def parse_arguments() -> argparse.Namespace:
         help="decontamination sources (default: ../shared/benchmarks)",
     )
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--history-problems",
+        type=int,
+        default=24,
+        help="held-out commits each model redoes (history:PREPARED, no tests; 0: none)",
+    )
     parser.add_argument("--steps", type=int, default=150, help="optimizer steps per run")
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at once")
     parser.add_argument(
