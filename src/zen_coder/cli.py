@@ -954,7 +954,7 @@ def build_parser() -> argparse.ArgumentParser:
     quick.add_argument(
         "--out", type=Path, default=Path("runs/quickstart"), help="default runs/quickstart"
     )
-    quick.add_argument("--steps", type=int, default=200, help="training steps per run")
+    quick.add_argument("--steps", type=int, default=150, help="training steps per run")
     quick.add_argument(
         "--benchmarks",
         nargs="+",

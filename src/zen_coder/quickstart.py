@@ -55,7 +55,7 @@ def quickstart(
     repo: Path,
     out: Path,
     *,
-    steps: int = 200,
+    steps: int = 150,
     benchmarks: Sequence[str] = ("humaneval",),
     say: Callable[[str], None] = print,
     progress=None,
@@ -185,7 +185,9 @@ def _report_text(out, mined, prepared, information, reports, untrained, trained,
         "permuted within each document: the techniques' parameters without their "
         "information); and off. A gain of on over off that the shuffled control shares comes "
         "from the extra parameters, not from history. One seed: differences smaller than the "
-        "seed spread measured in docs/model.md are noise.",
+        "seed spread measured in docs/model.md are noise. zen-coder's models have the "
+        "techniques off by default: on five repositories with three seeds, none helped "
+        "(docs/model.md, benchmarks/history_ablation.py).",
         "",
         "| validation loss | techniques on | channels shuffled | techniques off |",
         "|---|---|---|---|",
