@@ -7,8 +7,10 @@ Presets:
                     which 4 are active, vocabulary 128,000, context 128K
 
 The card's four techniques are switches (`repo_embeddings`, `temporal_attention`,
-`language_routing`, `contrastive_loss`); with all four off the model is a standard Mixtral-style
-mixture of experts. docs/model.md explains the equations and the card's parameter arithmetic.
+`language_routing`, `contrastive_loss`), off by default: measured against their absence and
+shuffled controls, none helped yet (docs/model.md). With all four off the model is a standard
+Mixtral-style mixture of experts. docs/model.md explains the equations and the card's parameter
+arithmetic.
 """
 
 from __future__ import annotations
