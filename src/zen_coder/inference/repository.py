@@ -582,14 +582,7 @@ class RepositoryContext:
         `times` before them, as `zen_coder.data.blame.FileBlame` follows a file's mined
         records: each version's lines through xdiff from the one before; a version in between
         that the walk did not show (a side branch) through xdiff too."""
-        oids = sorted(
-            {
-                oid
-                for entry in changes
-                for oid in (entry.change.old_oid, entry.change.new_oid)
-                if oid != ZERO_OID
-            }
-        )
+        oids = _blob_ids(changes)
         with self._blob_lock:
             contents = self._blobs.contents(oids)
         versions = {oid: _version(oid, contents) for oid in oids}  # most are two changes'
@@ -638,14 +631,7 @@ class RepositoryContext:
             recent = list(self._recent.get(path, ()))[-limit:] if limit > 0 else []
         made = {entry: self._made.get(entry, _MISSING) for entry in recent}
         wanted = [entry for entry, change in made.items() if change is _MISSING]
-        oids = sorted(
-            {
-                oid
-                for entry in wanted
-                for oid in (entry.change.old_oid, entry.change.new_oid)
-                if oid != ZERO_OID
-            }
-        )
+        oids = _blob_ids(wanted)
         with self._blob_lock:
             contents = self._blobs.contents(oids) if oids else {}
         for entry in wanted:
@@ -756,3 +742,15 @@ def _remote_names(git_dir: Path) -> Iterable[str]:
         url = git(git_dir, "remote", "get-url", remote, check=False).stdout.decode().strip()
         if url:
             yield RepoSpec(url).display_name()
+
+
+def _blob_ids(entries: Sequence[_Recent]) -> list[str]:
+    """The versions (blob ids) `entries`' changes go from and to, sorted, none twice."""
+    return sorted(
+        {
+            oid
+            for entry in entries
+            for oid in (entry.change.old_oid, entry.change.new_oid)
+            if oid != ZERO_OID
+        }
+    )
