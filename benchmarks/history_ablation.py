@@ -23,7 +23,7 @@ Per technique the verdict is "helps" (beats off and shuffled by more than the se
 "hurts" (worse than off by more than it) or "no effect"; the issue's aim is a gap to the shuffled
 control of more than three seed standard deviations.
 
-    python benchmarks/history_ablation.py                       # 5 bundles, 3 seeds
+    python benchmarks/history_ablation.py                       # 5 bundles, 3 seeds: ~70 min
     python benchmarks/history_ablation.py --repo ~/src/a --repo ~/src/b --steps 400
     python benchmarks/history_ablation.py --seeds 5 --jobs 1    # more seeds, one run at a time
 
