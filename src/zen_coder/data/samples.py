@@ -142,6 +142,12 @@ def _header(repo: str, path: str, language: str | None, time: int) -> list:
     ]
 
 
+def given_or_own(lines: LineTimes | None, row: dict, old: str | None, new: str | None) -> LineTimes:
+    """`lines` where given (the file's ages along its chain), else the times the record alone
+    tells (`record_times`: its changed lines at its position, the rest just before)."""
+    return lines if lines is not None else record_times(row, old, new)
+
+
 @dataclass
 class RecordSamples:
     """The per-record formats: commit edit, file (plain or fill-in-the-middle), instruction."""
@@ -158,7 +164,7 @@ class RecordSamples:
     ) -> Iterator[Sample]:
         """The record's samples; `lines` are its versions' line times (zen_coder.data.blame),
         by default those this record alone tells (`record_times`)."""
-        lines = lines if lines is not None else record_times(row, old, new)
+        lines = given_or_own(lines, row, old, new)
         config = self.config
         if config.commit_edits and row["diff"]:
             yield self.commit_edit(row, old, new, split, lines)
@@ -181,7 +187,7 @@ class RecordSamples:
         lines: LineTimes | None = None,
     ) -> Sample:
         """The edit; without `lines`, the line times this record alone tells (`record_times`)."""
-        lines = lines if lines is not None else record_times(row, old, new)
+        lines = given_or_own(lines, row, old, new)
         time = row["history_position"]
         parts = _header(row["repo"], row["path"], row["language"], time)
         parts += [
@@ -204,7 +210,7 @@ class RecordSamples:
         piece keeps the times of the lines it holds; without `lines`, the times this record
         alone tells (`record_times`, the content as the record's new version).
         """
-        after = (lines if lines is not None else record_times(row, None, content)).after
+        after = given_or_own(lines, row, None, content).after
         time = row["history_position"]
         parts = _header(row["repo"], row["path"], row["language"], time)
         rng = random.Random(f"{self.config.seed}:{row['commit']}:{row['path']}")
@@ -227,7 +233,7 @@ class RecordSamples:
     def instruction(
         self, row: dict, old: str | None, split: str, lines: LineTimes | None = None
     ) -> Sample:
-        before = (lines if lines is not None else record_times(row, old, None)).before
+        before = given_or_own(lines, row, old, None).before
         time = row["history_position"]
         parts = [
             (SPECIAL, "<|instruction|>", time),
