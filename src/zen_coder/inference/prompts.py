@@ -405,32 +405,20 @@ class PromptFormat:
         suffix: str | None,
         snippets: Sequence[Snippet],
         changes: Sequence[Change],
-    ) -> list[Piece]:
-        """The prompt's pieces with the prefix, suffix and context given (already cut)."""
+    ) -> tuple[list[Piece], tuple[PieceTime, ...] | None]:
+        """The prompt's pieces with the prefix, suffix and context given (already cut), and
+        each piece's time as training gives it: None where the parts have no ages or the layout
+        is not one zen-coder trains (its tokens take one time)."""
         language = canonical_language(parts.language, parts.path)
         if self.layout == "zen-coder":
             timed = self._zen_coder_pieces(parts, language, prefix, suffix, snippets, changes)
-            return [(special, value) for special, value, _ in timed]
+            pieces = [(special, value) for special, value, _ in timed]
+            times = None if parts.ages is None else tuple(time for _, _, time in timed)
+            return pieces, times
         comments = self._comments(language, [] if self._has_files else snippets, changes)
         if self.layout in _REPOSITORY_LAYOUTS:
-            return self._repository_pieces(parts, comments + prefix, suffix, snippets)
-        return self._fim_pieces(comments + prefix, suffix)
-
-    def piece_times(
-        self,
-        parts: PromptParts,
-        prefix: str,
-        suffix: str | None,
-        snippets: Sequence[Snippet],
-        changes: Sequence[Change],
-    ) -> tuple[PieceTime, ...] | None:
-        """The time of each of `pieces`' pieces as training gives them, None where the parts
-        have no ages or the layout is not one zen-coder trains (its tokens take one time)."""
-        if parts.ages is None or self.layout != "zen-coder":
-            return None
-        language = canonical_language(parts.language, parts.path)
-        timed = self._zen_coder_pieces(parts, language, prefix, suffix, snippets, changes)
-        return tuple(time for _, _, time in timed)
+            return self._repository_pieces(parts, comments + prefix, suffix, snippets), None
+        return self._fim_pieces(comments + prefix, suffix), None
 
     @property
     def _has_files(self) -> bool:
@@ -606,6 +594,11 @@ class _Packer:
         return total + (self.count("".join(text)) if any(text) else 0)
 
     def render(self, prefix: str, suffix: str, snippets, changes) -> list[Piece]:
+        return self.render_timed(prefix, suffix, snippets, changes)[0]
+
+    def render_timed(
+        self, prefix: str, suffix: str, snippets, changes
+    ) -> tuple[list[Piece], tuple[PieceTime, ...] | None]:
         return self.form.pieces(
             self.parts, prefix, suffix if self.suffix_wanted else None, snippets, changes
         )
@@ -686,12 +679,10 @@ class _Packer:
         """Pieces counted as a whole can exceed the sum of their parts where text merges across
         a join: drop prefix tokens (then context) until the whole fits."""
         while True:
-            pieces = self.render(prefix, suffix, snippets, changes)
+            pieces, times = self.render_timed(prefix, suffix, snippets, changes)
             tokens = self.size(pieces)
             over = tokens - self.budget.tokens
             if over <= 0:
-                suffix_shown = suffix if self.suffix_wanted else None
-                times = self.form.piece_times(self.parts, prefix, suffix_shown, snippets, changes)
                 return Prompt(tuple(pieces), tokens, list(snippets), list(changes), times)
             if prefix:
                 prefix = _tail(prefix, max(0, self._text_tokens(prefix) - over), self.count)
