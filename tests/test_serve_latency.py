@@ -109,35 +109,11 @@ def test_throughput_is_measured_while_every_editor_is_busy():
     """A request that straddles the end of the busy time counts the share of its streaming time
     before it; those after it (the tail) count only in the whole run's figure. Checked once by
     hand: counting a straddling request whole, or the busy time as the run's, fails it."""
-    answers = [
-        bench.Answer(
-            ttft=1.0,
-            latency=3.0,
-            prompt_tokens=9,
-            cached_tokens=0,
-            completion_tokens=20,
-            text="",
-            sent=0.0,
-        ),
-        bench.Answer(
-            ttft=0.5,
-            latency=4.5,
-            prompt_tokens=9,
-            cached_tokens=0,
-            completion_tokens=40,
-            text="",
-            sent=2.5,
-        ),
-        bench.Answer(
-            ttft=1.0,
-            latency=2.0,
-            prompt_tokens=9,
-            cached_tokens=0,
-            completion_tokens=10,
-            text="",
-            sent=7.0,
-        ),
-    ]
+
+    def answer(sent: float, ttft: float, latency: float, tokens: int) -> bench.Answer:
+        return bench.Answer(ttft, latency, 9, 0, tokens, "", sent)
+
+    answers = [answer(0.0, 1.0, 3.0, 20), answer(2.5, 0.5, 4.5, 40), answer(7.0, 1.0, 2.0, 10)]
     run = bench.Run("native", 2, seconds=9.0, busy_seconds=5.0, answers=answers)
     # 20 tokens by t=3; the second streams 40 from t=3 to t=7, half of it by t=5; the third after.
     assert run.busy_tokens() == pytest.approx(40.0)
