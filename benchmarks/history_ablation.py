@@ -169,7 +169,7 @@ class Job:
     folder: Path
     train: TrainConfig
     threads: int
-    history_problems: int
+    problems: tuple  # the history problems every model redoes (HistoryProblem), read once
 
 
 def run_job(job: Job) -> dict:
@@ -196,7 +196,7 @@ def run_job(job: Job) -> dict:
             "steps": report.steps,
             "seconds": report.elapsed,
         }
-    if "history" not in result and job.history_problems:
+    if "history" not in result and job.problems:
         result["history"] = history_scores(job)
     write_json_atomic(done, result, indent=2)
     return result
@@ -207,18 +207,11 @@ def history_scores(job: Job) -> dict:
     similarity of the files it writes for held-out commits, given the file before and the
     message, greedy, with the problem's repository and language channels. Only files short
     enough for the tiny model's context (prompt and answer) are asked."""
-    from zen_coder.evaluation.history_benchmark import (
-        history_prompt,
-        load_history_problems,
-        score,
-        stop_sequences,
-    )
+    from zen_coder.evaluation.history_benchmark import history_prompt, score, stop_sequences
     from zen_coder.inference.generation import GenerationConfig
     from zen_coder.inference.native import NativeGenerator
 
-    problems = load_history_problems(
-        job.prepared, job.history_problems, HISTORY_MAX_CHARS, tests=False
-    )
+    problems = job.problems
     generator = NativeGenerator(job.folder / "model")
     groups: dict[tuple[str, str], list] = {}
     for problem in problems:
@@ -244,11 +237,17 @@ def history_scores(job: Job) -> dict:
 
 
 def jobs(args: argparse.Namespace, prepared: Path, train: TrainConfig) -> Iterator[Job]:
+    from zen_coder.evaluation.history_benchmark import load_history_problems
+
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    problems = ()
+    if args.history_problems:
+        limit = args.history_problems
+        problems = tuple(load_history_problems(prepared, limit, HISTORY_MAX_CHARS, tests=False))
     for seed in range(args.seeds):
         for variant in variants():
             folder = args.out / "runs" / f"{variant.slug}-seed{seed}"
-            yield Job(variant, seed, prepared, folder, train, threads, args.history_problems)
+            yield Job(variant, seed, prepared, folder, train, threads, problems)
 
 
 def run_all(args: argparse.Namespace, prepared: Path, train: TrainConfig) -> list[dict]:
